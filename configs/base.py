@@ -1,0 +1,66 @@
+"""Base configuration: every key any part of hope_jax reads, with defaults. Tier files override a few of them.
+
+Each sub-system owns its section (model, optim, data); this file composes them with the training-loop sections. The config is
+locked by hope_jax.main, so a misspelt override (``--config.train.num_stpes=5``) fails and names the key.
+"""
+
+import ml_collections
+
+from data_pipeline.config import default_data_config
+from hope_jax.models.config import default_model_config
+from hope_jax.optim import default_optim_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = default_model_config()
+    config.optim = default_optim_config()
+    config.data = default_data_config()
+
+    config.train = ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "seq_len": 512,
+            "global_batch_size": 32,
+            "num_steps": 1000,
+            # Micro-batches per step: gradients of global_batch_size // grad_accum_steps sequences are summed.
+            "grad_accum_steps": 1,
+            # 'halt': stop the run at a non-finite loss (the last good checkpoint stays); 'skip': drop that update.
+            "nonfinite": "halt",
+            # jax default matmul precision: 'default' | 'high' | 'highest'.
+            "matmul_precision": "default",
+            "log_every_steps": 10,
+        }
+    )
+    config.checkpoint = ml_collections.ConfigDict(
+        {
+            "enabled": True,
+            "every_steps": 200,
+            "max_to_keep": 3,
+            "async": True,
+        }
+    )
+    config.logging = ml_collections.ConfigDict(
+        {
+            # TensorBoard event files through clu (imports tensorflow once, CPU only).
+            "tensorboard": True,
+        }
+    )
+    config.mesh = ml_collections.ConfigDict(
+        {
+            # Sizes of the ('data', 'fsdp', 'tensor') mesh axes; one of them may be -1 (all remaining devices).
+            "data": -1,
+            "fsdp": 1,
+            "tensor": 1,
+            # Overrides of hope_jax.sharding.LOGICAL_AXIS_RULES: a tuple of (logical_axis, mesh_axes) pairs.
+            "rules": (),
+        }
+    )
+    config.eval = ml_collections.ConfigDict(
+        {
+            # Held-out evaluation every N steps (0: only at the end of training).
+            "every_steps": 200,
+            "num_batches": 4,
+        }
+    )
+    return config

@@ -1,0 +1,158 @@
+"""The built-in corpus: deterministic, English-like documents with facts stated early and asked about later.
+
+It lets the smoke configuration and the tests train without any data on disk, and it is built so that a model with an
+in-context memory can do visibly better than one without: the answer to a question at the end of a document is only
+predictable from a fact stated earlier in the same document (DESIGN D9).
+
+Grammar (one document; every word is one token of a closed vocabulary, punctuation is its own token)::
+
+    document   := intro_fact+ (filler | fact)* question+ <eos>
+    intro_fact := fact
+    fact       := NAME "lives in" CITY "."
+                | NAME "likes" THING "."
+                | NAME "has a" COLOR ANIMAL "."
+    filler     := "the" ADJ NOUN VERB "the" ADJ? NOUN ADVERB? "."
+                | "it was a" ADJ "day in" CITY "."
+    question   := "where does" NAME "live ? " NAME "lives in" CITY "."
+                | "what does" NAME "like ? " NAME "likes" THING "."
+                | "what does" NAME "have ? " NAME "has a" COLOR ANIMAL "."
+
+Each document draws 2–4 people (distinct NAMEs) and one random fact of each kind for every person; the facts are stated in a
+random order mixed with filler sentences, then every person is asked about one of their facts. Entities are re-drawn for every
+document, so the answers (the CITY / THING / COLOR ANIMAL after a question) cannot be memorised into the weights: they must be
+read from context. Filler is drawn from a small probabilistic grammar so the unconditional text is learnable too.
+
+Document ``i`` of corpus ``seed`` is a pure function of ``(seed, i)``: random access without generating the documents before it,
+which is what grain's map-style sources need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NAMES = (
+    "alice bob carol dave erin frank grace heidi ivan judy mallory niaj olivia peggy rupert sybil trent victor walter "
+    "yvonne zoe arthur bella cedric daphne edgar fiona gideon hazel ingrid jasper kira leon mona nigel opal"
+).split()
+CITIES = (
+    "paris london rome berlin madrid lisbon vienna prague dublin oslo athens cairo lima quito tokyo seoul delhi hanoi "
+    "sydney perth boston denver austin chicago toronto havana nairobi accra tunis"
+).split()
+THINGS = (
+    "apples music books tea coffee chess rain snow bread cheese poems maps kites boats clocks candles honey soup "
+    "jazz painting gardens trains stars rivers"
+).split()
+COLORS = "red blue green yellow black white grey brown orange purple pink silver".split()
+ANIMALS = "cat dog horse rabbit parrot goat sheep fox owl turtle hamster lizard duck pony mouse frog".split()
+ADJECTIVES = "old young small large quiet loud happy tired bright dark warm cold clever busy gentle".split()
+NOUNS = "man woman child farmer baker teacher doctor sailor painter driver singer writer king queen".split()
+VERBS = "sees helps finds meets calls follows watches greets visits thanks".split()
+ADVERBS = "today again slowly quickly later often".split()
+FUNCTION_WORDS = (
+    "the a it was day in lives likes has where does live what like have . ?".split()
+)
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def _vocabulary() -> tuple[str, ...]:
+    words: list[str] = []
+    for group in (FUNCTION_WORDS, NAMES, CITIES, THINGS, COLORS, ANIMALS, ADJECTIVES, NOUNS, VERBS, ADVERBS):
+        for word in group:
+            if word not in words:
+                words.append(word)
+    return SPECIAL_TOKENS + tuple(words)
+
+
+VOCABULARY = _vocabulary()
+
+
+class BuiltinTokenizer:
+    """Word-level tokenizer of the built-in corpus: one id per vocabulary word, whitespace-separated text."""
+
+    def __init__(self) -> None:
+        self._id_of = {word: i for i, word in enumerate(VOCABULARY)}
+        self.vocab_size = len(VOCABULARY)
+        self.pad_id = PAD_ID
+        self.eos_id = EOS_ID
+        self.unk_id = UNK_ID
+
+    def encode(self, text: str) -> list[int]:
+        return [self._id_of.get(word, UNK_ID) for word in text.split()]
+
+    def decode(self, ids) -> str:
+        words = [VOCABULARY[i] for i in ids if int(i) not in (PAD_ID, EOS_ID)]
+        return " ".join(words)
+
+
+def _fact_sentences(name: str, city: str, thing: str, color: str, animal: str) -> dict[str, str]:
+    return {
+        "city": f"{name} lives in {city} .",
+        "thing": f"{name} likes {thing} .",
+        "animal": f"{name} has a {color} {animal} .",
+    }
+
+
+_QUESTIONS = {
+    "city": "where does {name} live ?",
+    "thing": "what does {name} like ?",
+    "animal": "what does {name} have ?",
+}
+
+
+def _filler(rng: np.random.Generator) -> str:
+    if rng.random() < 0.2:
+        return f"it was a {rng.choice(ADJECTIVES)} day in {rng.choice(CITIES)} ."
+    words = ["the", rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(VERBS), "the"]
+    if rng.random() < 0.5:
+        words.append(rng.choice(ADJECTIVES))
+    words.append(rng.choice(NOUNS))
+    if rng.random() < 0.3:
+        words.append(rng.choice(ADVERBS))
+    return " ".join(words) + " ."
+
+
+def generate_document(seed: int, index: int) -> str:
+    """Document ``index`` of the corpus with ``seed``, as whitespace-separated words (no <eos>)."""
+    rng = np.random.default_rng([seed, index])
+    num_people = int(rng.integers(2, 5))
+    names = rng.choice(NAMES, size=num_people, replace=False)
+    facts: list[str] = []
+    questions: list[str] = []
+    for name in names:
+        sentences = _fact_sentences(
+            name, rng.choice(CITIES), rng.choice(THINGS), rng.choice(COLORS), rng.choice(ANIMALS)
+        )
+        facts.extend(sentences.values())
+        asked = rng.choice(sorted(sentences))
+        questions.append(_QUESTIONS[asked].format(name=name) + " " + sentences[asked])
+    order = rng.permutation(len(facts))
+    body: list[str] = []
+    for position in order:
+        body.append(facts[position])
+        for _ in range(int(rng.integers(0, 3))):
+            body.append(_filler(rng))
+    question_order = rng.permutation(len(questions))
+    return " ".join(body + [questions[i] for i in question_order])
+
+
+class BuiltinCorpus:
+    """Map-style view of the built-in corpus: ``corpus[i]`` is document ``i`` as token ids followed by <eos>."""
+
+    def __init__(self, seed: int, num_documents: int, *, first_index: int = 0) -> None:
+        if num_documents <= 0:
+            raise ValueError(f"data.builtin.num_documents must be positive, got {num_documents}")
+        self.seed = seed
+        self.first_index = first_index
+        self.num_documents = num_documents
+        self.tokenizer = BuiltinTokenizer()
+
+    def __len__(self) -> int:
+        return self.num_documents
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.num_documents:
+            raise IndexError(f"document {index} out of range [0, {self.num_documents})")
+        text = generate_document(self.seed, self.first_index + int(index))
+        return np.asarray(self.tokenizer.encode(text) + [EOS_ID], dtype=np.int32)

@@ -1,0 +1,40 @@
+"""Shared layers: RMSNorm, rotary positions, SwiGLU, causal depthwise conv, embeddings, attention with KV cache."""
+
+from hope_jax.layers.attention import (
+    Attention,
+    attention_flops_per_token,
+    attention_mask,
+    kv_cache_len,
+    masked_attention,
+    mean_visible_keys,
+)
+from hope_jax.layers.conv import CausalDepthwiseConv, causal_depthwise_conv
+from hope_jax.layers.dense import Dense, normal_init
+from hope_jax.layers.embedding import Embedder
+from hope_jax.layers.mlp import SwiGLU, swiglu, swiglu_hidden_size
+from hope_jax.layers.norm import RMSNorm, rms_normalize
+from hope_jax.layers.remat import REMAT_POLICIES, maybe_remat
+from hope_jax.layers.rotary import apply_rotary, rotary_cos_sin
+
+__all__ = [
+    "REMAT_POLICIES",
+    "Attention",
+    "CausalDepthwiseConv",
+    "Dense",
+    "Embedder",
+    "RMSNorm",
+    "SwiGLU",
+    "apply_rotary",
+    "attention_flops_per_token",
+    "attention_mask",
+    "causal_depthwise_conv",
+    "kv_cache_len",
+    "masked_attention",
+    "maybe_remat",
+    "mean_visible_keys",
+    "normal_init",
+    "rms_normalize",
+    "rotary_cos_sin",
+    "swiglu",
+    "swiglu_hidden_size",
+]

@@ -1,0 +1,103 @@
+"""Shared pieces of the chunk-parallel inner loops: chunked scans with remat groups, in-chunk decay products.
+
+Conventions used by every module of this package:
+- one sequence and one head at a time ([T, d] rows); batch and heads are added with `jax.vmap` by the public functions;
+- fast weights in row convention, `y = x @ W` with `W[d_in, d_out]`, so a chunk's tokens are the rows of a matrix;
+- chunk boundaries at multiples of the chunk size; when T is not a multiple, the last, shorter chunk is processed as a
+  chunk of its own (its tokens read its start state, and the returned end state includes its update: the end of the
+  sequence acts as a chunk boundary).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+
+# The C×C products and solves of the inner loops stay exact even where the model runs reduced-precision matmuls
+# (HOPE_SPEC Appendix B.3); on CPU this changes nothing.
+HIGHEST = lax.Precision.HIGHEST
+
+
+def mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Matrix product at highest precision."""
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Rows scaled to unit ℓ2 norm (eps keeps all-zero rows finite)."""
+    return x * lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def segment_products(log_a: jax.Array) -> jax.Array:
+    """[C] log factors -> [C, C] lower-triangular matrix P[t, i] = Π_{l=i+1..t} a_l (P[t, t] = 1, 0 above the diagonal).
+
+    Built as a masked cumulative sum over a broadcast copy instead of as differences of one cumulative sum, so that
+    no ratio of two tiny products is ever formed (HOPE_SPEC Appendix B.3).
+    """
+    c = log_a.shape[0]
+    rows = jnp.arange(c)[:, None]  # l (summed) / t (result)
+    cols = jnp.arange(c)[None, :]  # i
+    terms = jnp.where(rows > cols, jnp.broadcast_to(log_a[:, None], (c, c)), 0.0)
+    sums = jnp.cumsum(terms, axis=0)
+    return jnp.where(rows >= cols, jnp.exp(sums), 0.0)
+
+
+def shift_rows_down(m: jax.Array) -> jax.Array:
+    """Row t of the result is row t-1 of m; row 0 is zero (the 'state before token t' index shift)."""
+    return jnp.concatenate([jnp.zeros_like(m[:1]), m[:-1]], axis=0)
+
+
+def scan_chunks(
+    chunk_fn: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]],
+    carry: PyTree,
+    xs: PyTree,
+    chunk_size: int,
+    remat_group: int = 1,
+) -> tuple[PyTree, PyTree]:
+    """Runs `chunk_fn(carry, xs_chunk) -> (carry, ys_chunk)` over consecutive chunks of the time-leading pytree `xs`.
+
+    `lax.scan` over chunks; every `remat_group` consecutive chunks are wrapped in one `jax.checkpoint`, so backward
+    keeps only the carried state at group boundaries plus one group's intermediates (remat_group=0 switches
+    rematerialisation off). A trailing partial chunk (T % chunk_size tokens) is one more, shorter chunk.
+    Returns the final carry and the time-leading concatenation of the per-chunk outputs.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if remat_group < 0:
+        raise ValueError(f"remat_group must be >= 0 (0 = no rematerialisation), got {remat_group}")
+    length = jax.tree.leaves(xs)[0].shape[0]
+    n_full = length // chunk_size
+    group = remat_group if remat_group > 0 else max(n_full, 1)
+    n_groups, n_loose = divmod(n_full, group)
+
+    def run_group(carry, xs_group):
+        return lax.scan(chunk_fn, carry, xs_group)
+
+    if remat_group > 0:
+        run_group = jax.checkpoint(run_group)
+    pieces = []
+    start = 0
+    if n_groups:
+        stop = n_groups * group * chunk_size
+        grouped = jax.tree.map(
+            lambda a: a[start:stop].reshape(n_groups, group, chunk_size, *a.shape[1:]), xs
+        )
+        carry, ys = lax.scan(run_group, carry, grouped)
+        pieces.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[3:]), ys))
+        start = stop
+    if n_loose:
+        stop = start + n_loose * chunk_size
+        loose = jax.tree.map(lambda a: a[start:stop].reshape(n_loose, chunk_size, *a.shape[1:]), xs)
+        carry, ys = run_group(carry, loose)
+        pieces.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), ys))
+        start = stop
+    if start < length:
+        tail_fn = jax.checkpoint(chunk_fn) if remat_group > 0 else chunk_fn
+        carry, ys = tail_fn(carry, jax.tree.map(lambda a: a[start:], xs))
+        pieces.append(ys)
+    ys = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *pieces)
+    return carry, ys

@@ -1,0 +1,94 @@
+"""The in-chunk linear recurrence shared by every memory, solved without a token loop (HOPE_SPEC E11–E13, Appendix B).
+
+One weight matrix W [d_in, d_out] (row convention), chunk tokens t = 0..C-1, known before the chunk is processed:
+x_t (the layer's input), ĝ_t (the step: minus learning rate times the output-side inner gradient at the chunk-start
+weights), a_t (retention), ε_t (momentum decay), β_t (DGD step; absent for Titans):
+
+    momentum off:  W_t = (a_t I − β_t x_tᵀx_t) W_{t−1} + x_tᵀ ĝ_t
+    momentum on:   S_t = ε_t S_{t−1} + x_tᵀ ĝ_t,   W_t = (a_t I − β_t x_tᵀx_t) W_{t−1} + S_t
+
+Titans (E5–E6) is β = 0 with a = 1 − α_T, ε = η_T and ĝ = −θ·g; DGD (E28 + A5) is β = η' with retention α.
+The decay and momentum products become C×C matrices (E12–E13) and the identity-plus-rank-one transitions one C×C
+unit-lower-triangular solve (Appendix B.1/B.2, written here in row convention).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import solve_triangular
+
+from hope_jax.memory.chunking import mm, segment_products, shift_rows_down
+
+
+class ChunkCoefficients(NamedTuple):
+    """Decay/momentum coefficients of one chunk (all in the chunk's own token index)."""
+
+    decay: jax.Array  # [C, C] Γ[t, j] = Π_{l=j+1..t} a_l (lower triangular, unit diagonal)
+    decay_from_start: jax.Array  # [C] γ_t = Π_{l=0..t} a_l: how much of the chunk-start W survives to t
+    write: jax.Array  # [C, C] c[t, i] = Σ_{j=i..t} Γ[t, j] E[j, i]: weight of token i's step in W_t (Γ without momentum)
+    momentum_into_state: jax.Array  # [C] σ_t = Σ_{j≤t} Γ[t, j] Π_{l≤j} ε_l: weight of the chunk-start S in W_t
+    momentum_decay: jax.Array | None  # [C, C] E[j, i] = Π_{l=i+1..j} ε_l (None without momentum)
+    momentum_from_start: jax.Array | None  # [C] Π_{l=0..t} ε_l (None without momentum)
+
+
+def chunk_coefficients(log_retain: jax.Array, log_momentum: jax.Array | None) -> ChunkCoefficients:
+    """Coefficients from per-token log retention [C] and log momentum decay [C] (None = momentum off)."""
+    decay = segment_products(log_retain)
+    decay_from_start = jnp.exp(jnp.cumsum(log_retain))
+    if log_momentum is None:
+        return ChunkCoefficients(decay, decay_from_start, decay, jnp.zeros_like(decay_from_start), None, None)
+    momentum_decay = segment_products(log_momentum)
+    momentum_from_start = jnp.exp(jnp.cumsum(log_momentum))
+    write = mm(decay, momentum_decay)
+    momentum_into_state = mm(decay, momentum_from_start[:, None])[:, 0]
+    return ChunkCoefficients(
+        decay, decay_from_start, write, momentum_into_state, momentum_decay, momentum_from_start
+    )
+
+
+def chunk_end_state(
+    w0: jax.Array,
+    s0: jax.Array | None,
+    x: jax.Array,
+    step: jax.Array,
+    coeffs: ChunkCoefficients,
+    beta: jax.Array | None = None,
+    truncate_grad: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """End-of-chunk (W, S) of the recurrence in the module docstring.
+
+    w0, s0: [d_in, d_out] chunk-start weights and momentum (s0 None iff momentum off); x: [C, d_in]; step: ĝ [C, d_out];
+    beta: [C] DGD steps or None (no state-dependent transition). truncate_grad: the data-dependent part of the
+    update is stop-gradient'ed, so outer gradients reach the start state only through its decay (DESIGN D4 switch).
+    """
+    has_momentum = coeffs.momentum_decay is not None
+    if has_momentum != (s0 is not None):
+        raise ValueError("momentum state must be given exactly when the coefficients carry momentum")
+    last = x.shape[0] - 1
+    carried = coeffs.decay_from_start[last] * w0
+    if has_momentum:
+        carried = carried + coeffs.momentum_into_state[last] * s0
+    update = mm(x.T, coeffs.write[last][:, None] * step)
+    if beta is not None:
+        # Rows of `writes` are the transition's own rank-one writes u_t = −β_t x_t W_{t−1}; the triangular solve
+        # replaces the token loop (Appendix B).
+        gram = mm(x, x.T)
+        decay_before = shift_rows_down(coeffs.decay)  # Γ'[t, i] = Π_{l=i+1..t−1} a_l for i < t
+        system = jnp.eye(x.shape[0], dtype=x.dtype) + beta[:, None] * (gram * decay_before)
+        # State before token t, seen through x_t: γ'_t x_t W0 + σ'_t x_t S0 + Σ_{i<t} (x_t·x_i)(Γ'[t,i] u_i + c[t−1,i] ĝ_i).
+        start_decay_before = jnp.concatenate([jnp.ones_like(coeffs.decay_from_start[:1]), coeffs.decay_from_start[:-1]])
+        rhs = start_decay_before[:, None] * mm(x, w0) + mm(gram * shift_rows_down(coeffs.write), step)
+        if has_momentum:
+            momentum_before = jnp.concatenate([jnp.zeros_like(coeffs.momentum_into_state[:1]), coeffs.momentum_into_state[:-1]])
+            rhs = rhs + momentum_before[:, None] * mm(x, s0)
+        writes = solve_triangular(system, -beta[:, None] * rhs, lower=True, unit_diagonal=True)
+        update = update + mm(x.T, coeffs.decay[last][:, None] * writes)
+    w_end = carried + (lax.stop_gradient(update) if truncate_grad else update)
+    if not has_momentum:
+        return w_end, None
+    momentum_update = mm(x.T, coeffs.momentum_decay[last][:, None] * step)
+    if truncate_grad:
+        momentum_update = lax.stop_gradient(momentum_update)
+    return w_end, coeffs.momentum_from_start[last] * s0 + momentum_update

@@ -1,0 +1,102 @@
+"""The `optim` config section: named levels, ordered (regex, level) rules, clipping and the weight-decay mask."""
+
+import ml_collections
+
+KINDS = ("adamw", "muon", "m3", "deep_momentum")
+SCHEDULES = ("cosine", "linear", "constant")
+M3_MODES = ("paper", "ema")
+DEEP_MOMENTUM_VARIANTS = ("delta", "mlp")
+DEEP_MOMENTUM_OBJECTIVES = ("dot", "l2")
+MUON_SCALINGS = ("rms", "spectral", "none")
+
+# Muon-literature quintic (Keller Jordan); NS is an inner optimiser per HOPE_SPEC §8, its variant is configuration.
+QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def level_config(**overrides) -> ml_collections.ConfigDict:
+    """One level's settings with every key at its default; `overrides` must name existing keys.
+
+    Tier configs add levels with `cfg.optim.levels.<name> = level_config(kind=..., lr=...)` inside `cfg.unlocked()`.
+    """
+    level = ml_collections.ConfigDict(
+        {
+            "kind": "adamw",  # one of KINDS
+            "lr": 3e-4,
+            "schedule": "cosine",  # after warmup: one of SCHEDULES
+            "warmup_steps": 0,  # global optimiser steps of linear warmup from 0
+            "decay_steps": -1,  # global steps of the decay after warmup; -1: until total_steps
+            "end_lr_ratio": 0.1,  # lr at the end of the decay, as a fraction of lr
+            "weight_decay": 0.1,  # decoupled, multiplied by the scheduled lr (optax.adamw convention)
+            "b1": 0.9,  # AdamW (and the AdamW fallback of muon / m3 for non-matrix parameters)
+            "b2": 0.95,
+            "eps": 1e-8,
+            "period_tokens": 0,  # this level steps every period_tokens tokens (optax.MultiSteps); 0: every step
+            # Newton–Schulz (muon and m3): X <- a X + (b A + c A^2) X, A = X X^T, from X0 = G/||G||_F.
+            "ns_steps": 5,
+            "ns_coeffs": QUINTIC_COEFFS,
+            "ns_eps": 1e-7,
+            "ns_stacked": False,  # True: ndim>2 leaves are stacks of matrices (last two dims); False: AdamW fallback
+            # Muon
+            "muon_momentum": 0.95,
+            "muon_nesterov": True,
+            "muon_scaling": "rms",  # one of MUON_SCALINGS; rms: 0.2*sqrt(max(m, n)) so AdamW's lr carries over
+            # M3 (HOPE_SPEC Algorithm 1); period in optimiser steps of this level
+            "m3_mode": "paper",  # 'paper': literal sums (A10); 'ema': exponential averages
+            "m3_beta1": 0.9,
+            "m3_beta2": 0.999,
+            "m3_beta3": 0.9,
+            "m3_alpha": 1.0,
+            "m3_period": 8,
+            "m3_eps": 1e-8,
+            # Deep momentum (HOPE_SPEC E36–E39)
+            "dm_variant": "delta",  # 'delta': E38 delta-rule momentum; 'mlp': E39 deep (MLP) momentum
+            "dm_alpha": 0.9,  # retention alpha of the momentum memory
+            "dm_lr": 1.0,  # inner learning rate eta of the momentum memory
+            "dm_delta_lr": 0.5,  # step size of the delta decay term (A9); 0 recovers heavy-ball momentum
+            "dm_objective": "l2",  # E39 inner objective: 'dot' (<m(u), u>) or 'l2' (||m(u) - u||^2)
+            "dm_hidden": 8,  # E39 MLP hidden width
+            "dm_init_scale": 1.0,  # E39 first-layer init scale; 0 makes the MLP inert (ordinary momentum)
+            "dm_seed": 0,
+        }
+    )
+    level.lock()  # before the overrides, so a misspelt key fails here
+    level.update(overrides)
+    return level
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+    """The `optim` section: one AdamW level 'default' that labels every parameter, so any model trains as is."""
+    cfg = ml_collections.ConfigDict()
+    cfg.levels = ml_collections.ConfigDict({"default": level_config()})
+    # Ordered (regex, level) pairs; the first regex that fully matches a parameter's path string wins.
+    cfg.rules = [(".*", "default")]
+    cfg.clip_norm = 1.0  # global-norm clipping of the whole gradient before the levels; 0 disables it
+    # No weight decay on parameters with fewer than weight_decay_min_ndim dims or whose path fully matches a pattern.
+    cfg.weight_decay_min_ndim = 2
+    cfg.weight_decay_exclude = [".*norm.*", ".*embed.*", ".*bias"]
+    cfg.lock()
+    return cfg
+
+
+def resolve_level(name: str, level_cfg) -> ml_collections.ConfigDict:
+    """A level's settings over the defaults, rejecting unknown keys and values by name."""
+    resolved = level_config()
+    for key, value in dict(level_cfg).items():
+        if key not in resolved:
+            raise KeyError(f"optim.levels.{name}: unknown key {key!r}; known keys: {sorted(resolved.keys())}")
+        resolved[key] = value
+    for key, allowed in (
+        ("kind", KINDS),
+        ("schedule", SCHEDULES),
+        ("m3_mode", M3_MODES),
+        ("dm_variant", DEEP_MOMENTUM_VARIANTS),
+        ("dm_objective", DEEP_MOMENTUM_OBJECTIVES),
+        ("muon_scaling", MUON_SCALINGS),
+    ):
+        if resolved[key] not in allowed:
+            raise ValueError(f"optim.levels.{name}.{key} = {resolved[key]!r}; expected one of {allowed}")
+    if len(tuple(resolved.ns_coeffs)) != 3:
+        raise ValueError(f"optim.levels.{name}.ns_coeffs must be three numbers (a, b, c), got {resolved.ns_coeffs}")
+    if resolved.m3_period < 1:
+        raise ValueError(f"optim.levels.{name}.m3_period must be >= 1, got {resolved.m3_period}")
+    return resolved

@@ -1,0 +1,249 @@
+"""The training loop: build, restore or initialise, compile ahead of time, run, log, evaluate, checkpoint, stop cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import periodic_actions
+
+from data_pipeline.loader import make_loader
+from hope_jax import sharding as shd
+from hope_jax.models.registry import flops_per_token
+from hope_jax.optim import build_optimizer, level_update_norms
+from hope_jax.train.checkpoint import Checkpointer, config_hash
+from hope_jax.train.metrics import MetricsLogger
+from hope_jax.train.state import model_spec, create_train_state, state_layout
+from hope_jax.train.step import make_eval_step, make_train_step
+from hope_jax.train.validate import validate_config
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+    final_step: int
+    losses: dict[int, float]  # step -> training loss, for every step run in this call
+    eval_loss: float | None
+    stopped_by_signal: bool
+
+
+class _StopSignal:
+    """Turns SIGTERM (Slurm preemption, `kill`) into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            logging.warning("received signal %d: saving a checkpoint and exiting", signum)
+            self.received = True
+
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: nothing to install
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _device_batch(batch, sharding):
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _batch_abstract(config, sharding):
+    shape = (config.train.global_batch_size, config.train.seq_len)
+    return {
+        "inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+        "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+        "mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding),
+    }
+
+
+def _log_memory_analysis(compiled) -> None:
+    try:
+        analysis = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):  # some backends do not report it
+        analysis = None
+    if analysis is None:
+        logging.info("compiled train step: no memory analysis on this backend")
+        return
+    gib = 1 << 30
+    logging.info(
+        "compiled train step memory per device: arguments %.3f GiB, outputs %.3f GiB, temporaries %.3f GiB, "
+        "generated code %.3f GiB",
+        analysis.argument_size_in_bytes / gib,
+        analysis.output_size_in_bytes / gib,
+        analysis.temp_size_in_bytes / gib,
+        analysis.generated_code_size_in_bytes / gib,
+    )
+
+
+def evaluate(config, spec, eval_step, params, mesh, rules) -> float:
+    """Mean token loss over the first eval.num_batches batches of the validation split (the same batches every time)."""
+    loader = make_loader(
+        config.data,
+        seq_len=config.train.seq_len,
+        global_batch_size=config.train.global_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        split="validation",
+    )
+    sharding = shd.batch_sharding(mesh, rules)
+    nll_total, weight_total = 0.0, 0.0
+    for _, batch in zip(range(config.eval.num_batches), loader):
+        nll, weight = eval_step(params, _device_batch(batch, sharding))
+        nll_total += float(nll)
+        weight_total += float(weight)
+    if weight_total == 0:
+        raise ValueError("the validation split yielded no batch: lower train.global_batch_size or train.seq_len")
+    return nll_total / weight_total
+
+
+def train(config, workdir: str) -> TrainResult:
+    validate_config(config, jax.device_count())
+    jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
+    os.makedirs(workdir, exist_ok=True)
+
+    mesh = shd.make_mesh(config.mesh)
+    rules = shd.axis_rules(config.mesh)
+    logging.info("devices: %d x %s (%d processes); mesh %s", jax.device_count(), jax.devices()[0].platform,
+                 jax.process_count(), dict(mesh.shape))
+
+    spec = model_spec(config.model)
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(spec.abstract_params))
+    logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
+    tokens_per_step = config.train.global_batch_size * config.train.seq_len
+    tx, labels = build_optimizer(
+        config.optim, spec.abstract_params, tokens_per_step=tokens_per_step, total_steps=config.train.num_steps
+    )
+    layout = state_layout(spec, tx, mesh, rules)
+    batch_sharding = shd.batch_sharding(mesh, rules)
+
+    data_iterator = make_loader(
+        config.data,
+        seq_len=config.train.seq_len,
+        global_batch_size=config.train.global_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    checkpointer = None
+    if config.checkpoint.enabled:
+        checkpointer = Checkpointer(
+            os.path.join(os.path.abspath(workdir), "checkpoints"),
+            max_to_keep=config.checkpoint.max_to_keep,
+            async_save=config.checkpoint["async"],
+        )
+    latest = checkpointer.latest_step() if checkpointer else None
+    if latest is not None:
+        state = checkpointer.restore(latest, layout, data_iterator, config)
+        logging.info("resuming from step %d", latest)
+    else:
+        state = create_train_state(config.model, tx, layout, config.train.seed)
+
+    update_norms = lambda updates: level_update_norms(updates, labels)
+    train_step = jax.jit(
+        make_train_step(spec, tx, grad_accum_steps=config.train.grad_accum_steps, update_norms_fn=update_norms),
+        in_shardings=(layout.shardings, batch_sharding),
+        out_shardings=(layout.shardings, shd.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    compile_start = time.time()
+    compiled_step = train_step.lower(layout.abstract, _batch_abstract(config, batch_sharding)).compile()
+    logging.info("train step compiled in %.1f s", time.time() - compile_start)
+    _log_memory_analysis(compiled_step)
+    eval_step = jax.jit(make_eval_step(spec))
+
+    metrics_logger = MetricsLogger(workdir, tensorboard=config.logging.tensorboard)
+    metrics_logger.write_hparams({"config_hash": config_hash(config), "num_params": num_params})
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=config.train.num_steps, writer=metrics_logger.progress_writer(), every_secs=30
+    )
+    flops = flops_per_token(config.model, config.train.seq_len)
+    start_step = int(state.step)
+    losses: dict[int, float] = {}
+    eval_loss = None
+    stopped = False
+    pending: tuple[int, dict] | None = None  # the previous step's metrics, read one step late so the device never idles
+    window_start, window_tokens = time.time(), 0.0
+
+    def save(step: int, force: bool = False) -> None:
+        if checkpointer is not None:
+            checkpointer.save(step, state, data_iterator, config, force=force)
+
+    def absorb(step: int, metrics: dict) -> None:
+        nonlocal window_start, window_tokens
+        host = jax.device_get(metrics)
+        if host["nonfinite"] and config.train.nonfinite == "halt":
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {step} (loss={float(host['loss'])}); the run stops here and the "
+                "last good checkpoint is kept. Set train.nonfinite='skip' to drop such updates instead."
+            )
+        losses[step] = float(host["loss"])
+        window_tokens += float(host["tokens"])
+        if step % config.train.log_every_steps == 0 or step == config.train.num_steps:
+            elapsed = max(time.time() - window_start, 1e-9)
+            tokens_per_s = window_tokens / elapsed
+            scalars = {k: v for k, v in host.items() if k != "tokens"}
+            scalars["tokens_per_s"] = tokens_per_s
+            scalars["model_tflops_per_s"] = tokens_per_s * flops["total"] / 1e12
+            metrics_logger.write_scalars(step, scalars)
+            logging.info(
+                "step %d: loss %.4f, grad_norm %.3f, %.0f tokens/s", step, host["loss"], host["grad_norm"],
+                tokens_per_s,
+            )
+            window_start, window_tokens = time.time(), 0.0
+
+    with _StopSignal() as stop:
+        try:
+            for step in range(start_step + 1, config.train.num_steps + 1):
+                batch = _device_batch(next(data_iterator), batch_sharding)
+                state, metrics = compiled_step(state, batch)
+                if pending is not None:
+                    absorb(*pending)
+                pending = (step, metrics)
+                report_progress(step)
+                if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+                    absorb(*pending)  # never checkpoint a state whose loss was not checked
+                    pending = None
+                    save(step)
+                if config.eval.every_steps and step % config.eval.every_steps == 0:
+                    eval_loss = evaluate(config, spec, eval_step, state.params, mesh, rules)
+                    metrics_logger.write_scalars(step, {"eval_loss": eval_loss})
+                    logging.info("step %d: eval loss %.4f", step, eval_loss)
+                if stop.received:
+                    if pending is not None:
+                        absorb(*pending)
+                        pending = None
+                    save(step, force=True)
+                    stopped = True
+                    break
+            if pending is not None:
+                absorb(*pending)
+            final_step = int(state.step)
+            if not stopped and final_step > start_step:
+                save(final_step, force=True)
+                if config.eval.num_batches:
+                    eval_loss = evaluate(config, spec, eval_step, state.params, mesh, rules)
+                    metrics_logger.write_scalars(final_step, {"eval_loss": eval_loss})
+                    logging.info("final eval loss %.4f", eval_loss)
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+            metrics_logger.close()
+    if stopped:
+        logging.warning("stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step)
+    return TrainResult(final_step=final_step, losses=losses, eval_loss=eval_loss, stopped_by_signal=stopped)

@@ -1,0 +1,72 @@
+"""End to end: the training entry point on the smoke config with tiny overrides (a "has a pulse" test)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import smoke
+from hope_jax.train.loop import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_smoke_config():
+    config = smoke.get_config()
+    config.train.num_steps = 2
+    config.train.seq_len = 32
+    config.train.global_batch_size = 8
+    config.train.log_every_steps = 1
+    config.checkpoint.every_steps = 1
+    config.eval.every_steps = 0
+    config.eval.num_batches = 1
+    config.logging.tensorboard = False
+    config.mesh.data = 2
+    config.mesh.fsdp = 2
+    config.mesh.tensor = 2
+    return config
+
+
+def test_two_steps_write_checkpoint_and_metrics(tmp_path):
+    result = train(tiny_smoke_config(), str(tmp_path))
+    assert result.final_step == 2
+    assert sorted(result.losses) == [1, 2]
+    assert all(math.isfinite(loss) for loss in result.losses.values())
+    assert math.isfinite(result.eval_loss)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    records = [json.loads(line) for line in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
+def test_misspelt_override_names_the_key(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "hope_jax.main", "--config=configs/smoke.py", f"--workdir={tmp_path}",
+         "--config.train.num_stpes=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert completed.returncode != 0
+    assert "num_stpes" in completed.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"global_batch_size": 6}, "not divisible by the 8 data-parallel shards"),
+        ({"nonfinite": "ignore"}, "train.nonfinite must be"),
+    ],
+)
+def test_bad_shapes_fail_before_anything_is_written(tmp_path, override, message):
+    config = tiny_smoke_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    for key, value in override.items():
+        config.train[key] = value
+    with pytest.raises(ValueError, match=message):
+        train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
