@@ -1,4 +1,5 @@
-"""The `data` section of the configuration: which documents the loader reads and how it cuts them into batches."""
+"""The `data` section of the configuration: which documents the loader reads and how it cuts them into
+batches."""
 
 import ml_collections
 
@@ -7,9 +8,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             # 'builtin': the generated corpus of data_pipeline/builtin_corpus.py (smoke runs, tests).
-            # 'mixture': the ArrayRecord corpora of the mixture manifest `data.mixture` (data_pipeline/mixture.py).
+            # 'mixture': the ArrayRecord corpora of the mixture manifest `data.mixture`
+            # (data_pipeline/mixture.py).
             "source": "builtin",
-            # Seed of the document shuffle; every epoch of every corpus is reshuffled from it deterministically.
+            # Seed of the document shuffle; every epoch of every corpus is reshuffled from it
+            # deterministically.
             "seed": 0,
             "builtin": {
                 # Seed of the corpus generator: the documents themselves.
@@ -19,14 +22,18 @@ def default_data_config() -> ml_collections.ConfigDict:
             },
             # Path of a mixture manifest (YAML); relative paths inside it are resolved against its `root`.
             "mixture": "",
-            # SentencePiece model; empty means the one named by the mixture manifest. Its SHA-256 must equal the one
-            # recorded in every corpus manifest.
+            # SentencePiece model; empty means the one named by the mixture manifest. Its SHA-256 must equal
+            # the one recorded in every corpus manifest.
             "tokenizer": "",
-            # Fraction of each corpus's documents held out for validation (a fixed, seed-independent draw), at most
-            # `validation_max_documents` of them.
+            # Fraction of each corpus's documents held out for validation (a fixed, seed-independent draw), at
+            # most `validation_max_documents` of them.
             "validation_fraction": 0.01,
             "validation_max_documents": 10000,
-            # grain mp_prefetch worker processes; 0 reads in the training process (deterministic and cheapest on CPU).
+            # Document reader threads per corpus (grain ReadOptions) and the documents they keep ready.
+            "read_threads": 0,
+            "read_prefetch": 64,
+            # grain mp_prefetch worker processes; 0 reads in the training process (deterministic and cheapest
+            # on CPU).
             "num_workers": 0,
             # Batches each worker keeps ready.
             "prefetch_buffer_size": 2,

@@ -1,4 +1,5 @@
-"""The one exception type of the data pipeline: bad input that must stop a run early, with the file it came from (D13)."""
+"""The one exception type of the data pipeline: bad input that must stop a run early, with the file it came
+from (D13)."""
 
 
 class DataError(ValueError):

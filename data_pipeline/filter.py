@@ -1,12 +1,15 @@
-"""Filter raw documents into JSONL: normalise, bound lengths, drop exact and near duplicates, optional language filter.
+"""Filter raw documents into JSONL: normalise, bound lengths, drop exact and near duplicates, optional
+language filter.
 
-    python -m data_pipeline.filter INPUT [INPUT ...] --output=filtered/web.jsonl [--corpus_name=web] [--limit=N]
-    python -m data_pipeline.filter --hf_dataset=wikitext --hf_config=wikitext-103-raw-v1 --output=...
+    python -m data_pipeline.filter INPUT [INPUT ...] --output=filtered/web.jsonl [--corpus_name=web]
+    [--limit=N] python -m data_pipeline.filter --hf_dataset=wikitext --hf_config=wikitext-103-raw-v1
+    --output=...
 
-INPUT: plain text (documents split by --text_split), .jsonl (field --text_field) or .parquet files; globs allowed. The
-per-corpus document limit (the seed's RW_LIMIT / WIKI_LIMIT) is --limit, defaulting to the environment variable
-<CORPUS_NAME>_LIMIT. Streams: memory grows only with the duplicate tables (16 bytes per kept document for exact, 16 x 8 x 8
-bytes per kept document for near duplicates). Writes OUTPUT and OUTPUT.stats.json (counts and the settings used).
+INPUT: plain text (documents split by --text_split), .jsonl (field --text_field) or .parquet files; globs
+allowed. The per-corpus document limit (the seed's RW_LIMIT / WIKI_LIMIT) is --limit, defaulting to the
+environment variable <CORPUS_NAME>_LIMIT. Streams: memory grows only with the duplicate tables (16 bytes per
+kept document for exact, 16 x 8 x 8 bytes per kept document for near duplicates). Writes OUTPUT and
+OUTPUT.stats.json (counts and the settings used).
 """
 
 from __future__ import annotations
@@ -79,9 +82,15 @@ def filter_documents(documents: Iterable[str], settings: FilterSettings, counts:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_pipeline.filter", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data_pipeline.filter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="*", help="text / .jsonl / .parquet files or globs")
-    parser.add_argument("--hf_dataset", default="", help="a Hugging Face dataset name (needs network and `datasets`)")
+    parser.add_argument(
+        "--hf_dataset", default="", help="a Hugging Face dataset name (needs network and `datasets`)"
+    )
     parser.add_argument("--hf_config", default=None)
     parser.add_argument("--hf_split", default="train")
     parser.add_argument("--output", required=True, help="filtered JSONL file to write")
@@ -94,9 +103,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if field.name == "limit":
             continue
         if field.type == "bool":
-            parser.add_argument(f"--{field.name}", type=lambda v: v.lower() in ("1", "true", "yes"), default=field.default)
+            parser.add_argument(
+                f"--{field.name}", type=lambda v: v.lower() in ("1", "true", "yes"), default=field.default
+            )
         else:
-            parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)), default=field.default)
+            parser.add_argument(
+                f"--{field.name}", type=type(getattr(defaults, field.name)), default=field.default
+            )
     return parser.parse_args(argv)
 
 
@@ -108,12 +121,15 @@ def main(argv: list[str] | None = None) -> dict:
     if limit is None and args.corpus_name:
         limit = int(os.environ.get(f"{args.corpus_name.upper()}_LIMIT", "0"))
     settings = FilterSettings(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(FilterSettings) if f.name != "limit"}, limit=limit or 0
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(FilterSettings) if f.name != "limit"},
+        limit=limit or 0,
     )
 
     def documents() -> Iterator[str]:
         if args.hf_dataset:
-            yield from readers.read_hf_dataset(args.hf_dataset, args.text_field, args.hf_split, args.hf_config)
+            yield from readers.read_hf_dataset(
+                args.hf_dataset, args.text_field, args.hf_split, args.hf_config
+            )
         for path in readers.expand_inputs(args.inputs):
             yield from readers.read_documents(path, text_field=args.text_field, text_split=args.text_split)
 

@@ -1,7 +1,8 @@
 """Mixture manifests (YAML, written by people) and corpus manifests (JSON, written by shard.py).
 
-A mixture manifest names the corpora of a training mixture, their sampling weights (in tokens: the loader mixes packed
-windows), where their filtered documents are and where their shards and manifests go. Relative paths are resolved
+A mixture manifest names the corpora of a training mixture, their sampling weights (in tokens: the loader
+mixes packed windows), where their filtered documents are and where their shards and manifests go. Relative
+paths are resolved
 against `root`, which is itself relative to the manifest's directory (default: the directory itself)::
 
     name: sample
@@ -12,9 +13,9 @@ against `root`, which is itself relative to the manifest's directory (default: t
       - {name: web, weight: 0.7, inputs: [filtered/web/*.jsonl]}
       - {name: wiki, weight: 0.3, inputs: [filtered/wiki.jsonl], text_field: text}
 
-Defaults: tokenizer model `artifacts/tokenizer/<name>/spm.model`, shards `data/shards/<name>/<corpus>/`, corpus manifests
-`data/mixtures/<name>/<corpus>.json`. A corpus manifest is the audit trail of its shards: documents, tokens, shard files,
-tokenizer hash, source files and their filter settings, seed.
+Defaults: tokenizer model `artifacts/tokenizer/<name>/spm.model`, shards `data/shards/<name>/<corpus>/`,
+corpus manifests `data/mixtures/<name>/<corpus>.json`. A corpus manifest is the audit trail of its shards:
+documents, tokens, shard files, tokenizer hash, source files and their filter settings, seed.
 """
 
 from __future__ import annotations
@@ -28,8 +29,22 @@ import yaml
 from data_pipeline.errors import DataError
 
 CORPUS_MANIFEST_FORMAT = "hope_jax.corpus_manifest.v1"
-_TOKENIZER_DEFAULTS = {"model_type": "unigram", "vocab_size": 32000, "byte_fallback": True, "max_sentences": 1_000_000}
-_MIXTURE_KEYS = {"name", "root", "tokenizer", "documents_per_shard", "shards_dir", "manifests_dir", "seed", "corpora"}
+_TOKENIZER_DEFAULTS = {
+    "model_type": "unigram",
+    "vocab_size": 32000,
+    "byte_fallback": True,
+    "max_sentences": 1_000_000,
+}
+_MIXTURE_KEYS = {
+    "name",
+    "root",
+    "tokenizer",
+    "documents_per_shard",
+    "shards_dir",
+    "manifests_dir",
+    "seed",
+    "corpora",
+}
 _CORPUS_KEYS = {"name", "weight", "inputs", "text_field"}
 
 
@@ -96,7 +111,9 @@ def load_mixture(path: str | Path) -> MixtureSpec:
         corpus_name = str(entry["name"])
         weight = float(entry.get("weight", 1.0))
         if weight <= 0:
-            raise DataError(f"mixture manifest {path}: corpus {corpus_name!r} has weight {weight}; weights must be > 0")
+            raise DataError(
+                f"mixture manifest {path}: corpus {corpus_name!r} has weight {weight}; weights must be > 0"
+            )
         inputs = entry.get("inputs", [])
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         corpora.append(
@@ -134,13 +151,17 @@ def write_corpus_manifest(path: Path, manifest: dict) -> None:
 def read_corpus_manifest(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"corpus manifest {path} does not exist; run `python -m data_pipeline.shard` for its mixture")
+        raise DataError(
+            f"corpus manifest {path} does not exist; run `python -m data_pipeline.shard` for its mixture"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise DataError(f"corpus manifest {path} is not valid JSON: {error}") from error
     if manifest.get("format") != CORPUS_MANIFEST_FORMAT:
-        raise DataError(f"corpus manifest {path} has format {manifest.get('format')!r}, expected {CORPUS_MANIFEST_FORMAT}")
+        raise DataError(
+            f"corpus manifest {path} has format {manifest.get('format')!r}, expected {CORPUS_MANIFEST_FORMAT}"
+        )
     if not manifest.get("shards"):
         raise DataError(f"corpus manifest {path} lists no shards (an empty corpus cannot be trained on)")
     return manifest

@@ -1,4 +1,5 @@
-"""A progress line on stderr for long streaming jobs (count, rate, elapsed), at most a few updates per second."""
+"""A progress line on stderr for long streaming jobs (count, rate, elapsed), at most a few updates per
+second."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 
 
 class Progress:
-    def __init__(self, description: str, unit: str = "docs", total: int | None = None, every_s: float = 0.5) -> None:
+    def __init__(
+        self, description: str, unit: str = "docs", total: int | None = None, every_s: float = 0.5
+    ) -> None:
         self.description, self.unit, self.total, self.every_s = description, unit, total, every_s
         self.count = 0
         self.start = self.last_shown = time.perf_counter()
@@ -30,6 +33,7 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         total = f"/{self.total}" if self.total else ""
         sys.stderr.write(
-            f"{self.description}: {self.count}{total} {self.unit} [{elapsed:.1f}s, {self.count / elapsed:,.0f} {self.unit}/s]{end}"
+            f"{self.description}: {self.count}{total} {self.unit} "
+            f"[{elapsed:.1f}s, {self.count / elapsed:,.0f} {self.unit}/s]{end}"
         )
         sys.stderr.flush()

@@ -1,4 +1,5 @@
-"""Streaming document readers: plain text, JSONL, Parquet, Hugging Face datasets. Each yields one document string at a time."""
+"""Streaming document readers: plain text, JSONL, Parquet, Hugging Face datasets. Each yields one document
+string at a time."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ TEXT_SPLITS = ("blank_line", "line", "file")
 
 
 def expand_inputs(patterns) -> list[str]:
-    """Glob patterns -> sorted existing files; a pattern that matches nothing is an error, not an empty corpus."""
+    """Glob patterns -> sorted existing files; a pattern that matches nothing is an error, not an empty
+    corpus."""
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(str(pattern)))
@@ -56,7 +58,9 @@ def read_jsonl(path: str, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{line_number} is not valid JSON: {error}") from error
             if text_field not in record:
-                raise DataError(f"{path}:{line_number} has no field {text_field!r} (fields: {sorted(record)})")
+                raise DataError(
+                    f"{path}:{line_number} has no field {text_field!r} (fields: {sorted(record)})"
+                )
             yield str(record[text_field])
 
 
@@ -69,11 +73,15 @@ def read_parquet(path: str, text_field: str) -> Iterator[str]:
         yield from (str(text) for text in batch.column(0).to_pylist())
 
 
-def read_hf_dataset(name: str, text_field: str, split: str = "train", config: str | None = None) -> Iterator[str]:
+def read_hf_dataset(
+    name: str, text_field: str, split: str = "train", config: str | None = None
+) -> Iterator[str]:
     try:
         import datasets  # optional: only network ingestion needs it
     except ImportError as error:
-        raise DataError(f"reading the Hugging Face dataset {name} needs `datasets` (pip install datasets)") from error
+        raise DataError(
+            f"reading the Hugging Face dataset {name} needs `datasets` (pip install datasets)"
+        ) from error
     for record in datasets.load_dataset(name, config, split=split, streaming=True):
         yield str(record[text_field])
 

@@ -1,12 +1,13 @@
-"""Tokenise a mixture's filtered documents with tensorflow-text into ArrayRecord shards plus one manifest per corpus.
+"""Tokenise a mixture's documents with tensorflow-text into ArrayRecord shards and one manifest per corpus.
 
     python -m data_pipeline.shard --mixture=data/mixtures/sample.yaml [--corpus=NAME ...] [--batch_size=256]
 
-One record per document: its token ids (no <eos>; the loader appends it) as little-endian uint16 when the vocabulary fits,
-else int32, as the manifest's `dtype` says. Shard i of a corpus holds its documents [i * D, (i + 1) * D) with D the
-manifest's documents_per_shard, written to a temporary name and renamed when complete, with a sidecar JSON of its counts:
-a rerun skips every finished shard (resumable), and refuses to continue shards written with another tokenizer.
-This is the only module of the project that imports tensorflow (DESIGN D9).
+One record per document: its token ids (no <eos>; the loader appends it) as little-endian uint16 when the
+vocabulary fits, else int32, as the manifest's `dtype` says. Shard i of a corpus holds its documents [i * D,
+(i + 1) * D) with D the manifest's documents_per_shard, written to a temporary name and renamed when complete,
+with a sidecar JSON of its counts: a rerun skips every finished shard (resumable), and refuses to continue
+shards written with another tokenizer. This is the only module of the project that imports tensorflow (DESIGN
+D9).
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ def shard_name(corpus: str, index: int) -> str:
 
 
 class TfTextTokenizer:
-    """Batched SentencePiece tokenisation through tensorflow-text (graph ops, releases the GIL, many docs per call)."""
+    """Batched SentencePiece tokenisation through tensorflow-text (graph ops, releases the GIL, many docs per
+    call)."""
 
     def __init__(self, model_path: Path) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
         import tensorflow_text as tf_text
 
-        tf.config.set_visible_devices([], "GPU")  # tokenising never needs, and must never take, accelerator memory
+        tf.config.set_visible_devices(
+            [], "GPU"
+        )  # tokenising never needs, and must never take, accelerator memory
         self._tf = tf
         self._tokenizer = tf_text.SentencepieceTokenizer(model=model_path.read_bytes(), out_type=tf.int32)
         self.vocab_size = int(self._tokenizer.vocab_size().numpy())
@@ -76,7 +80,8 @@ def _write_shard(path: Path, token_lists: list[np.ndarray], dtype: np.dtype) -> 
 
 
 def _filter_provenance(files: list[str]) -> dict:
-    """The filter settings and counts of every input, from the stats file data_pipeline.filter wrote next to it."""
+    """The filter settings and counts of every input, from the stats file data_pipeline.filter wrote next to
+    it."""
     provenance = {}
     for file in files:
         stats_path = Path(file + ".stats.json")
@@ -85,7 +90,11 @@ def _filter_provenance(files: list[str]) -> dict:
 
 
 def shard_corpus(
-    mixture: MixtureSpec, corpus: CorpusSpec, tokenizer: TfTextTokenizer, tokenizer_sha256: str, batch_size: int
+    mixture: MixtureSpec,
+    corpus: CorpusSpec,
+    tokenizer: TfTextTokenizer,
+    tokenizer_sha256: str,
+    batch_size: int,
 ) -> dict:
     files = readers.expand_inputs(corpus.inputs)
     corpus.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +114,8 @@ def shard_corpus(
             record = json.loads(sidecar.read_text())
             if record["tokenizer_sha256"] != tokenizer_sha256:
                 raise DataError(
-                    f"shard {path} was written with tokenizer {record['tokenizer_sha256']}, not {tokenizer_sha256}; "
+                    f"shard {path} was written with tokenizer {record['tokenizer_sha256']}, "
+                    f"not {tokenizer_sha256}; "
                     f"delete {corpus.shard_dir} to re-shard with the new tokenizer"
                 )
             progress.update(len(shard_documents))
@@ -154,7 +164,11 @@ def shard_corpus(
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m data_pipeline.shard", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data_pipeline.shard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--mixture", required=True, help="mixture manifest (YAML)")
     parser.add_argument("--corpus", action="append", default=[], help="only these corpora (repeatable)")
     parser.add_argument("--batch_size", type=int, default=256, help="documents per tensorflow-text call")
@@ -162,7 +176,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mixture = load_mixture(args.mixture)
     model_path = mixture.tokenizer.model_path
     if not model_path.is_file():
-        raise DataError(f"tokenizer {model_path} does not exist; run `python -m data_pipeline.train_tokenizer` first")
+        raise DataError(
+            f"tokenizer {model_path} does not exist; run `python -m data_pipeline.train_tokenizer` first"
+        )
     tokenizer = TfTextTokenizer(model_path)
     tokenizer_sha256 = sha256_of_file(model_path)
     unknown = set(args.corpus) - {corpus.name for corpus in mixture.corpora}

@@ -1,9 +1,11 @@
-"""Pure text filters of data_pipeline.filter: normalisation, length bounds, exact and near-duplicate detection, language.
+"""Pure text filters of data_pipeline.filter: normalisation, length bounds, exact and near-duplicate
+detection, language.
 
-Near duplicates: MinHash over word 5-gram shingles of the normalised text with locality-sensitive hashing (bands of rows);
-a document is a near duplicate when it shares a band with an earlier kept document. With b bands of r rows, two documents
-of Jaccard similarity s collide with probability 1 - (1 - s^r)^b: for the defaults (16 x 8) that is 0.1% at s = 0.4 and
-94% at s = 0.8. Exact duplicates are caught first by a hash of the whole normalised text.
+Near duplicates: MinHash over word 5-gram shingles of the normalised text with locality-sensitive hashing
+(bands of rows); a document is a near duplicate when it shares a band with an earlier kept document. With b
+bands of r rows, two documents of Jaccard similarity s collide with probability 1 - (1 - s^r)^b: for the
+defaults (16 x 8) that is 0.1% at s = 0.4 and 94% at s = 0.8. Exact duplicates are caught first by a hash of
+the whole normalised text.
 """
 
 from __future__ import annotations
@@ -20,13 +22,69 @@ _PRIME = np.uint64(4294967291)  # largest prime below 2^32
 
 # Frequent English function words; their share of the words is a cheap, dependency-free language signal.
 _ENGLISH_STOPWORDS = frozenset(
-    "the of and to a in is it that was he for on are as with his they i at be this have from or one had by but not "
-    "what all were we when your can there an which their she do if will my me so no him you her our thou thy".split()
+    [
+        "the",
+        "of",
+        "and",
+        "to",
+        "a",
+        "in",
+        "is",
+        "it",
+        "that",
+        "was",
+        "he",
+        "for",
+        "on",
+        "are",
+        "as",
+        "with",
+        "his",
+        "they",
+        "i",
+        "at",
+        "be",
+        "this",
+        "have",
+        "from",
+        "or",
+        "one",
+        "had",
+        "by",
+        "but",
+        "not",
+        "what",
+        "all",
+        "were",
+        "we",
+        "when",
+        "your",
+        "can",
+        "there",
+        "an",
+        "which",
+        "their",
+        "she",
+        "do",
+        "if",
+        "will",
+        "my",
+        "me",
+        "so",
+        "no",
+        "him",
+        "you",
+        "her",
+        "our",
+        "thou",
+        "thy",
+    ]
 )
 
 
 def normalize_text(text: str) -> str:
-    """NFKC, no control characters, runs of spaces/tabs collapsed, lines right-stripped, at most one blank line in a row."""
+    """NFKC, no control characters, runs of spaces/tabs collapsed, lines right-stripped, at most one blank
+    line in a row."""
     text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
     text = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
@@ -47,7 +105,9 @@ def english_score(text: str) -> float:
 class MinHashDeduplicator:
     """Streaming near-duplicate detection: `seen(text)` is True when an earlier document is near-identical."""
 
-    def __init__(self, num_bands: int = 16, rows_per_band: int = 8, shingle_words: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self, num_bands: int = 16, rows_per_band: int = 8, shingle_words: int = 5, seed: int = 0
+    ) -> None:
         self.num_bands, self.rows_per_band, self.shingle_words = num_bands, rows_per_band, shingle_words
         rng = np.random.default_rng(seed)
         num_hashes = num_bands * rows_per_band
@@ -70,10 +130,12 @@ class MinHashDeduplicator:
 
     def seen(self, text: str) -> bool:
         signature = self.signature(text)
-        keys = [signature[i * self.rows_per_band : (i + 1) * self.rows_per_band].tobytes() for i in range(self.num_bands)]
+        keys = [
+            signature[i * self.rows_per_band : (i + 1) * self.rows_per_band].tobytes()
+            for i in range(self.num_bands)
+        ]
         duplicate = any(key in band for key, band in zip(keys, self._bands))
         if not duplicate:
             for key, band in zip(keys, self._bands):
                 band.add(key)
         return duplicate
-

@@ -1,7 +1,8 @@
-"""SentencePiece models as the training loop and evaluation see them, and the SHA-256 that ties them to their shards.
+"""SentencePiece models as the training loop and evaluation see them, and the SHA-256 that ties them to their
+shards.
 
-Special ids are fixed for every tokenizer the project trains (train_tokenizer.py), the same as the built-in corpus's:
-<pad>=0, <eos>=1, <unk>=2, and no <bos> (documents are separated by <eos> only).
+Special ids are fixed for every tokenizer the project trains (train_tokenizer.py), the same as the built-in
+corpus's: <pad>=0, <eos>=1, <unk>=2, and no <bos> (documents are separated by <eos> only).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def sha256_of_file(path: str | Path) -> str:
 
 
 class SentencePieceTokenizer:
-    """encode/decode with the `sentencepiece` package (eval and generation), same interface as BuiltinTokenizer."""
+    """encode/decode with the `sentencepiece` package (eval and generation), same interface as
+    BuiltinTokenizer."""
 
     def __init__(self, model_path: str | Path) -> None:
         model_path = Path(model_path)
@@ -54,14 +56,16 @@ def check_tokenizer_hash(model_path: str | Path, expected_sha256: str, manifest_
     actual = sha256_of_file(model_path)
     if actual != expected_sha256:
         raise DataError(
-            f"tokenizer {model_path} has SHA-256 {actual} but the shards of manifest {manifest_path} were written with a "
-            f"tokenizer of SHA-256 {expected_sha256}; refusing to load (re-shard, or point data.tokenizer at the right model)"
+            f"tokenizer {model_path} has SHA-256 {actual} but the shards of manifest {manifest_path} were "
+            f"written with a tokenizer of SHA-256 {expected_sha256}; refusing to load "
+            "(re-shard, or point data.tokenizer at the right model)"
         )
     return actual
 
 
 def check_vocab_fits(vocab_size: int, model_vocab_size: int, what: str) -> None:
-    """Token ids >= the model's embedding rows would be silently clamped or crash on device: refuse before training."""
+    """Token ids >= the model's embedding rows would be silently clamped or crash on device: refuse before
+    training."""
     if vocab_size > model_vocab_size:
         raise DataError(
             f"the vocabulary of {what} has {vocab_size} ids but model.vocab_size is {model_vocab_size}; "

@@ -1,12 +1,14 @@
 """Train the SentencePiece tokenizer of a mixture from its filtered documents.
 
-    python -m data_pipeline.train_tokenizer --mixture=data/mixtures/sample.yaml [--max_sentences=N] [--vocab_size=V]
+    python -m data_pipeline.train_tokenizer --mixture=data/mixtures/sample.yaml [--max_sentences=N]
+    [--vocab_size=V]
 
-Samples at most N lines (sentences), split between corpora in proportion to their weights, uniformly from each corpus by
-reservoir sampling (one streaming pass; memory is the sample). Writes <model>.model, <model>.vocab and
-<model>.model.sha256 (the hash every corpus manifest records). Special ids: <pad>=0, <eos>=1, <unk>=2, no <bos>.
-Normalisation is identity (data_pipeline.filter already applied NFKC and whitespace rules) and "\\n" is a piece of its own,
-so decode(encode(text)) == text for filtered text; byte fallback makes that hold for characters never seen in training.
+Samples at most N lines (sentences), split between corpora in proportion to their weights, uniformly from each
+corpus by reservoir sampling (one streaming pass; memory is the sample). Writes <model>.model, <model>.vocab
+and <model>.model.sha256 (the hash every corpus manifest records). Special ids: <pad>=0, <eos>=1, <unk>=2, no
+<bos>. Normalisation is identity (data_pipeline.filter already applied NFKC and whitespace rules) and "\\n" is
+a piece of its own, so decode(encode(text)) == text for filtered text; byte fallback makes that hold for
+characters never seen in training.
 """
 
 from __future__ import annotations
@@ -54,10 +56,9 @@ def sample_sentences(mixture: MixtureSpec, max_sentences: int, seed: int) -> lis
     return sample
 
 
-def train(
-    sentences: list[str], *, vocab_size: int, model_type: str, byte_fallback: bool, seed: int
-) -> bytes:
+def train(sentences: list[str], *, vocab_size: int, model_type: str, byte_fallback: bool, seed: int) -> bytes:
     model = io.BytesIO()
+    spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=model,
@@ -74,7 +75,6 @@ def train(
         user_defined_symbols=["\n"],
         split_digits=True,
         input_sentence_size=len(sentences),
-        random_seed=seed,
         num_threads=2,
         minloglevel=2,
         # A small corpus may not support the requested size; SentencePiece then stops at what it supports.
@@ -84,10 +84,18 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m data_pipeline.train_tokenizer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data_pipeline.train_tokenizer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--mixture", required=True, help="mixture manifest (YAML)")
-    parser.add_argument("--max_sentences", type=int, default=None, help="default: the manifest's tokenizer.max_sentences")
-    parser.add_argument("--vocab_size", type=int, default=None, help="default: the manifest's tokenizer.vocab_size")
+    parser.add_argument(
+        "--max_sentences", type=int, default=None, help="default: the manifest's tokenizer.max_sentences"
+    )
+    parser.add_argument(
+        "--vocab_size", type=int, default=None, help="default: the manifest's tokenizer.vocab_size"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     mixture = load_mixture(args.mixture)
@@ -106,10 +114,14 @@ def main(argv: list[str] | None = None) -> dict:
     processor = spm.SentencePieceProcessor(model_proto=model)
     vocab_path = spec.model_path.with_suffix(".vocab")
     vocab_path.write_text(
-        "".join(f"{processor.id_to_piece(i)!r}\t{processor.get_score(i)}\n" for i in range(processor.vocab_size()))
+        "".join(
+            f"{processor.id_to_piece(i)!r}\t{processor.get_score(i)}\n" for i in range(processor.vocab_size())
+        )
     )
     digest = sha256_of_file(spec.model_path)
-    spec.model_path.with_name(spec.model_path.name + ".sha256").write_text(f"{digest}  {spec.model_path.name}\n")
+    spec.model_path.with_name(spec.model_path.name + ".sha256").write_text(
+        f"{digest}  {spec.model_path.name}\n"
+    )
     report = {
         "model": str(spec.model_path),
         "sha256": digest,

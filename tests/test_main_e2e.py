@@ -60,13 +60,16 @@ def test_misspelt_override_names_the_key(tmp_path):
     [
         ({"global_batch_size": 6}, "not divisible by the 8 data-parallel shards"),
         ({"nonfinite": "ignore"}, "train.nonfinite must be"),
+        ({"seq_len": 40}, r"train.seq_len=40 is not divisible by model\..*chunk_size=16"),
+        ({"model.vocab_size": 100}, "has 182 ids but model.vocab_size is 100"),
     ],
 )
 def test_bad_shapes_fail_before_anything_is_written(tmp_path, override, message):
     config = tiny_smoke_config()
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     for key, value in override.items():
-        config.train[key] = value
+        section, _, name = key.rpartition(".")
+        config[section or "train"][name] = value
     with pytest.raises(ValueError, match=message):
         train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""Shared layers: RMSNorm, rotary positions, SwiGLU, causal depthwise conv, embeddings, attention with KV cache."""
+"""Shared layers: RMSNorm, rotary positions, SwiGLU, causal depthwise conv, embeddings, attention."""
 
 from hope_jax.layers.attention import (
     Attention,

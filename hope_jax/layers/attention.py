@@ -1,13 +1,14 @@
 """Multi-head softmax attention: causal or sliding-window, optional persistent-memory prefix, KV cache.
 
 Every key carries an absolute position, so one mask rule serves training, pieces with a carried cache and
-token-by-token generation: a query at position p sees keys at positions k with 0 ≤ k ≤ p and (windowed) p − k < window,
-plus the persistent-memory slots (learned, input-independent keys/values, Sukhbaatar et al. 2019 as Titans §3.3
-cites them), which every query sees and which carry no position.
+token-by-token generation: a query at position p sees keys at positions k with 0 ≤ k ≤ p and (windowed)
+p − k < window, plus the persistent-memory slots (learned, input-independent keys/values, Sukhbaatar et al.
+2019, as Titans §3.3 cites them), which every query sees and which carry no position.
 
-The cache holds the keys/values of the last C tokens before the current piece (C = window − 1 when windowed — all a
-window can need — else the maximum context length). Its slot j holds position `position − C + j`; slots with negative
-positions are empty. The cache update is a static slice of [cache ; new keys], so shapes never depend on the position.
+The cache holds the keys/values of the last C tokens before the current piece (C = window − 1 when
+windowed, all a window can need, else the maximum context length). Its slot j holds position
+`position − C + j`; slots with negative positions are empty. The cache update is a static slice of
+[cache ; new keys], so shapes never depend on the position.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def attention_mask(q_pos_t: jax.Array, k_pos_s: jax.Array, window: int) -> jax.A
     return visible
 
 
-def masked_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, mask_ts: jax.Array) -> jax.Array:
-    """softmax(q kᵀ/√d + mask) v with float32 scores and softmax; every query row must see at least one key."""
+def masked_attention(
+    q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, mask_ts: jax.Array
+) -> jax.Array:
+    """softmax(q kᵀ/√d + mask) v, float32 scores and softmax; every query row must see at least one key."""
     scale = q_bthd.shape[-1] ** -0.5
     scores_bhts = jnp.einsum("bthd,bshd->bhts", q_bthd, k_bshd, preferred_element_type=jnp.float32) * scale
     scores_bhts = jnp.where(mask_ts[None, None], scores_bhts, jnp.finfo(jnp.float32).min)
@@ -62,7 +65,9 @@ class Attention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if window < 0 or n_persistent < 0:
-            raise ValueError(f"attention window ({window}) and persistent tokens ({n_persistent}) must be ≥ 0")
+            raise ValueError(
+                f"attention window ({window}) and persistent tokens ({n_persistent}) must be ≥ 0"
+            )
         self.n_heads, self.head_dim = n_heads, head_dim
         self.window, self.max_len, self.rope_theta, self.dtype = window, max_len, rope_theta, dtype
         proj = dict(init_std=init_std, dtype=dtype, rngs=rngs)
@@ -73,13 +78,13 @@ class Attention(nnx.Module):
             (n_heads, head_dim), (d_model,), ("heads", "head_dim", "embed"),
             init_std=out_init_std, dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        self.persistent_k = self.persistent_v = None
-        if n_persistent:
-            # The scale of projected keys/values at initialisation: unit-rms inputs times N(0, init_std²) weights.
-            std = init_std * d_model**0.5
-            names = (None, "heads", "head_dim")
-            self.persistent_k = nnx.Param(normal_init(rngs, (n_persistent, n_heads, head_dim), std), sharding_names=names)
-            self.persistent_v = nnx.Param(normal_init(rngs, (n_persistent, n_heads, head_dim), std), sharding_names=names)
+        # The scale of projected keys/values at initialisation: unit-rms inputs times N(0, init_std²).
+        std, names = init_std * d_model**0.5, (None, "heads", "head_dim")
+        persistent = lambda: nnx.Param(
+            normal_init(rngs, (n_persistent, n_heads, head_dim), std), out_sharding=names
+        )
+        self.persistent_k = persistent() if n_persistent else None
+        self.persistent_v = persistent() if n_persistent else None
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
         slots = kv_cache_len(self.window, self.max_len if max_len is None else max_len)
@@ -110,8 +115,12 @@ class Attention(nnx.Module):
         if self.persistent_k is not None:
             n_persistent = self.persistent_k.shape[0]
             prefix_shape = (batch, n_persistent, self.n_heads, self.head_dim)
-            keys = jnp.concatenate([jnp.broadcast_to(self.persistent_k[...].astype(k.dtype), prefix_shape), keys], 1)
-            values = jnp.concatenate([jnp.broadcast_to(self.persistent_v[...].astype(v.dtype), prefix_shape), values], 1)
+            keys = jnp.concatenate(
+                [jnp.broadcast_to(self.persistent_k[...].astype(k.dtype), prefix_shape), keys], 1
+            )
+            values = jnp.concatenate(
+                [jnp.broadcast_to(self.persistent_v[...].astype(v.dtype), prefix_shape), values], 1
+            )
             mask_ts = jnp.concatenate([jnp.ones((seq_len, n_persistent), bool), mask_ts], axis=1)
         y_btd = self.wo(masked_attention(q, keys, values, mask_ts))
         return y_btd, self._advance_cache(cache, k, v)
@@ -138,9 +147,11 @@ def mean_visible_keys(seq_len: int, window: int, n_persistent: int) -> float:
     return visible / seq_len + n_persistent
 
 
-def attention_flops_per_token(seq_len: int, n_heads: int, head_dim: int, window: int, n_persistent: int) -> float:
-    """Training FLOPs per token of the score and value matmuls of one layer: 3 (fwd+bwd) × 2 matmuls × 2 × keys·H·d.
+def attention_flops_per_token(
+    seq_len: int, n_heads: int, head_dim: int, window: int, n_persistent: int
+) -> float:
+    """Training FLOPs per token of one layer's score and value matmuls: 3 × 2 matmuls × 2 × keys·H·d.
 
-    Counts only the keys the causal mask lets through (the model FLOPs), not the masked half an xla kernel computes.
+    Counts only the keys the causal mask lets through (model FLOPs), not the masked half xla computes.
     """
     return 12.0 * n_heads * head_dim * mean_visible_keys(seq_len, window, n_persistent)

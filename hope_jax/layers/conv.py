@@ -41,7 +41,7 @@ class CausalDepthwiseConv(nnx.Module):
         self.dtype = dtype
         bound = window**-0.5
         kernel = jax.random.uniform(rngs.params(), (window, channels), jnp.float32, -bound, bound)
-        self.kernel = nnx.Param(kernel, sharding_names=("conv_window", channel_axis))
+        self.kernel = nnx.Param(kernel, out_sharding=("conv_window", channel_axis))
 
     def init_state(self, batch_size: int) -> jax.Array:
         return jnp.zeros((batch_size, self.window - 1, self.channels), self.dtype)

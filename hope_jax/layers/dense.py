@@ -16,7 +16,7 @@ def normal_init(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> jax.Array
 
 
 class Dense(nnx.Module):
-    """y = x · W, contracting the last len(in_shape) axes of x with the leading axes of W (no bias: Transformer++)."""
+    """y = x · W, contracting the last len(in_shape) axes of x with W's leading axes; no bias."""
 
     def __init__(
         self,
@@ -32,7 +32,7 @@ class Dense(nnx.Module):
             raise ValueError(f"Dense: {len(axis_names)} axis names for kernel shape {in_shape + out_shape}")
         self.n_in = len(in_shape)
         self.dtype = dtype
-        self.kernel = nnx.Param(normal_init(rngs, in_shape + out_shape, init_std), sharding_names=axis_names)
+        self.kernel = nnx.Param(normal_init(rngs, in_shape + out_shape, init_std), out_sharding=axis_names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)

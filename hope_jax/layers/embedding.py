@@ -14,11 +14,15 @@ class Embedder(nnx.Module):
         self, vocab_size: int, d_model: int, *, tie: bool, init_std: float, dtype: jnp.dtype, rngs: nnx.Rngs
     ):
         self.dtype = dtype
-        self.table = nnx.Param(normal_init(rngs, (vocab_size, d_model), init_std), sharding_names=("vocab", "embed"))
+        self.table = nnx.Param(
+            normal_init(rngs, (vocab_size, d_model), init_std), out_sharding=("vocab", "embed")
+        )
         self.head = (
             None
             if tie
-            else nnx.Param(normal_init(rngs, (d_model, vocab_size), init_std), sharding_names=("embed", "vocab"))
+            else nnx.Param(
+                normal_init(rngs, (d_model, vocab_size), init_std), out_sharding=("embed", "vocab")
+            )
         )
 
     def encode(self, tokens_bt: jax.Array) -> jax.Array:
@@ -28,5 +32,8 @@ class Embedder(nnx.Module):
         """float32 logits; the matmul runs in the compute dtype and accumulates in float32."""
         head_dv = self.table[...].T if self.head is None else self.head[...]
         return jnp.einsum(
-            "btd,dv->btv", x_btd.astype(self.dtype), head_dv.astype(self.dtype), preferred_element_type=jnp.float32
+            "btd,dv->btv",
+            x_btd.astype(self.dtype),
+            head_dv.astype(self.dtype),
+            preferred_element_type=jnp.float32,
         )

@@ -22,12 +22,21 @@ def swiglu_hidden_size(d_model: int, multiple_of: int = 256) -> int:
 
 class SwiGLU(nnx.Module):
     def __init__(
-        self, d_model: int, hidden: int, *, init_std: float, out_init_std: float, dtype: jnp.dtype, rngs: nnx.Rngs
+        self,
+        d_model: int,
+        hidden: int,
+        *,
+        init_std: float,
+        out_init_std: float,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
     ):
         self.dtype = dtype
-        self.w_gate = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), sharding_names=("embed", "mlp"))
-        self.w_up = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), sharding_names=("embed", "mlp"))
-        self.w_down = nnx.Param(normal_init(rngs, (hidden, d_model), out_init_std), sharding_names=("mlp", "embed"))
+        self.w_gate = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), out_sharding=("embed", "mlp"))
+        self.w_up = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), out_sharding=("embed", "mlp"))
+        self.w_down = nnx.Param(
+            normal_init(rngs, (hidden, d_model), out_init_std), out_sharding=("mlp", "embed")
+        )
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         weights = (w[...].astype(self.dtype) for w in (self.w_gate, self.w_up, self.w_down))

@@ -19,7 +19,7 @@ class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, eps: float = 1e-6, axis_name: str | None = "embed", dtype=jnp.float32):
         self.eps = eps
         self.dtype = dtype
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), sharding_names=(axis_name,))
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=(axis_name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return (rms_normalize(x, self.eps) * self.scale[...]).astype(self.dtype)

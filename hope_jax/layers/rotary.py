@@ -19,7 +19,7 @@ def rotary_cos_sin(positions_t: jax.Array, head_dim: int, theta: float) -> tuple
 
 
 def apply_rotary(x_bthd: jax.Array, positions_t: jax.Array, theta: float) -> jax.Array:
-    """Rotate queries or keys x[B, T, H, head_dim] to their absolute positions[T]; the result keeps x's dtype."""
+    """Rotate queries or keys x[B, T, H, head_dim] to absolute positions[T]; the result keeps x's dtype."""
     half = x_bthd.shape[-1] // 2
     cos_tf, sin_tf = rotary_cos_sin(positions_t, x_bthd.shape[-1], theta)
     cos, sin = cos_tf[None, :, None, :], sin_tf[None, :, None, :]

@@ -83,9 +83,7 @@ def scan_chunks(
     start = 0
     if n_groups:
         stop = n_groups * group * chunk_size
-        grouped = jax.tree.map(
-            lambda a: a[start:stop].reshape(n_groups, group, chunk_size, *a.shape[1:]), xs
-        )
+        grouped = jax.tree.map(lambda a: a[start:stop].reshape(n_groups, group, chunk_size, *a.shape[1:]), xs)
         carry, ys = lax.scan(run_group, carry, grouped)
         pieces.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[3:]), ys))
         start = stop

@@ -95,7 +95,9 @@ def grad_factors(
     return {"w_in": (keys, mm(err, weights["w_out"].T) * slope), "w_out": (hidden, err)}
 
 
-def inner_loss(weights: dict, key: jax.Array, target: jax.Array, *, residual: bool = True, activation: str = "silu"):
+def inner_loss(
+    weights: dict, key: jax.Array, target: jax.Array, *, residual: bool = True, activation: str = "silu"
+):
     """½‖f(key) − target‖² for one token (the per-token references differentiate this with jax.grad)."""
     pred = forward(weights, key[None], residual=residual, activation=activation)[0]
     return 0.5 * jnp.sum((pred - target) ** 2)

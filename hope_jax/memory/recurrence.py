@@ -27,8 +27,12 @@ class ChunkCoefficients(NamedTuple):
 
     decay: jax.Array  # [C, C] Γ[t, j] = Π_{l=j+1..t} a_l (lower triangular, unit diagonal)
     decay_from_start: jax.Array  # [C] γ_t = Π_{l=0..t} a_l: how much of the chunk-start W survives to t
-    write: jax.Array  # [C, C] c[t, i] = Σ_{j=i..t} Γ[t, j] E[j, i]: weight of token i's step in W_t (Γ without momentum)
-    momentum_into_state: jax.Array  # [C] σ_t = Σ_{j≤t} Γ[t, j] Π_{l≤j} ε_l: weight of the chunk-start S in W_t
+    write: (
+        jax.Array
+    )  # [C, C] c[t, i] = Σ_{j=i..t} Γ[t, j] E[j, i]: weight of token i's step in W_t (Γ without momentum)
+    momentum_into_state: (
+        jax.Array
+    )  # [C] σ_t = Σ_{j≤t} Γ[t, j] Π_{l≤j} ε_l: weight of the chunk-start S in W_t
     momentum_decay: jax.Array | None  # [C, C] E[j, i] = Π_{l=i+1..j} ε_l (None without momentum)
     momentum_from_start: jax.Array | None  # [C] Π_{l=0..t} ε_l (None without momentum)
 
@@ -78,10 +82,14 @@ def chunk_end_state(
         decay_before = shift_rows_down(coeffs.decay)  # Γ'[t, i] = Π_{l=i+1..t−1} a_l for i < t
         system = jnp.eye(x.shape[0], dtype=x.dtype) + beta[:, None] * (gram * decay_before)
         # State before token t, seen through x_t: γ'_t x_t W0 + σ'_t x_t S0 + Σ_{i<t} (x_t·x_i)(Γ'[t,i] u_i + c[t−1,i] ĝ_i).
-        start_decay_before = jnp.concatenate([jnp.ones_like(coeffs.decay_from_start[:1]), coeffs.decay_from_start[:-1]])
+        start_decay_before = jnp.concatenate(
+            [jnp.ones_like(coeffs.decay_from_start[:1]), coeffs.decay_from_start[:-1]]
+        )
         rhs = start_decay_before[:, None] * mm(x, w0) + mm(gram * shift_rows_down(coeffs.write), step)
         if has_momentum:
-            momentum_before = jnp.concatenate([jnp.zeros_like(coeffs.momentum_into_state[:1]), coeffs.momentum_into_state[:-1]])
+            momentum_before = jnp.concatenate(
+                [jnp.zeros_like(coeffs.momentum_into_state[:1]), coeffs.momentum_into_state[:-1]]
+            )
             rhs = rhs + momentum_before[:, None] * mm(x, s0)
         writes = solve_triangular(system, -beta[:, None] * rhs, lower=True, unit_diagonal=True)
         update = update + mm(x.T, coeffs.decay[last][:, None] * writes)

@@ -1,0 +1,28 @@
+"""Language models and their registry. Importing this package registers every built-in model."""
+
+from hope_jax.models import transformer  # noqa: F401  (registers 'transformer')
+from hope_jax.models.config import PRESETS, apply_overrides, default_model_config, model_preset
+from hope_jax.models.generate import generate, sample_token
+from hope_jax.models.registry import (
+    build_model,
+    count_params,
+    flops_per_token,
+    functional,
+    known_models,
+    register,
+)
+
+__all__ = [
+    "PRESETS",
+    "apply_overrides",
+    "build_model",
+    "count_params",
+    "default_model_config",
+    "flops_per_token",
+    "functional",
+    "generate",
+    "known_models",
+    "model_preset",
+    "register",
+    "sample_token",
+]

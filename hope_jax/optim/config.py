@@ -1,4 +1,4 @@
-"""The `optim` config section: named levels, ordered (regex, level) rules, clipping and the weight-decay mask."""
+"""The `optim` config section: named levels, ordered (regex, level) rules, clipping, weight-decay mask."""
 
 import ml_collections
 
@@ -9,14 +9,15 @@ DEEP_MOMENTUM_VARIANTS = ("delta", "mlp")
 DEEP_MOMENTUM_OBJECTIVES = ("dot", "l2")
 MUON_SCALINGS = ("rms", "spectral", "none")
 
-# Muon-literature quintic (Keller Jordan); NS is an inner optimiser per HOPE_SPEC §8, its variant is configuration.
+# Muon-literature quintic (Keller Jordan). HOPE_SPEC §8 makes the NS variant and step count configuration.
 QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def level_config(**overrides) -> ml_collections.ConfigDict:
     """One level's settings with every key at its default; `overrides` must name existing keys.
 
-    Tier configs add levels with `cfg.optim.levels.<name> = level_config(kind=..., lr=...)` inside `cfg.unlocked()`.
+    Tier configs add levels with `cfg.optim.levels.<name> = level_config(kind=..., lr=...)` inside
+    `cfg.unlocked()`.
     """
     level = ml_collections.ConfigDict(
         {
@@ -30,16 +31,19 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
             "b1": 0.9,  # AdamW (and the AdamW fallback of muon / m3 for non-matrix parameters)
             "b2": 0.95,
             "eps": 1e-8,
-            "period_tokens": 0,  # this level steps every period_tokens tokens (optax.MultiSteps); 0: every step
+            # this level steps every period_tokens tokens (optax.MultiSteps); 0: every step
+            "period_tokens": 0,
             # Newton–Schulz (muon and m3): X <- a X + (b A + c A^2) X, A = X X^T, from X0 = G/||G||_F.
             "ns_steps": 5,
             "ns_coeffs": QUINTIC_COEFFS,
             "ns_eps": 1e-7,
-            "ns_stacked": False,  # True: ndim>2 leaves are stacks of matrices (last two dims); False: AdamW fallback
+            # True: ndim>2 leaves are stacks of matrices (last two dims); False: AdamW fallback
+            "ns_stacked": False,
             # Muon
             "muon_momentum": 0.95,
             "muon_nesterov": True,
-            "muon_scaling": "rms",  # one of MUON_SCALINGS; rms: 0.2*sqrt(max(m, n)) so AdamW's lr carries over
+            # one of MUON_SCALINGS; rms: 0.2*sqrt(max(m, n)) so AdamW's lr carries over
+            "muon_scaling": "rms",
             # M3 (HOPE_SPEC Algorithm 1); period in optimiser steps of this level
             "m3_mode": "paper",  # 'paper': literal sums (A10); 'ema': exponential averages
             "m3_beta1": 0.9,
@@ -65,13 +69,14 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
-    """The `optim` section: one AdamW level 'default' that labels every parameter, so any model trains as is."""
+    """The `optim` section: one AdamW level 'default' labelling every parameter, so any model trains."""
     cfg = ml_collections.ConfigDict()
     cfg.levels = ml_collections.ConfigDict({"default": level_config()})
     # Ordered (regex, level) pairs; the first regex that fully matches a parameter's path string wins.
     cfg.rules = [(".*", "default")]
     cfg.clip_norm = 1.0  # global-norm clipping of the whole gradient before the levels; 0 disables it
-    # No weight decay on parameters with fewer than weight_decay_min_ndim dims or whose path fully matches a pattern.
+    # No weight decay on parameters with fewer than weight_decay_min_ndim dims or whose path fully matches a
+    # pattern.
     cfg.weight_decay_min_ndim = 2
     cfg.weight_decay_exclude = [".*norm.*", ".*embed.*", ".*bias"]
     cfg.lock()
@@ -96,7 +101,9 @@ def resolve_level(name: str, level_cfg) -> ml_collections.ConfigDict:
         if resolved[key] not in allowed:
             raise ValueError(f"optim.levels.{name}.{key} = {resolved[key]!r}; expected one of {allowed}")
     if len(tuple(resolved.ns_coeffs)) != 3:
-        raise ValueError(f"optim.levels.{name}.ns_coeffs must be three numbers (a, b, c), got {resolved.ns_coeffs}")
+        raise ValueError(
+            f"optim.levels.{name}.ns_coeffs must be three numbers (a, b, c), got {resolved.ns_coeffs}"
+        )
     if resolved.m3_period < 1:
         raise ValueError(f"optim.levels.{name}.m3_period must be >= 1, got {resolved.m3_period}")
     return resolved

@@ -1,7 +1,7 @@
-"""Level labels for parameters: ordered regex rules over path strings (DESIGN D7, big_vision's regex-to-group idiom).
+"""Level labels for parameters: ordered regex rules over path strings (DESIGN D7, big_vision's idiom).
 
-Every function here works from key paths, so the same rules label a pure pytree of arrays and an `nnx.State` of
-`nnx.Param` variables alike (the latter flattens with a trailing `.value` attribute key, which is dropped).
+Every function here works from key paths, so the same rules label a pure pytree of arrays and an `nnx.State`
+of `nnx.Param` variables alike (the latter flattens with a trailing `.value` attribute key, which is dropped).
 """
 
 import re
@@ -24,7 +24,8 @@ def _key_name(key) -> str:
 
 
 def path_string(path: Sequence) -> str:
-    """'blocks/0/cms/levels/1/w_in' from a key path; an `nnx.Variable`'s trailing `.value` attribute is not part of it."""
+    """'blocks/0/cms/levels/1/w_in' from a key path; an `nnx.Variable`'s trailing `.value` attribute is not
+    part of it."""
     keys = list(path)
     if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
         keys = keys[:-1]
@@ -59,8 +60,7 @@ def label_for_path(path: str, compiled_rules: Sequence[tuple[re.Pattern, str]]) 
 def make_labeller(rules: Sequence[Sequence[str]]) -> Callable:
     """A function pytree -> pytree of level names (same structure), raising on any unlabelled leaf.
 
-    The error names every unlabelled path at once, so a new model's missing rules are fixed in one go.
-    """
+    The error names every unlabelled path at once, so a new model's missing rules are fixed in one go."""
     compiled = compile_rules(rules)
 
     def labeller(tree):
@@ -95,7 +95,8 @@ def make_path_predicate_mask(predicate: Callable[[str, jax.Array], bool]) -> Cal
 
 
 def make_weight_decay_mask(exclude_patterns: Sequence[str], min_ndim: int) -> Callable:
-    """Decay a parameter iff it has at least `min_ndim` dimensions and its path matches none of the patterns."""
+    """Decay a parameter iff it has at least `min_ndim` dimensions and its path matches none of the
+    patterns."""
     compiled = [re.compile(p) for p in exclude_patterns]
 
     def decays(path: str, leaf) -> bool:
@@ -109,9 +110,8 @@ def make_weight_decay_mask(exclude_patterns: Sequence[str], min_ndim: int) -> Ca
 def level_update_norms(updates, labels) -> dict[str, jax.Array]:
     """Global L2 norm of the updates of each level: {level: norm}.
 
-    `labels` is the labels pytree from `build_optimizer`; it is matched to `updates` by path string, so the two may
-    differ in wrapping (an `nnx.State` of variables vs. the pure arrays given to the optimiser).
-    """
+    `labels` is the labels pytree from `build_optimizer`; it is matched to `updates` by path string, so the
+    two may differ in wrapping (an `nnx.State` of variables vs. the pure arrays given to the optimiser)."""
     label_by_path = {
         path_string(path): label for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
     }
@@ -120,5 +120,7 @@ def level_update_norms(updates, labels) -> dict[str, jax.Array]:
         path_str = path_string(path)
         if path_str not in label_by_path:
             raise KeyError(f"update at {path_str!r} has no level label; labels cover {sorted(label_by_path)}")
-        squares.setdefault(label_by_path[path_str], []).append(jnp.sum(jnp.square(update.astype(jnp.float32))))
+        squares.setdefault(label_by_path[path_str], []).append(
+            jnp.sum(jnp.square(update.astype(jnp.float32)))
+        )
     return {level: jnp.sqrt(sum(terms)) for level, terms in squares.items()}

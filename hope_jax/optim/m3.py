@@ -1,12 +1,13 @@
 """M3, Multi-scale Momentum Muon (HOPE_SPEC §8 Algorithm 1, NL-A §7.2), for matrix leaves.
 
 Per step t (1-based) with slow period f, window k holding steps kf+1 .. (k+1)f:
-  at the first step of window k:  M2 <- M2 + β3·S_{k-1};  O2 <- NS_T(M2);  S <- 0    (S_{-1} = 0, so O2 = 0 in window 0)
-  every step:                     S <- S + g;  M1 <- M1 + β1 g;  V <- V + β2 g²;  O1 <- NS_T(M1)
-                                  direction = (O1 + α O2) / (sqrt(V) + ε)             (the lr and sign come later)
-S_{k-1} is the sum of exactly the f gradients of the previous window (the printed sum has f+1 terms, an off-by-one, as
-in CMS). 'paper' mode is the literal algorithm: plain sums, no decay, V unbounded, no bias correction (A10).
-'ema' mode: M1 <- β1 M1 + (1-β1) g, V <- β2 V + (1-β2) g² with V bias-corrected by 1-β2^t, M2 <- β3 M2 + (1-β3) S.
+  first step of window k:  M2 <- M2 + β3·S_{k-1};  O2 <- NS_T(M2);  S <- 0   (S_{-1} = 0: O2 = 0 in window 0)
+  every step:              S <- S + g;  M1 <- M1 + β1 g;  V <- V + β2 g²;  O1 <- NS_T(M1)
+                           direction = (O1 + α O2) / (sqrt(V) + ε)     (the lr and the sign come later)
+S_{k-1} is the sum of exactly the f gradients of the previous window (the printed sum has f+1 terms, an
+off-by-one, as in CMS). 'paper' mode is the literal algorithm: plain sums, no decay, V unbounded, no bias
+correction (A10). 'ema' mode: M1 <- β1 M1 + (1-β1) g, V <- β2 V + (1-β2) g² bias-corrected by 1-β2^t,
+M2 <- β3 M2 + (1-β3) S.
 """
 
 from collections.abc import Sequence

@@ -1,7 +1,6 @@
-"""Muon: momentum, then Newton–Schulz orthogonalisation of each weight matrix (HOPE_SPEC E40 with σ = NS, m linear).
+"""Muon: momentum, then Newton–Schulz orthogonalisation per weight matrix (HOPE_SPEC E40, σ = NS, m linear).
 
-This transformation sees matrix leaves only; `builder.matrix_or_adamw` routes every other leaf to AdamW.
-"""
+This transformation sees matrix leaves only; `builder.matrix_or_adamw` routes every other leaf to AdamW."""
 
 import math
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ class MuonState(NamedTuple):
 def shape_scale(shape: Sequence[int], scaling: str) -> float:
     """Per-matrix factor on the orthogonalised update.
 
-    'rms': 0.2*sqrt(max(m, n)) gives the update an RMS close to AdamW's, so a level can reuse AdamW learning rates;
+    'rms': 0.2*sqrt(max(m, n)) gives the update an RMS close to AdamW's, so AdamW learning rates carry over;
     'spectral': sqrt(max(1, fan_out/fan_in)) for flax's [in, out] kernels; 'none': 1.
     """
     rows, cols = shape[-2], shape[-1]

@@ -1,4 +1,4 @@
-"""Learning-rate schedules in global optimiser steps: linear warmup from 0, then cosine / linear / constant."""
+"""LR schedules in global optimiser steps: linear warmup from 0, then cosine, linear or constant."""
 
 import math
 from collections.abc import Callable
@@ -23,7 +23,8 @@ def make_schedule(
         decay_steps = total_steps - warmup_steps
     if kind != "constant" and decay_steps <= 0:
         raise ValueError(
-            f"{kind} schedule needs decay steps > 0 after {warmup_steps} warmup steps (total_steps={total_steps})"
+            f"{kind} schedule needs decay steps > 0 after {warmup_steps} warmup steps "
+            f"(total_steps={total_steps})"
         )
     end_lr = peak_lr * end_lr_ratio
 
@@ -48,8 +49,8 @@ def make_schedule(
 def every_k_schedule(schedule: Callable, period: int) -> Callable:
     """The schedule of a level that steps every `period` global steps, fed that level's own update count n.
 
-    Its n-th update (0-based) is applied at global step (n+1)*period - 1, so warmup/decay stay in global steps.
-    """
+    Its n-th update (0-based) is applied at global step (n+1)*period - 1, so warmup/decay stay in global
+    steps."""
     if period == 1:
         return schedule
     return lambda count: schedule((jnp.asarray(count) + 1) * period - 1)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
 
-from data_pipeline.loader import make_loader
+from data_pipeline.loader import check_vocab, make_loader
 from hope_jax import sharding as shd
 from hope_jax.models.registry import flops_per_token
 from hope_jax.optim import build_optimizer, level_update_norms
@@ -35,6 +35,7 @@ class TrainResult:
     losses: dict[int, float]  # step -> training loss, for every step run in this call
     eval_loss: float | None
     stopped_by_signal: bool
+    params: object  # final parameters, on the host
 
 
 class _StopSignal:
@@ -109,26 +110,37 @@ def evaluate(config, spec, eval_step, params, mesh, rules) -> float:
         nll_total += float(nll)
         weight_total += float(weight)
     if weight_total == 0:
-        raise ValueError("the validation split yielded no batch: lower train.global_batch_size or train.seq_len")
+        raise ValueError(
+            "the validation split yielded no batch: lower train.global_batch_size or train.seq_len"
+        )
     return nll_total / weight_total
 
 
 def train(config, workdir: str) -> TrainResult:
     validate_config(config, jax.device_count())
+    check_vocab(config.data, config.model.vocab_size)
     jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
     os.makedirs(workdir, exist_ok=True)
 
     mesh = shd.make_mesh(config.mesh)
     rules = shd.axis_rules(config.mesh)
-    logging.info("devices: %d x %s (%d processes); mesh %s", jax.device_count(), jax.devices()[0].platform,
-                 jax.process_count(), dict(mesh.shape))
+    logging.info(
+        "devices: %d x %s (%d processes); mesh %s",
+        jax.device_count(),
+        jax.devices()[0].platform,
+        jax.process_count(),
+        dict(mesh.shape),
+    )
 
     spec = model_spec(config.model)
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(spec.abstract_params))
     logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
     tokens_per_step = config.train.global_batch_size * config.train.seq_len
     tx, labels = build_optimizer(
-        config.optim, spec.abstract_params, tokens_per_step=tokens_per_step, total_steps=config.train.num_steps
+        config.optim,
+        spec.abstract_params,
+        tokens_per_step=tokens_per_step,
+        total_steps=config.train.num_steps,
     )
     layout = state_layout(spec, tx, mesh, rules)
     batch_sharding = shd.batch_sharding(mesh, rules)
@@ -156,7 +168,9 @@ def train(config, workdir: str) -> TrainResult:
 
     update_norms = lambda updates: level_update_norms(updates, labels)
     train_step = jax.jit(
-        make_train_step(spec, tx, grad_accum_steps=config.train.grad_accum_steps, update_norms_fn=update_norms),
+        make_train_step(
+            spec, tx, grad_accum_steps=config.train.grad_accum_steps, update_norms_fn=update_norms
+        ),
         in_shardings=(layout.shardings, batch_sharding),
         out_shardings=(layout.shardings, shd.replicated(mesh)),
         donate_argnums=(0,),
@@ -177,12 +191,18 @@ def train(config, workdir: str) -> TrainResult:
     losses: dict[int, float] = {}
     eval_loss = None
     stopped = False
-    pending: tuple[int, dict] | None = None  # the previous step's metrics, read one step late so the device never idles
+    pending: tuple[int, dict] | None = (
+        None  # the previous step's metrics, read one step late so the device never idles
+    )
     window_start, window_tokens = time.time(), 0.0
 
+    last_saved = start_step
+
     def save(step: int, force: bool = False) -> None:
-        if checkpointer is not None:
+        nonlocal last_saved
+        if checkpointer is not None and step != last_saved:
             checkpointer.save(step, state, data_iterator, config, force=force)
+            last_saved = step
 
     def absorb(step: int, metrics: dict) -> None:
         nonlocal window_start, window_tokens
@@ -194,7 +214,7 @@ def train(config, workdir: str) -> TrainResult:
             )
         losses[step] = float(host["loss"])
         window_tokens += float(host["tokens"])
-        if step % config.train.log_every_steps == 0 or step == config.train.num_steps:
+        if step % config.train.log_every_steps == 0 or step in (start_step + 1, config.train.num_steps):
             elapsed = max(time.time() - window_start, 1e-9)
             tokens_per_s = window_tokens / elapsed
             scalars = {k: v for k, v in host.items() if k != "tokens"}
@@ -202,7 +222,10 @@ def train(config, workdir: str) -> TrainResult:
             scalars["model_tflops_per_s"] = tokens_per_s * flops["total"] / 1e12
             metrics_logger.write_scalars(step, scalars)
             logging.info(
-                "step %d: loss %.4f, grad_norm %.3f, %.0f tokens/s", step, host["loss"], host["grad_norm"],
+                "step %d: loss %.4f, grad_norm %.3f, %.0f tokens/s",
+                step,
+                host["loss"],
+                host["grad_norm"],
                 tokens_per_s,
             )
             window_start, window_tokens = time.time(), 0.0
@@ -245,5 +268,13 @@ def train(config, workdir: str) -> TrainResult:
                 checkpointer.close()
             metrics_logger.close()
     if stopped:
-        logging.warning("stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step)
-    return TrainResult(final_step=final_step, losses=losses, eval_loss=eval_loss, stopped_by_signal=stopped)
+        logging.warning(
+            "stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step
+        )
+    return TrainResult(
+        final_step=final_step,
+        losses=losses,
+        eval_loss=eval_loss,
+        stopped_by_signal=stopped,
+        params=jax.device_get(state.params),
+    )

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from hope_jax import sharding as shd
 from hope_jax.models.registry import build_model
@@ -78,7 +79,11 @@ def state_layout(spec: ModelSpec, tx: optax.GradientTransformation, mesh, rules)
     # The optimiser state's layout follows from the parameters' through GSPMD propagation; compiling (not running)
     # tx.init reads it off without allocating anything.
     init_compiled = jax.jit(tx.init).lower(abstract_params).compile()
-    opt_shardings = init_compiled.output_shardings
+    # Leaves built from constants (step counts) come out on a single device: they are replicated over the mesh instead.
+    opt_shardings = jax.tree.map(
+        lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else shd.replicated(mesh),
+        init_compiled.output_shardings,
+    )
     abstract_opt = _with_shardings(jax.eval_shape(tx.init, spec.abstract_params), opt_shardings)
     scalar = shd.replicated(mesh)
     shardings = TrainState(step=scalar, params=param_shardings, opt_state=opt_shardings, rng=scalar)

@@ -70,7 +70,7 @@ def make_train_step(
 
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep_if_nonfinite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         # The step counter always advances: a skipped step still consumed its batch, and resume relies on the count.
@@ -83,7 +83,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "param_norm": optax.global_norm(state.params),
+            "param_norm": optax.tree.norm(state.params),
             "tokens": total_weight,
             "nonfinite": 1 - finite.astype(jnp.int32),
         }

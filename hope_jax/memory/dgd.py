@@ -1,0 +1,82 @@
+"""One chunk of Delta Gradient Descent on every weight matrix of a fast-weight memory (HOPE_SPEC E19, E23–E28).
+
+Per weight matrix W (row convention) with layer input x_t (keys for a first layer, hidden activations at the
+chunk-start weights for a second layer — DESIGN D5 / A4 first reading), x̂_t = x_t/‖x_t‖ and g_t the output-side
+gradient of ½‖f(k_t) − target_t‖² at the chunk-start weights W_s, rescaled so that x̂_tᵀ g_t is the true gradient:
+
+    DGD (default):  W_t = (a_t I − η'_t x̂_tᵀ x̂_t) W_{t−1} − η'_t x̂_tᵀ g_t,      η'_t = η_t / (1 + η_t ‖x̂_t‖²)
+    without DGD:    W_t = a_t W_{t−1} − η_t x̂_tᵀ g_t                              (plain GD with decay)
+    momentum (A5):  the step goes through S_t = ε S_{t−1} − (step) and W_t = (transition) W_{t−1} + S_t
+    A15 flag:       g_t − x̂_t W_s in place of g_t (the gated-delta form: the −η' x̂ᵀx̂ W term appears once, not twice)
+    A4 alternative: dgd_layers='first' keeps the x̂x̂ᵀ term on first layers only (a_t alone on the others).
+
+Solved per chunk by recurrence.chunk_end_state (Appendix B), never token by token.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from hope_jax.memory import fast_mlp
+from hope_jax.memory.chunking import l2_normalize, mm
+from hope_jax.memory.recurrence import chunk_coefficients, chunk_end_state
+
+FIRST_LAYERS = frozenset({"w", "w_in", "w_gate", "w_up"})
+DGD_LAYER_CHOICES = ("all", "first")
+
+
+def dgd_chunk_update(
+    weights: dict,
+    momentum: dict | None,
+    keys: jax.Array,
+    targets: jax.Array,
+    lr: jax.Array,
+    retention: jax.Array,
+    *,
+    residual: bool,
+    activation: str,
+    use_dgd: bool = True,
+    dgd_layers: str = "all",
+    gated_delta: bool = False,
+    momentum_decay: float = 0.9,
+    truncate_grad: bool = False,
+) -> tuple[dict, dict | None]:
+    """End-of-chunk (weights, momentum) after the chunk's tokens; keys [C, d_in], targets [C, d_out], lr/retention [C].
+
+    `targets` are the (self-generated) regression values, constants of the inner gradient by construction.
+    momentum None = momentum off.
+    """
+    if dgd_layers not in DGD_LAYER_CHOICES:
+        raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
+    factors = fast_mlp.grad_factors(weights, keys, targets, residual=residual, activation=activation)
+    log_momentum = None
+    if momentum is not None:
+        log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)
+    coeffs = chunk_coefficients(jnp.log(retention), log_momentum)
+    new_weights, new_momentum = {}, {}
+    for name, (x, g) in factors.items():
+        x_hat = l2_normalize(x)
+        # x̂ᵀ(‖x‖ g) = xᵀ g: the gradient is unchanged, the transition sees the unit-norm input.
+        g = g * jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+        if gated_delta:
+            g = g - mm(x_hat, weights[name])
+        beta = None
+        if use_dgd:
+            step_size = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1))
+            if dgd_layers == "all" or name in FIRST_LAYERS:
+                beta = step_size
+        else:
+            step_size = lr
+        new_weights[name], s_end = chunk_end_state(
+            weights[name],
+            None if momentum is None else momentum[name],
+            x_hat,
+            -step_size[:, None] * g,
+            coeffs,
+            beta=beta,
+            truncate_grad=truncate_grad,
+        )
+        if momentum is not None:
+            new_momentum[name] = s_end
+    return new_weights, (new_momentum if momentum is not None else None)

@@ -1,0 +1,126 @@
+"""Titans neural long-term memory, chunk-parallel (HOPE_SPEC §2.2–2.6, E5–E13).
+
+    S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; k_t, v_t),   M_t = (1 − α_t) M_{t−1} + S_t,   y_t = M_t(q_t)
+
+with ℓ = ½‖M(k) − v‖², gradients at the chunk-start state M_{t'} (mini-batch GD inside a chunk; chunk size 1 is the
+exact token recurrence), decay and momentum as C×C coefficient matrices (E12–E13), and the outputs inside a chunk
+read M_t through the dual form (never materialising per-token weights): every layer of the memory is read as
+γ_t·(u W_{t'}) + σ_t·(u S_{t'}) + Σ_{i≤t} c_{t,i} (u·x_i) ĝ_i.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from hope_jax.memory import fast_mlp
+from hope_jax.memory.chunking import mm, scan_chunks
+from hope_jax.memory.recurrence import ChunkCoefficients, chunk_coefficients, chunk_end_state
+
+
+def read_through_chunk(
+    inputs: jax.Array,
+    w0: jax.Array,
+    s0: jax.Array | None,
+    x: jax.Array,
+    step: jax.Array,
+    coeffs: ChunkCoefficients,
+) -> jax.Array:
+    """Row t of `inputs` [C, d_in] read through W_t of the β = 0 recurrence (recurrence.py), without forming W_t."""
+    out = coeffs.decay_from_start[:, None] * mm(inputs, w0)
+    if s0 is not None:
+        out = out + coeffs.momentum_into_state[:, None] * mm(inputs, s0)
+    return out + mm(mm(inputs, x.T) * coeffs.write, step)
+
+
+def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual, activation):
+    """y_t = M_t(q_t) for the whole chunk, layer by layer through the dual form."""
+
+    def layer(name, inputs):
+        return read_through_chunk(
+            inputs, weights[name], momentum.get(name), factors[name][0], steps[name], coeffs
+        )
+
+    kind = fast_mlp.memory_kind(weights)
+    if kind == "linear":
+        return layer("w", queries)
+    if kind == "swiglu":
+        hidden = jax.nn.silu(layer("w_gate", queries)) * layer("w_up", queries)
+        return layer("w_down", hidden)
+    out = layer("w_out", fast_mlp.activation_fn(activation)(layer("w_in", queries)))
+    return queries + out if residual else out
+
+
+def _titans_one_sequence(weights, momentum, q, k, v, theta, eta, alpha, *, options):
+    chunk_size, use_momentum, residual, activation, truncate_grad, remat_group = options
+
+    def chunk_fn(carry, xs):
+        w, s = carry
+        q_c, k_c, v_c, theta_c, eta_c, alpha_c = xs
+        coeffs = chunk_coefficients(jnp.log1p(-alpha_c), jnp.log(eta_c) if use_momentum else None)
+        factors = fast_mlp.grad_factors(w, k_c, v_c, residual=residual, activation=activation)
+        steps = {name: -theta_c[:, None] * g for name, (_, g) in factors.items()}
+        y = _read_memory(w, s, q_c, factors, steps, coeffs, residual=residual, activation=activation)
+        new_w, new_s = {}, {}
+        for name, (x, _) in factors.items():
+            new_w[name], s_end = chunk_end_state(
+                w[name], s.get(name), x, steps[name], coeffs, truncate_grad=truncate_grad
+            )
+            if use_momentum:
+                new_s[name] = s_end
+        return (new_w, new_s), y
+
+    (w_end, s_end), y = scan_chunks(
+        chunk_fn, (weights, momentum), (q, k, v, theta, eta, alpha), chunk_size, remat_group
+    )
+    return y, w_end, s_end
+
+
+def titans_memory(
+    weights: dict,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    theta: jax.Array,
+    eta: jax.Array,
+    alpha: jax.Array,
+    momentum: dict | None = None,
+    *,
+    chunk_size: int,
+    use_momentum: bool = True,
+    residual: bool = True,
+    activation: str = "silu",
+    truncate_grad: bool = False,
+    remat_group: int = 1,
+    accum_dtype=jnp.float32,
+) -> tuple[jax.Array, dict, dict | None]:
+    """Titans memory over a batch of sequences; returns (y [B,H,T,dv], end weights, end momentum or None).
+
+    weights: per-sequence fast weights, leaves [B, H, ...]: {'w': [dk, dv]} (linear) or {'w_in': [dk, h],
+      'w_out': [h, dv]} (2-layer, `residual` adds the input, needs dk == dv) or a SwiGLU dict (fast_mlp.py).
+    q, k: [B, H, T, dk]; v: [B, H, T, dv] (normalise q, k before calling if wanted — T §4.4 does).
+    theta (inner lr ≥ 0), eta (momentum decay in (0, 1]), alpha (forget gate in [0, 1)): [B, H, T].
+    momentum: carried surprise S (same structure as weights); None = zeros. Ignored with use_momentum=False.
+    chunk_size: gradients inside a chunk are taken at the chunk-start state; a trailing partial chunk is a chunk.
+    truncate_grad: outer gradients flow through the decay of the carried state and through the in-chunk reads,
+      not through the end-of-chunk update (DESIGN D4 speed switch).
+    remat_group: chunks per `jax.checkpoint` group (0 = no remat). accum_dtype: dtype of all inner arithmetic;
+      y is returned in q's dtype, the state in accum_dtype.
+    """
+    if q.ndim != 4 or k.shape[:3] != q.shape[:3] or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"q, k, v must be [B, H, T, d] with equal B, H, T; got {q.shape}, {k.shape}, {v.shape}"
+        )
+    for name, gate in (("theta", theta), ("eta", eta), ("alpha", alpha)):
+        if gate.shape != q.shape[:3]:
+            raise ValueError(f"{name} must have shape [B, H, T] = {q.shape[:3]}, got {gate.shape}")
+    fast_mlp.memory_kind(weights)
+    cast = lambda tree: jax.tree.map(lambda a: a.astype(accum_dtype), tree)
+    weights = cast(weights)
+    if use_momentum:
+        momentum = cast(momentum) if momentum is not None else jax.tree.map(jnp.zeros_like, weights)
+    else:
+        momentum = {}
+    options = (chunk_size, use_momentum, residual, activation, truncate_grad, remat_group)
+    per_sequence = lambda w, s, *xs: _titans_one_sequence(w, s, *xs, options=options)
+    batched = jax.vmap(jax.vmap(per_sequence))
+    y, w_end, s_end = batched(weights, momentum, *cast((q, k, v, theta, eta, alpha)))
+    return y.astype(q.dtype), w_end, (s_end if use_momentum else None)

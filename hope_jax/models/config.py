@@ -1,0 +1,173 @@
+"""The `model` config section, its validation, and the named size presets (DESIGN D8).
+
+`default_model_config()` holds every key a model reads. The `memory`, `cms` and `titans` sub-sections
+configure the memory-based models (self-modifying Titans per DESIGN D5, the Continuum Memory System per
+D6, the Titans baselines per HOPE_SPEC §2.7); the Transformer++ reads none of them.
+
+A preset is a function returning overrides of this section; `model_preset(name)` applies one to the
+defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION_IMPLS = ("xla",)
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.name = "transformer"  # a name registered in hope_jax.models.registry
+    cfg.vocab_size = 32000
+    cfg.d_model = 512
+    cfg.n_layers = 8
+    cfg.n_heads = 8  # head_dim = d_model // n_heads
+    cfg.mlp_hidden = 1536  # SwiGLU hidden size (layers.swiglu_hidden_size gives Llama's 8/3·d rule)
+    cfg.tie_embeddings = False
+    cfg.compute_dtype = "float32"  # 'float32' | 'bfloat16'; parameters are always float32
+    cfg.norm_eps = 1e-6
+    cfg.init_std = (
+        0.02  # N(0, init_std²) for all kernels; residual-output kernels get init_std / √(2·n_layers)
+    )
+    cfg.rope_theta = 10_000.0
+    cfg.attention_window = 0  # 0: full causal attention; w > 0: each query sees itself and w−1 earlier tokens
+    cfg.n_persistent_tokens = 0  # learned key/value slots every query sees (Titans persistent memory)
+    cfg.attention_impl = "xla"  # only 'xla' (einsum + softmax) exists
+    cfg.conv_window = 4  # causal depthwise conv on q/k/v inputs of the memory models (DESIGN D5)
+    cfg.max_seq_len = 2048  # longest context: size of a full-attention KV cache
+    cfg.remat = (
+        "none"  # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable' | 'nothing_saveable'
+    )
+
+    # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
+    cfg.memory = ml_collections.ConfigDict()
+    cfg.memory.chunk_size = 16  # main memory M_memory
+    cfg.memory.aux_chunk_size = 16  # the k / v / q / η / α memories
+    cfg.memory.hidden_factor = 1  # hidden width of the 2-layer residual memory MLP, as a multiple of head_dim
+    cfg.memory.activation = "silu"
+    cfg.memory.dgd = True  # False: plain GD inner step (ablation 'w/o DGD')
+    cfg.memory.momentum = True  # ablation 'w/o momentum'
+    cfg.memory.weight_decay = True  # ablation 'w/o weight decay' (α fixed to 1)
+    cfg.memory.adaptive_k = True  # ablation 'w/o adaptive k': static projection
+    cfg.memory.adaptive_v = True
+    cfg.memory.adaptive_q = False  # HOPE_SPEC A2: q static by default
+    cfg.memory.eta_max = 1.0  # η_t = eta_max · sigmoid(·)
+    cfg.memory.alpha_bias_init = 5.0  # α_t = sigmoid(· + b), b = 5 gives α ≈ 0.993 at initialisation (A3)
+    cfg.memory.truncate_bptt = False  # DESIGN D4: stop-gradient on inner updates
+    cfg.memory.remat_chunk_group = 4  # chunks per jax.checkpoint group in the inner loop
+
+    # Continuum Memory System (DESIGN D6): one entry per level, highest frequency first.
+    cfg.cms = ml_collections.ConfigDict()
+    cfg.cms.enabled = True  # ablation 'w/o CMS': a single plain MLP
+    cfg.cms.periods = (16, 512, 0)  # tokens per update; 0 = plain MLP updated by the outer optimiser only
+    cfg.cms.objectives = ("local", "local", "local")  # per in-context level: 'local' | 'lm'
+    cfg.cms.inner_lr = 0.1
+    cfg.cms.variant = "sequential"  # 'nested' | 'sequential' | 'independent' (HOPE_SPEC §6.2)
+    cfg.cms.lm_second_order = False
+
+    # Titans baselines (HOPE_SPEC §2.7; T5 ablations as switches). Window, persistent tokens: keys above.
+    cfg.titans = ml_collections.ConfigDict()
+    cfg.titans.chunk_size = 16
+    cfg.titans.memory_depth = 2  # 1 = linear memory (ablation 'linear memory')
+    cfg.titans.conv = True  # ablation 'w/o convolution'
+    cfg.titans.momentum = True
+    cfg.titans.weight_decay = True
+    cfg.titans.theta_max = 1.0
+    cfg.titans.segment_size = 512  # MAC segment length
+    return cfg
+
+
+def compute_dtype(model_cfg: ml_collections.ConfigDict) -> jnp.dtype:
+    try:
+        return COMPUTE_DTYPES[model_cfg.compute_dtype]
+    except KeyError:
+        raise ValueError(
+            f"model.compute_dtype = {model_cfg.compute_dtype!r}; known: {', '.join(COMPUTE_DTYPES)}"
+        ) from None
+
+
+def head_dim(model_cfg: ml_collections.ConfigDict) -> int:
+    return model_cfg.d_model // model_cfg.n_heads
+
+
+def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
+    """Fail early, naming the key, on values no model can run with (DESIGN D13)."""
+    compute_dtype(model_cfg)
+    positive = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len", "conv_window")
+    for key in positive:
+        if model_cfg[key] < 1:
+            raise ValueError(f"model.{key} must be ≥ 1, got {model_cfg[key]}")
+    for key in ("attention_window", "n_persistent_tokens"):
+        if model_cfg[key] < 0:
+            raise ValueError(f"model.{key} must be ≥ 0, got {model_cfg[key]}")
+    if model_cfg.d_model % model_cfg.n_heads:
+        raise ValueError(
+            f"model.d_model = {model_cfg.d_model} is not divisible by model.n_heads = {model_cfg.n_heads}"
+        )
+    if head_dim(model_cfg) % 2:
+        raise ValueError(f"rotary positions need an even head_dim; d_model / n_heads = {head_dim(model_cfg)}")
+    if model_cfg.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"model.attention_impl = {model_cfg.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}"
+        )
+
+
+def apply_overrides(
+    cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """Copy of cfg with (possibly nested) overrides; a key cfg lacks is an error naming it."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    _update(cfg, overrides, prefix="model")
+    return cfg
+
+
+def _update(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any], prefix: str) -> None:
+    for key, value in overrides.items():
+        if key not in cfg:
+            raise KeyError(f"{prefix}.{key} is not a config key; known: {', '.join(sorted(cfg.keys()))}")
+        if isinstance(value, Mapping):
+            _update(cfg[key], value, f"{prefix}.{key}")
+        else:
+            cfg[key] = value
+
+
+# Size presets. Vocabulary 32K (the papers' Llama-2 tokenizer), untied head (as Transformer++ is run).
+# Every preset states the parameter count of its label; tests/test_model_sizes.py holds each within 10%.
+
+
+@dataclass(frozen=True)
+class Preset:
+    label_params: int
+    overrides: Callable[[], dict[str, Any]]
+
+
+def transformer_160m() -> dict[str, Any]:
+    return dict(name="transformer", vocab_size=32000, d_model=768, n_layers=16, n_heads=12, mlp_hidden=2048)
+
+
+def transformer_760m() -> dict[str, Any]:
+    return dict(name="transformer", vocab_size=32000, d_model=1536, n_layers=24, n_heads=24, mlp_hidden=4096)
+
+
+def transformer_1_3b() -> dict[str, Any]:
+    return dict(name="transformer", vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, mlp_hidden=5632)
+
+
+PRESETS: dict[str, Preset] = {
+    "transformer-160m": Preset(160_000_000, transformer_160m),
+    "transformer-760m": Preset(760_000_000, transformer_760m),
+    "transformer-1.3b": Preset(1_300_000_000, transformer_1_3b),
+}
+
+
+def model_preset(name: str) -> ml_collections.ConfigDict:
+    """The default model section with a named preset applied."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return apply_overrides(default_model_config(), PRESETS[name].overrides())

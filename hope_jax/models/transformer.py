@@ -1,0 +1,123 @@
+"""Transformer++ language model: pre-RMSNorm blocks of rotary attention and SwiGLU, no biases.
+
+State (`init_state`) = {'position': int32 scalar (tokens seen), 'layers': one KV cache per layer}. With
+state=None a sequence starts at position 0 with empty caches; the returned cache is dead code under jit
+when the caller drops it, so training pays only for ordinary attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from hope_jax.layers import Attention, Embedder, RMSNorm, SwiGLU, attention_flops_per_token, maybe_remat
+from hope_jax.models.config import compute_dtype, head_dim
+from hope_jax.models.registry import register
+
+TransformerState = dict[str, Any]
+
+
+def residual_out_std(model_cfg: ml_collections.ConfigDict) -> float:
+    """GPT-2's scaled init for kernels writing into the residual stream: keeps its variance O(1) in depth."""
+    return model_cfg.init_std / (2 * model_cfg.n_layers) ** 0.5
+
+
+class TransformerBlock(nnx.Module):
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(model_cfg)
+        d_model, out_std = model_cfg.d_model, residual_out_std(model_cfg)
+        self.attn_norm = RMSNorm(d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.attn = Attention(
+            d_model,
+            model_cfg.n_heads,
+            head_dim(model_cfg),
+            window=model_cfg.attention_window,
+            n_persistent=model_cfg.n_persistent_tokens,
+            max_len=model_cfg.max_seq_len,
+            rope_theta=model_cfg.rope_theta,
+            init_std=model_cfg.init_std,
+            out_init_std=out_std,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.mlp_norm = RMSNorm(d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.mlp = SwiGLU(
+            d_model,
+            model_cfg.mlp_hidden,
+            init_std=model_cfg.init_std,
+            out_init_std=out_std,
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    def __call__(
+        self, x_btd: jax.Array, position: jax.Array, cache: dict[str, jax.Array] | None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        attn_out, new_cache = self.attn(self.attn_norm(x_btd), position, cache)
+        x_btd = x_btd + attn_out
+        return x_btd + self.mlp(self.mlp_norm(x_btd)), new_cache
+
+
+def _run_block(block: TransformerBlock, x_btd, position, cache):
+    return block(x_btd, position, cache)
+
+
+@register(
+    "transformer",
+    test_variants={
+        "full": {},
+        "window_persistent": {"attention_window": 5, "n_persistent_tokens": 2},
+        "tied_bf16_remat": {"tie_embeddings": True, "compute_dtype": "bfloat16", "remat": "dots_saveable"},
+    },
+)
+class TransformerLM(nnx.Module):
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        self.dtype = compute_dtype(model_cfg)
+        self.embed = Embedder(
+            model_cfg.vocab_size,
+            model_cfg.d_model,
+            tie=model_cfg.tie_embeddings,
+            init_std=model_cfg.init_std,
+            dtype=self.dtype,
+            rngs=rngs,
+        )
+        self.blocks = nnx.List([TransformerBlock(model_cfg, rngs=rngs) for _ in range(model_cfg.n_layers)])
+        self.final_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=self.dtype)
+        self.remat = model_cfg.remat
+        maybe_remat(_run_block, self.remat)  # an unknown policy name fails at construction, not at first call
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> TransformerState:
+        """Empty KV caches: max_len (default model.max_seq_len) slots, or w−1 when windowed."""
+        return {
+            "position": jnp.zeros((), jnp.int32),
+            "layers": [block.attn.init_cache(batch_size, max_len) for block in self.blocks],
+        }
+
+    def __call__(
+        self, tokens_bt: jax.Array, state: TransformerState | None = None
+    ) -> tuple[jax.Array, TransformerState]:
+        position = jnp.zeros((), jnp.int32) if state is None else state["position"]
+        caches = [None] * len(self.blocks) if state is None else state["layers"]
+        run_block = maybe_remat(_run_block, self.remat)
+        x_btd = self.embed.encode(tokens_bt)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x_btd, new_cache = run_block(block, x_btd, position, cache)
+            new_caches.append(new_cache)
+        logits_btv = self.embed.decode(self.final_norm(x_btd))
+        return logits_btv, {"position": position + tokens_bt.shape[1], "layers": new_caches}
+
+    @staticmethod
+    def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
+        """6 × matmul parameters (the head counts even when tied) + causal attention scores; no inner loop."""
+        d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
+        per_layer = 4 * d * heads * hd + 3 * d * model_cfg.mlp_hidden
+        dense = 6.0 * (model_cfg.n_layers * per_layer + d * model_cfg.vocab_size)
+        attention = model_cfg.n_layers * attention_flops_per_token(
+            seq_len, heads, hd, model_cfg.attention_window, model_cfg.n_persistent_tokens
+        )
+        return {"dense": dense, "attention": attention, "inner": 0.0, "total": dense + attention}

@@ -1,0 +1,123 @@
+"""build_optimizer: global-norm clipping, then optax.partition of one chain per level (DESIGN D7).
+
+A level's chain: kind (adamw | muon | m3 | deep_momentum) -> decoupled weight decay (masked) -> -lr(schedule),
+wrapped in optax.MultiSteps when its period is k > 1 steps: the level then changes its parameters only every
+k-th step, by the chain applied to the mean of the k clipped gradients."""
+
+import jax
+import optax
+
+from hope_jax.optim.config import resolve_level
+from hope_jax.optim.deep_momentum import scale_by_deep_momentum, scale_by_delta_momentum
+from hope_jax.optim.labels import make_labeller, make_weight_decay_mask, param_paths
+from hope_jax.optim.m3 import scale_by_m3
+from hope_jax.optim.muon import scale_by_muon
+from hope_jax.optim.newton_schulz import is_matrix
+from hope_jax.optim.schedules import every_k_schedule, make_schedule
+
+
+def period_in_steps(level_name: str, period_tokens: int, tokens_per_step: int) -> int:
+    """A level's period in optimiser steps from its period in tokens; 0 tokens means every step."""
+    if tokens_per_step <= 0:
+        raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
+    if period_tokens == 0:
+        return 1
+    if period_tokens < 0 or period_tokens % tokens_per_step:
+        raise ValueError(
+            f"optim.levels.{level_name}.period_tokens = {period_tokens} is not a positive multiple of "
+            f"tokens_per_step = {tokens_per_step} (global batch x sequence length)"
+        )
+    return period_tokens // tokens_per_step
+
+
+def matrix_or_adamw(matrix_tx: optax.GradientTransformation, level, *, stacked: bool):
+    """Send matrix leaves to `matrix_tx` and every other leaf (biases, norms, conv taps of other ranks) to
+    Adam."""
+    adam = optax.scale_by_adam(b1=level.b1, b2=level.b2, eps=level.eps)
+    by_rank = lambda tree: jax.tree.map(lambda leaf: "matrix" if is_matrix(leaf, stacked) else "adam", tree)
+    return optax.partition({"matrix": matrix_tx, "adam": adam}, by_rank)
+
+
+def kind_transform(level) -> optax.GradientTransformation:
+    """The level's preconditioner / momentum memory, producing a descent direction (before -lr)."""
+    ns = dict(ns_steps=level.ns_steps, ns_coeffs=tuple(level.ns_coeffs), ns_eps=level.ns_eps)
+    if level.kind == "adamw":
+        return optax.scale_by_adam(b1=level.b1, b2=level.b2, eps=level.eps)
+    if level.kind == "muon":
+        muon = scale_by_muon(
+            momentum=level.muon_momentum, nesterov=level.muon_nesterov, scaling=level.muon_scaling, **ns
+        )
+        return matrix_or_adamw(muon, level, stacked=level.ns_stacked)
+    if level.kind == "m3":
+        m3 = scale_by_m3(
+            mode=level.m3_mode,
+            beta1=level.m3_beta1,
+            beta2=level.m3_beta2,
+            beta3=level.m3_beta3,
+            alpha=level.m3_alpha,
+            period=level.m3_period,
+            eps=level.m3_eps,
+            **ns,
+        )
+        return matrix_or_adamw(m3, level, stacked=level.ns_stacked)
+    if level.kind == "deep_momentum":
+        if level.dm_variant == "delta":
+            return scale_by_delta_momentum(alpha=level.dm_alpha, lr=level.dm_lr, delta_lr=level.dm_delta_lr)
+        return scale_by_deep_momentum(
+            alpha=level.dm_alpha,
+            lr=level.dm_lr,
+            objective=level.dm_objective,
+            hidden=level.dm_hidden,
+            init_scale=level.dm_init_scale,
+            seed=level.dm_seed,
+        )
+    raise ValueError(f"unknown optimiser kind {level.kind!r}")
+
+
+def level_transform(level, *, period: int, total_steps: int, decay_mask) -> optax.GradientTransformation:
+    schedule = make_schedule(
+        level.schedule,
+        peak_lr=level.lr,
+        warmup_steps=level.warmup_steps,
+        decay_steps=level.decay_steps,
+        end_lr_ratio=level.end_lr_ratio,
+        total_steps=total_steps,
+    )
+    parts = [kind_transform(level)]
+    if level.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(level.weight_decay, mask=decay_mask))
+    parts.append(optax.scale_by_learning_rate(every_k_schedule(schedule, period)))
+    chain = optax.chain(*parts)
+    if period == 1:
+        return chain
+    return optax.MultiSteps(chain, every_k_schedule=period, use_grad_mean=True).gradient_transformation()
+
+
+def build_optimizer(optim_cfg, params, *, tokens_per_step: int, total_steps: int):
+    """(optax.GradientTransformation, labels pytree) for `params` (pure arrays or an nnx.State of params).
+
+    Labels are recomputed from key paths on every init/update, so the transformation accepts any wrapping of
+    the same parameter paths; the returned labels pytree mirrors `params` and feeds `level_update_norms`.
+    Raises on an unlabelled parameter (naming every one), a rule naming an undefined level, or a period in
+    tokens that is not a multiple of tokens_per_step."""
+    labeller = make_labeller(optim_cfg.rules)
+    labels = labeller(params)
+    level_names = list(optim_cfg.levels.keys())
+    unknown = sorted({lvl for _, lvl in optim_cfg.rules} - set(level_names))
+    if unknown:
+        raise ValueError(f"optim.rules name undefined level(s) {unknown}; defined levels: {level_names}")
+    used = set(jax.tree.leaves(labels))
+    if not used:
+        raise ValueError(f"no parameters to optimise (paths: {param_paths(params)})")
+    decay_mask = make_weight_decay_mask(optim_cfg.weight_decay_exclude, optim_cfg.weight_decay_min_ndim)
+    transforms = {}
+    for name in level_names:
+        level = resolve_level(name, optim_cfg.levels[name])
+        period = period_in_steps(name, level.period_tokens, tokens_per_step)
+        transforms[name] = level_transform(
+            level, period=period, total_steps=total_steps, decay_mask=decay_mask
+        )
+    tx = optax.partition(transforms, labeller)
+    if optim_cfg.clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)
+    return tx, labels
