@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
             "enabled": True,
             "every_steps": 200,
             "max_to_keep": 3,
-            "async": True,
+            "async_save": True,
         }
     )
     config.logging = ml_collections.ConfigDict(

@@ -48,9 +48,7 @@ ADJECTIVES = "old young small large quiet loud happy tired bright dark warm cold
 NOUNS = "man woman child farmer baker teacher doctor sailor painter driver singer writer king queen".split()
 VERBS = "sees helps finds meets calls follows watches greets visits thanks".split()
 ADVERBS = "today again slowly quickly later often".split()
-FUNCTION_WORDS = (
-    "the a it was day in lives likes has where does live what like have . ?".split()
-)
+FUNCTION_WORDS = "the a it was day in lives likes has where does live what like have . ?".split()
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2

@@ -12,12 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints and metrics (resumes if it has any)."
-)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (resumes if it has any).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -40,9 +40,7 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
     fills = [i for i, s in enumerate(sizes) if s == -1]
     if len(fills) > 1:
-        raise ValueError(
-            f"mesh: at most one of data/fsdp/tensor may be -1, got {dict(zip(MESH_AXES, sizes))}"
-        )
+        raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {dict(zip(MESH_AXES, sizes))}")
     if any(s == 0 or s < -1 for s in sizes):
         raise ValueError(f"mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
@@ -101,13 +99,9 @@ def logical_to_spec(logical_axes, shape: Sequence[int], mesh: Mesh, rules: dict)
             spec.append(None)
             continue
         if name not in rules:
-            raise ValueError(
-                f"logical axis {name!r} has no rule in hope_jax.sharding; known: {sorted(rules)}"
-            )
+            raise ValueError(f"logical axis {name!r} has no rule in hope_jax.sharding; known: {sorted(rules)}")
         mesh_axes = rules[name]
-        names = (
-            () if mesh_axes is None else ((mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes))
-        )
+        names = () if mesh_axes is None else ((mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes))
         # A mesh axis may shard only one dimension of an array.
         names = tuple(n for n in names if n not in used and mesh.shape[n] > 1)
         if not names or dim % _mesh_axes_size(mesh, names):

@@ -5,9 +5,7 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why this happens
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (pulled in by clu's TensorBoard writer) must never grab an accelerator or spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

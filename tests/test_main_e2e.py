@@ -45,9 +45,18 @@ def test_two_steps_write_checkpoint_and_metrics(tmp_path):
 
 def test_misspelt_override_names_the_key(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "hope_jax.main", "--config=configs/smoke.py", f"--workdir={tmp_path}",
-         "--config.train.num_stpes=3"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hope_jax.main",
+            "--config=configs/smoke.py",
+            f"--workdir={tmp_path}",
+            "--config.train.num_stpes=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert completed.returncode != 0

@@ -22,7 +22,12 @@ def test_mesh_shape_fills_the_remaining_devices(sizes, expected):
 
 @pytest.mark.parametrize(
     ("sizes", "message"),
-    [((-1, -1, 1), "at most one"), ((3, -1, 1), "not divisible"), ((2, 2, 1), "4 but 8 devices"), ((0, 1, 1), "positive")],
+    [
+        ((-1, -1, 1), "at most one"),
+        ((3, -1, 1), "not divisible"),
+        ((2, 2, 1), "4 but 8 devices"),
+        ((0, 1, 1), "positive"),
+    ],
 )
 def test_impossible_mesh_shapes_are_named(sizes, message):
     with pytest.raises(ValueError, match=message):

@@ -7,32 +7,20 @@ import numpy as np
 import pytest
 
 from data_pipeline.loader import make_loader
-from hope_jax import sharding as shd
-from hope_jax.optim import build_optimizer
 from hope_jax.train.loop import NonFiniteLossError, train
-from hope_jax.train.state import create_train_state, model_spec, state_layout
-from hope_jax.train.step import make_train_step
+from hope_jax.train.state import create_train_state
+from hope_jax.train.trainer import build_trainer
 from tests.test_main_e2e import tiny_smoke_config
 
 
 def run_steps(config, devices, num_steps):
-    mesh = shd.make_mesh(config.mesh, devices=devices)
-    rules = shd.axis_rules(config.mesh)
-    spec = model_spec(config.model)
-    tx, _ = build_optimizer(
-        config.optim, spec.abstract_params, tokens_per_step=config.train.global_batch_size * config.train.seq_len,
-        total_steps=num_steps,
-    )
-    layout = state_layout(spec, tx, mesh, rules)
-    state = create_train_state(config.model, tx, layout, seed=0)
-    batch_sharding = shd.batch_sharding(mesh, rules)
-    step = jax.jit(make_train_step(spec, tx, grad_accum_steps=config.train.grad_accum_steps),
-                   in_shardings=(layout.shardings, batch_sharding), out_shardings=(layout.shardings, None))
+    trainer = build_trainer(config, devices)
+    state = create_train_state(config.model, trainer.tx, trainer.layout, seed=0)
     loader = make_loader(config.data, seq_len=config.train.seq_len, global_batch_size=config.train.global_batch_size)
     losses = []
     for _ in range(num_steps):
-        batch = jax.device_put(next(loader), batch_sharding)
-        state, metrics = step(state, batch)
+        batch = jax.device_put(next(loader), trainer.batch_sharding)
+        state, metrics = trainer.train_step(state, batch)
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params), state
 

@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m hope_jax.bench <subcommand>` runs hope_jax/bench/<subcommand>.py."""
+"""Benchmarks: `python -m hope_jax.bench <subcommand>`; one module per subcommand exposing `main(argv)`."""

@@ -49,36 +49,47 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.memory = ml_collections.ConfigDict()
     cfg.memory.chunk_size = 16  # main memory M_memory
     cfg.memory.aux_chunk_size = 16  # the k / v / q / η / α memories
-    cfg.memory.hidden_factor = 1  # hidden width of the 2-layer residual memory MLP, as a multiple of head_dim
+    cfg.memory.hidden_factor = 1  # hidden width of the 2-layer residual memory MLPs, as a multiple of head_dim
     cfg.memory.activation = "silu"
     cfg.memory.dgd = True  # False: plain GD inner step (ablation 'w/o DGD')
-    cfg.memory.momentum = True  # ablation 'w/o momentum'
-    cfg.memory.weight_decay = True  # ablation 'w/o weight decay' (α fixed to 1)
-    cfg.memory.adaptive_k = True  # ablation 'w/o adaptive k': static projection
-    cfg.memory.adaptive_v = True
-    cfg.memory.adaptive_q = False  # HOPE_SPEC A2: q static by default
-    cfg.memory.eta_max = 1.0  # η_t = eta_max · sigmoid(·)
-    cfg.memory.alpha_bias_init = 5.0  # α_t = sigmoid(· + b), b = 5 gives α ≈ 0.993 at initialisation (A3)
-    cfg.memory.truncate_bptt = False  # DESIGN D4: stop-gradient on inner updates
-    cfg.memory.remat_chunk_group = 4  # chunks per jax.checkpoint group in the inner loop
+    cfg.memory.dgd_layers = "all"  # HOPE_SPEC A4: 'all' per-layer DGD | 'first' the x̂x̂ᵀ term on first layers only
+    cfg.memory.gated_delta = False  # HOPE_SPEC A15: False = Eq. 88 as printed; True = gated-delta form
+    cfg.memory.momentum = True  # ablation 'w/o momentum' (A5)
+    cfg.memory.momentum_decay = 0.9  # ε of the inner momentum buffer (not given by the paper)
+    cfg.memory.weight_decay = True  # ablation 'w/o weight decay' (α fixed to 1, no M_α)
+    cfg.memory.adaptive_k = True  # ablation 'w/o adaptive k': k = static projection, no M_k
+    cfg.memory.adaptive_v = True  # ablation 'w/o adaptive v'
+    cfg.memory.adaptive_q = False  # HOPE_SPEC A2: q static by default; True adds M_q
+    cfg.memory.eta_max = 1.0  # η_t = eta_max · sigmoid(w_ηᵀ M_η(x_t) + b_η)
+    cfg.memory.eta_bias_init = 0.0  # b_η at initialisation: η ≈ eta_max / 2
+    cfg.memory.alpha_bias_init = 5.0  # α_t = sigmoid(w_αᵀ M_α(x_t) + b_α); 5 gives α ≈ 0.993 at initialisation (A3)
+    cfg.memory.truncate_bptt = False  # DESIGN D4: stop-gradient on inner updates (memories and CMS levels)
+    cfg.memory.remat_chunks = True  # recompute each chunk period in the backward pass (memories and CMS levels)
 
-    # Continuum Memory System (DESIGN D6): one entry per level, highest frequency first.
+    # Continuum Memory System (DESIGN D6): one entry per level, highest frequency first (the order is the chain's).
     cfg.cms = ml_collections.ConfigDict()
-    cfg.cms.enabled = True  # ablation 'w/o CMS': a single plain MLP
-    cfg.cms.periods = (16, 512, 0)  # tokens per update; 0 = plain MLP updated by the outer optimiser only
-    cfg.cms.objectives = ("local", "local", "local")  # per in-context level: 'local' | 'lm'
-    cfg.cms.inner_lr = 0.1
+    cfg.cms.enabled = True  # ablation 'w/o CMS': a single plain SwiGLU of mlp_hidden units
+    cfg.cms.periods = (16, 512, 0)  # tokens per update; 0 only for 'frozen'
+    cfg.cms.objectives = ("local", "local", "frozen")  # 'local' (in-context) | 'outer' | 'frozen' (models/cms.py)
+    cfg.cms.hidden = (1536, 1536, 1536)  # SwiGLU hidden units per level
+    cfg.cms.inner_lr = 0.1  # in-context levels: DGD learning rate (0 = the plain MLP chain exactly)
+    cfg.cms.inner_decay = 0.0  # in-context levels: retention 1 − inner_lr · inner_decay
+    cfg.cms.dgd = True  # in-context levels: DGD (False: plain GD)
     cfg.cms.variant = "sequential"  # 'nested' | 'sequential' | 'independent' (HOPE_SPEC §6.2)
-    cfg.cms.lm_second_order = False
 
-    # Titans baselines (HOPE_SPEC §2.7; T5 ablations as switches). Window, persistent tokens: keys above.
+    # Titans baselines (HOPE_SPEC §2.7; T5 ablations as switches: memory_depth 1, conv, momentum, weight_decay,
+    # and n_persistent_tokens 0 for 'w/o persistent memory'). The MAG window is attention_window above.
     cfg.titans = ml_collections.ConfigDict()
     cfg.titans.chunk_size = 16
-    cfg.titans.memory_depth = 2  # 1 = linear memory (ablation 'linear memory')
+    cfg.titans.memory_depth = 2  # 1 = linear memory (ablation 'linear memory'); 2 = residual 2-layer MLP
+    cfg.titans.hidden_factor = 1  # 2-layer memory hidden width, as a multiple of head_dim
     cfg.titans.conv = True  # ablation 'w/o convolution'
-    cfg.titans.momentum = True
-    cfg.titans.weight_decay = True
-    cfg.titans.theta_max = 1.0
+    cfg.titans.momentum = True  # ablation 'w/o momentum'
+    cfg.titans.weight_decay = True  # ablation 'w/o weight decay' (forget gate α = 0)
+    cfg.titans.theta_max = 1.0  # θ_t = theta_max · sigmoid(x w_θ + b_θ)
+    cfg.titans.theta_bias_init = 0.0
+    cfg.titans.momentum_bias_init = 0.0  # η_t = sigmoid(x w_η + b_η)
+    cfg.titans.forget_bias_init = -5.0  # α_t = sigmoid(x w_α + b_α) ≈ 0.007 at initialisation
     cfg.titans.segment_size = 512  # MAC segment length
     return cfg
 

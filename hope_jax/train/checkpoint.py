@@ -52,13 +52,10 @@ class ConfigMismatchError(ValueError):
 def check_compatible(saved_flat: dict, config, directory: str) -> None:
     current = run_defining(flatten_config(config))
     saved = run_defining(saved_flat)
-    differing = sorted(
-        k for k in set(current) | set(saved) if current.get(k, "<absent>") != saved.get(k, "<absent>")
-    )
+    differing = sorted(k for k in set(current) | set(saved) if current.get(k, "<absent>") != saved.get(k, "<absent>"))
     if differing:
         details = "; ".join(
-            f"{k}: checkpoint={saved.get(k, '<absent>')!r} now={current.get(k, '<absent>')!r}"
-            for k in differing
+            f"{k}: checkpoint={saved.get(k, '<absent>')!r} now={current.get(k, '<absent>')!r}" for k in differing
         )
         raise ConfigMismatchError(
             f"the checkpoint in {directory} was written by a different configuration ({details}). "

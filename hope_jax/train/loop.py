@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
 
 from data_pipeline.loader import check_vocab, make_loader
-from hope_jax import sharding as shd
 from hope_jax.models.registry import flops_per_token
-from hope_jax.optim import build_optimizer, level_update_norms
 from hope_jax.train.checkpoint import Checkpointer, config_hash
 from hope_jax.train.metrics import MetricsLogger
-from hope_jax.train.state import model_spec, create_train_state, state_layout
-from hope_jax.train.step import make_eval_step, make_train_step
+from hope_jax.train.state import create_train_state
+from hope_jax.train.trainer import build_trainer
 from hope_jax.train.validate import validate_config
 
 
@@ -65,15 +61,6 @@ def _device_batch(batch, sharding):
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def _batch_abstract(config, sharding):
-    shape = (config.train.global_batch_size, config.train.seq_len)
-    return {
-        "inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-        "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-        "mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding),
-    }
-
-
 def _log_memory_analysis(compiled) -> None:
     try:
         analysis = compiled.memory_analysis()
@@ -93,7 +80,7 @@ def _log_memory_analysis(compiled) -> None:
     )
 
 
-def evaluate(config, spec, eval_step, params, mesh, rules) -> float:
+def evaluate(config, trainer, params) -> float:
     """Mean token loss over the first eval.num_batches batches of the validation split (the same batches every time)."""
     loader = make_loader(
         config.data,
@@ -103,16 +90,13 @@ def evaluate(config, spec, eval_step, params, mesh, rules) -> float:
         process_count=jax.process_count(),
         split="validation",
     )
-    sharding = shd.batch_sharding(mesh, rules)
     nll_total, weight_total = 0.0, 0.0
     for _, batch in zip(range(config.eval.num_batches), loader):
-        nll, weight = eval_step(params, _device_batch(batch, sharding))
+        nll, weight = trainer.eval_step(params, _device_batch(batch, trainer.batch_sharding))
         nll_total += float(nll)
         weight_total += float(weight)
     if weight_total == 0:
-        raise ValueError(
-            "the validation split yielded no batch: lower train.global_batch_size or train.seq_len"
-        )
+        raise ValueError("the validation split yielded no batch: lower train.global_batch_size or train.seq_len")
     return nll_total / weight_total
 
 
@@ -122,28 +106,15 @@ def train(config, workdir: str) -> TrainResult:
     jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
     os.makedirs(workdir, exist_ok=True)
 
-    mesh = shd.make_mesh(config.mesh)
-    rules = shd.axis_rules(config.mesh)
+    trainer = build_trainer(config)
     logging.info(
         "devices: %d x %s (%d processes); mesh %s",
         jax.device_count(),
         jax.devices()[0].platform,
         jax.process_count(),
-        dict(mesh.shape),
+        dict(trainer.mesh.shape),
     )
-
-    spec = model_spec(config.model)
-    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(spec.abstract_params))
-    logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
-    tokens_per_step = config.train.global_batch_size * config.train.seq_len
-    tx, labels = build_optimizer(
-        config.optim,
-        spec.abstract_params,
-        tokens_per_step=tokens_per_step,
-        total_steps=config.train.num_steps,
-    )
-    layout = state_layout(spec, tx, mesh, rules)
-    batch_sharding = shd.batch_sharding(mesh, rules)
+    logging.info("model %s: %s parameters", config.model.name, f"{trainer.num_params:,}")
 
     data_iterator = make_loader(
         config.data,
@@ -157,32 +128,22 @@ def train(config, workdir: str) -> TrainResult:
         checkpointer = Checkpointer(
             os.path.join(os.path.abspath(workdir), "checkpoints"),
             max_to_keep=config.checkpoint.max_to_keep,
-            async_save=config.checkpoint["async"],
+            async_save=config.checkpoint.async_save,
         )
     latest = checkpointer.latest_step() if checkpointer else None
     if latest is not None:
-        state = checkpointer.restore(latest, layout, data_iterator, config)
+        state = checkpointer.restore(latest, trainer.layout, data_iterator, config)
         logging.info("resuming from step %d", latest)
     else:
-        state = create_train_state(config.model, tx, layout, config.train.seed)
+        state = create_train_state(config.model, trainer.tx, trainer.layout, config.train.seed)
 
-    update_norms = lambda updates: level_update_norms(updates, labels)
-    train_step = jax.jit(
-        make_train_step(
-            spec, tx, grad_accum_steps=config.train.grad_accum_steps, update_norms_fn=update_norms
-        ),
-        in_shardings=(layout.shardings, batch_sharding),
-        out_shardings=(layout.shardings, shd.replicated(mesh)),
-        donate_argnums=(0,),
-    )
     compile_start = time.time()
-    compiled_step = train_step.lower(layout.abstract, _batch_abstract(config, batch_sharding)).compile()
+    compiled_step = trainer.lower().compile()
     logging.info("train step compiled in %.1f s", time.time() - compile_start)
     _log_memory_analysis(compiled_step)
-    eval_step = jax.jit(make_eval_step(spec))
 
     metrics_logger = MetricsLogger(workdir, tensorboard=config.logging.tensorboard)
-    metrics_logger.write_hparams({"config_hash": config_hash(config), "num_params": num_params})
+    metrics_logger.write_hparams({"config_hash": config_hash(config), "num_params": trainer.num_params})
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=config.train.num_steps, writer=metrics_logger.progress_writer(), every_secs=30
     )
@@ -191,9 +152,7 @@ def train(config, workdir: str) -> TrainResult:
     losses: dict[int, float] = {}
     eval_loss = None
     stopped = False
-    pending: tuple[int, dict] | None = (
-        None  # the previous step's metrics, read one step late so the device never idles
-    )
+    pending: tuple[int, dict] | None = None  # the previous step's metrics, read one step late so the device never idles
     window_start, window_tokens = time.time(), 0.0
 
     last_saved = start_step
@@ -233,7 +192,7 @@ def train(config, workdir: str) -> TrainResult:
     with _StopSignal() as stop:
         try:
             for step in range(start_step + 1, config.train.num_steps + 1):
-                batch = _device_batch(next(data_iterator), batch_sharding)
+                batch = _device_batch(next(data_iterator), trainer.batch_sharding)
                 state, metrics = compiled_step(state, batch)
                 if pending is not None:
                     absorb(*pending)
@@ -244,7 +203,7 @@ def train(config, workdir: str) -> TrainResult:
                     pending = None
                     save(step)
                 if config.eval.every_steps and step % config.eval.every_steps == 0:
-                    eval_loss = evaluate(config, spec, eval_step, state.params, mesh, rules)
+                    eval_loss = evaluate(config, trainer, state.params)
                     metrics_logger.write_scalars(step, {"eval_loss": eval_loss})
                     logging.info("step %d: eval loss %.4f", step, eval_loss)
                 if stop.received:
@@ -260,7 +219,7 @@ def train(config, workdir: str) -> TrainResult:
             if not stopped and final_step > start_step:
                 save(final_step, force=True)
                 if config.eval.num_batches:
-                    eval_loss = evaluate(config, spec, eval_step, state.params, mesh, rules)
+                    eval_loss = evaluate(config, trainer, state.params)
                     metrics_logger.write_scalars(final_step, {"eval_loss": eval_loss})
                     logging.info("final eval loss %.4f", eval_loss)
         finally:
@@ -268,9 +227,7 @@ def train(config, workdir: str) -> TrainResult:
                 checkpointer.close()
             metrics_logger.close()
     if stopped:
-        logging.warning(
-            "stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step
-        )
+        logging.warning("stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step)
     return TrainResult(
         final_step=final_step,
         losses=losses,

@@ -60,9 +60,7 @@ class MetricsLogger:
             _hide_accelerators_from_tensorflow()
             from clu import metric_writers
 
-            self.clu_writer = metric_writers.create_default_writer(
-                os.path.join(workdir, "metrics"), asynchronous=True
-            )
+            self.clu_writer = metric_writers.create_default_writer(os.path.join(workdir, "metrics"), asynchronous=True)
 
     def write_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
         if not self.active:

@@ -1,0 +1,125 @@
+"""Chunked fast-weight layers fed in pieces: the state at the last chunk boundary plus the tokens since then.
+
+Every in-context memory here (self-modifying Titans, CMS levels, Titans memories, MAC segments) updates its fast
+weights only at chunk boundaries (multiples of its period P from the sequence start), and a token inside a chunk
+reads the chunk-start weights (or, for the Titans dual form, weights built from the chunk-start state and the
+chunk's own earlier tokens). A piece that ends inside a chunk therefore cannot commit that chunk's update. The
+carried state is
+
+    {'fast': fast weights at the last boundary, 'pending': the per-token inputs since it (P − 1 slots, slot j = chunk
+     offset j), 'count': how many of those slots are filled (int32 scalar)}
+
+and the next piece is processed as [pending ; piece], re-running the pending tokens from the boundary state and
+discarding their outputs. Shapes never depend on `count` (it is traced: generation scans over it): the pending slots
+and the piece are written into one zero-padded buffer of whole chunks at a dynamic offset, a scan over its chunks
+keeps each chunk's update only if the chunk is complete (`jnp.where`), and the outputs are sliced back out. Padding
+after the last real token influences only outputs and updates that are discarded (every layer here is causal).
+
+A fresh sequence (`carry=None`) is the training path: the piece starts on a boundary, nothing is padded in front.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+ChunkFn = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
+
+
+def init_carry(fast: PyTree, token_shapes: PyTree, period: int, batch_size: int) -> dict:
+    """A fresh carry: `fast` (leaves [B, ...]) and empty pending slots for inputs shaped like `token_shapes`.
+
+    token_shapes: pytree of jax.ShapeDtypeStruct for ONE token's inputs (no batch or time axis).
+    """
+    pending = jax.tree.map(
+        lambda s: jnp.zeros((batch_size, period - 1, *s.shape), s.dtype), token_shapes
+    )
+    return {"fast": fast, "pending": pending, "count": jnp.zeros((), jnp.int32)}
+
+
+def token_shapes_of(inputs: PyTree) -> PyTree:
+    """Per-token ShapeDtypeStructs of [B, T, ...] inputs."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), inputs)
+
+
+def _time_pad(a: jax.Array, length: int) -> jax.Array:
+    return jnp.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+
+def run_chunked(
+    fn: ChunkFn,
+    inputs: PyTree,
+    period: int,
+    *,
+    fast: PyTree,
+    carry: dict | None,
+    remat: bool = False,
+    reset: tuple[int, PyTree, jax.Array] | None = None,
+) -> tuple[PyTree, dict]:
+    """Runs `fn(fast, chunk_inputs) -> (chunk_outputs, new_fast)` over whole chunks of P tokens.
+
+    inputs: pytree of [B, T, ...] per-token inputs of this piece. fast: the initial fast weights, used when carry
+    is None (a fresh sequence); otherwise carry['fast'] is used. Returns (outputs [B, T, ...], new carry).
+    remat: each chunk's computation is recomputed in the backward pass (jax.checkpoint), so training keeps only
+    the fast weights at chunk boundaries.
+    reset: (Q, initial fast, absolute position of the piece's first token): after the update of a chunk ending at
+    a multiple of Q tokens, the fast weights return to `initial` (nested CMS, HOPE_SPEC E31).
+    """
+    length = jax.tree.leaves(inputs)[0].shape[1]
+    if carry is None:
+        count, pending, max_pending = 0, None, 0
+    else:
+        fast, pending, count = carry["fast"], carry["pending"], carry["count"]
+        max_pending = period - 1
+    n_chunks = math.ceil((max_pending + length) / period)
+    padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
+    if pending is None:
+        combined = jax.tree.map(lambda a: _time_pad(a, padded_len), inputs)
+    else:
+
+        def place(old, new):
+            buffer = _time_pad(old.astype(new.dtype), padded_len)
+            return lax.dynamic_update_slice_in_dim(buffer, new, count, axis=1)
+
+        combined = jax.tree.map(place, pending, inputs)
+    chunks = jax.tree.map(
+        lambda a: jnp.moveaxis(
+            a[:, : n_chunks * period].reshape(a.shape[0], n_chunks, period, *a.shape[2:]), 1, 0
+        ),
+        combined,
+    )
+    filled = count + length
+    all_complete = carry is None and length % period == 0 and reset is None
+
+    def step(fast, xs):
+        index, chunk = xs
+        outputs, new_fast = fn(fast, chunk)
+        if not all_complete:
+            complete = (index + 1) * period <= filled
+            if reset is not None:
+                every, initial, position = reset
+                chunk_end = position - count + (index + 1) * period
+                new_fast = jax.tree.map(
+                    lambda init, new: jnp.where(chunk_end % every == 0, init, new), initial, new_fast
+                )
+            new_fast = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_fast, fast)
+        return new_fast, outputs
+
+    if remat:
+        step = jax.checkpoint(step)
+    fast, outputs = lax.scan(step, fast, (jnp.arange(n_chunks), chunks))
+    outputs = jax.tree.map(
+        lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n_chunks * a.shape[2], *a.shape[3:]), outputs
+    )
+    outputs = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, count, length, axis=1), outputs)
+    boundary = (filled // period) * period
+    new_pending = jax.tree.map(
+        lambda a: lax.dynamic_slice_in_dim(a, boundary, period - 1, axis=1), combined
+    )
+    return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(filled % period, jnp.int32)}

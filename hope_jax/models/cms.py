@@ -1,0 +1,170 @@
+"""Continuum Memory System: a chain of SwiGLU levels with periods in tokens (DESIGN D6, HOPE_SPEC §6).
+
+Level i lives under the parameter path `.../cms/levels/<i>/` (its pre-norm scale and w_gate / w_up / w_down), so
+optimiser rules can give it its own level (`level_param_regex`). Kinds, from `cms.periods` / `cms.objectives`:
+- in-context (`objectives[i] == 'local'`, period P > 0): the parameters are the meta-learned initial fast weights,
+  broadcast per sequence; after every P tokens the fast weights take one chunk of DGD (memory/cms.py `cms_local`)
+  regressing the block's keys onto the level's own pre-update output on the block's values; tokens inside a chunk
+  read the chunk-start weights. With inner_lr 0 the level is exactly the plain MLP.
+- outer (`'outer'`, P > 0): a plain MLP for the model; P is the period (in tokens) of its optimiser level
+  (`outer_level_periods` lists them for tier configs; DESIGN D6, optax.MultiSteps in hope_jax/optim).
+- frozen in context (`'frozen'`, P = 0): a plain MLP updated every optimiser step (the Transformer FFN).
+Variants (HOPE_SPEC §6.2): 'sequential' x ← x + f_i(norm_i(x)) in order; 'nested' the same chain, and each
+in-context level returns to its initial weights whenever the next slower in-context level updates (E31: its
+context ends); 'independent' x ← x + Σ_i a_i f_i(norm_i(x)) on the same input, a_i learned (init 1).
+The `lm` objective (test-time training on the LM loss of the finished chunk) is not implemented.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from hope_jax.layers import RMSNorm, normal_init, swiglu
+from hope_jax.memory.cms import cms_local
+from hope_jax.models import chunk_carry
+from hope_jax.models.config import compute_dtype
+
+IN_CONTEXT_OBJECTIVES = ("local",)
+OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, "outer", "frozen")
+VARIANTS = ("sequential", "nested", "independent")
+
+
+def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
+    periods, objectives = tuple(cms_cfg.periods), tuple(cms_cfg.objectives)
+    if not periods or len(periods) != len(objectives):
+        raise ValueError(
+            f"model.cms.periods {periods} and model.cms.objectives {objectives} need one entry per level"
+        )
+    if cms_cfg.variant not in VARIANTS:
+        raise ValueError(f"model.cms.variant = {cms_cfg.variant!r}; known: {', '.join(VARIANTS)}")
+    for i, (period, objective) in enumerate(zip(periods, objectives, strict=True)):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"model.cms.objectives[{i}] = {objective!r}; known: {', '.join(OBJECTIVES)}")
+        if (period == 0) != (objective == "frozen"):
+            raise ValueError(
+                f"model.cms level {i}: period {period} with objective {objective!r}; period 0 is exactly "
+                "the 'frozen' (plain MLP) level"
+            )
+        if period < 0:
+            raise ValueError(f"model.cms.periods[{i}] must be ≥ 0, got {period}")
+    if len(periods) != len(tuple(cms_cfg.hidden)):
+        raise ValueError(f"model.cms.hidden {tuple(cms_cfg.hidden)} needs one entry per level ({len(periods)})")
+
+
+def level_param_regex(index: int) -> str:
+    """Regex (optim.rules syntax, full match) for every parameter of CMS level `index` in every block."""
+    return rf".*cms/levels/{index}/.*"
+
+
+def outer_level_periods(model_cfg: ml_collections.ConfigDict) -> dict[int, int]:
+    """{level index: period in tokens} of the outer levels, for building their optimiser levels."""
+    cms = model_cfg.cms
+    return {i: p for i, (p, o) in enumerate(zip(cms.periods, cms.objectives, strict=True)) if o == "outer"}
+
+
+class CMSLevel(nnx.Module):
+    def __init__(self, d_model: int, hidden: int, *, init_std: float, out_init_std: float, eps: float, dtype, rngs):
+        self.dtype = dtype
+        self.norm = RMSNorm(d_model, eps=eps, dtype=dtype)
+        self.w_gate = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), out_sharding=("embed", "mlp"))
+        self.w_up = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), out_sharding=("embed", "mlp"))
+        self.w_down = nnx.Param(normal_init(rngs, (hidden, d_model), out_init_std), out_sharding=("mlp", "embed"))
+
+    def weights(self) -> dict:
+        return {"w_gate": self.w_gate[...], "w_up": self.w_up[...], "w_down": self.w_down[...]}
+
+    def plain(self, x_btd: jax.Array) -> jax.Array:
+        weights = (w.astype(self.dtype) for w in self.weights().values())
+        return swiglu(self.norm(x_btd), *weights)
+
+
+class CMS(nnx.Module):
+    """__call__(x, keys, values, state, position) -> (x with every level's residual added, new state)."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, out_init_std: float, rngs: nnx.Rngs):
+        cms = model_cfg.cms
+        validate_cms_config(cms)
+        self.dtype = compute_dtype(model_cfg)
+        self.periods, self.objectives = tuple(cms.periods), tuple(cms.objectives)
+        self.variant, self.inner_lr, self.inner_decay = cms.variant, cms.inner_lr, cms.inner_decay
+        self.use_dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
+        self.remat = model_cfg.memory.remat_chunks
+        self.levels = nnx.List(
+            [
+                CMSLevel(
+                    model_cfg.d_model, hidden, init_std=model_cfg.init_std, out_init_std=out_init_std,
+                    eps=model_cfg.norm_eps, dtype=self.dtype, rngs=rngs,
+                )  # fmt: skip
+                for hidden in cms.hidden
+            ]
+        )
+        self.agg = (
+            nnx.Param(jnp.ones((len(self.periods),), jnp.float32), out_sharding=(None,))
+            if self.variant == "independent"
+            else None
+        )
+
+    def in_context(self, i: int) -> bool:
+        return self.objectives[i] in IN_CONTEXT_OBJECTIVES
+
+    def _reset_period(self, i: int) -> int | None:
+        """Nested: the period of the next slower in-context level, at whose updates level i starts afresh."""
+        if self.variant != "nested":
+            return None
+        slower = [p for j, p in enumerate(self.periods) if self.in_context(j) and p > self.periods[i]]
+        return min(slower) if slower else None
+
+    def init_state(self, batch_size: int, d_model: int) -> list:
+        token = jax.ShapeDtypeStruct((d_model,), self.dtype)
+        return [
+            chunk_carry.init_carry(
+                self._initial(i, batch_size), {"x": token, "k": token, "v": token}, self.periods[i], batch_size
+            )
+            if self.in_context(i)
+            else {}
+            for i in range(len(self.levels))
+        ]
+
+    def _initial(self, i: int, batch_size: int) -> dict:
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), self.levels[i].weights())
+
+    def _level(self, i, x_btd, keys, values, state, position):
+        level = self.levels[i]
+        if not self.in_context(i):
+            return level.plain(x_btd), state
+        period = self.periods[i]
+
+        def chunk_fn(fast, chunk):
+            y, new_fast = cms_local(
+                fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
+                period=period, use_dgd=self.use_dgd, truncate_grad=self.truncate, remat_group=0,
+            )  # fmt: skip
+            return y, new_fast
+
+        batch = x_btd.shape[0]
+        reset_every = self._reset_period(i)
+        reset = None if reset_every is None else (reset_every, self._initial(i, batch), position)
+        inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
+        y, carry = chunk_carry.run_chunked(
+            chunk_fn, inputs, period, fast=self._initial(i, batch) if state is None else None,
+            carry=state, remat=self.remat, reset=reset,
+        )  # fmt: skip
+        return y.astype(self.dtype), carry
+
+    def __call__(self, x_btd, keys_btd, values_btd, state: list | None, position):
+        states = [None] * len(self.levels) if state is None else state
+        new_states, outputs = [], []
+        for i in range(len(self.levels)):
+            # independent: x_btd is not updated inside the loop, so every level reads the block's input
+            y, new_state = self._level(i, x_btd, keys_btd, values_btd, states[i], position)
+            new_states.append(new_state if self.in_context(i) else {})
+            if self.variant == "independent":
+                outputs.append(self.agg[i].astype(self.dtype) * y)
+            else:
+                x_btd = x_btd + y
+        if self.variant == "independent":
+            x_btd = x_btd + sum(outputs)
+        return x_btd, new_states

@@ -1,0 +1,70 @@
+"""Analytic training FLOPs per token of the memory models (forward + backward = 3 × forward, 2 FLOPs a MAC).
+
+dense: 6 × the matmul parameters a token passes through (projections, CMS / MLP levels at their current weights,
+LM head). inner: the in-context learning on top of that — per fast-weight matrix W [d_in, d_out] trained on chunks
+of C tokens, per token: the target read and the gradient factors at the chunk-start weights, the chunk-end update
+and (DGD) the C×C Gram matrix, right-hand side and triangular solve, or (Titans dual form) the in-chunk reads:
+
+    DGD:    3 × (2·6·d_in·d_out + 2·C·(d_in + d_out))
+    Titans: 3 × (2·5·d_in·d_out + 2·2·C·(d_in + d_out))
+
+An approximation of what the code computes (elementwise work and the ℓ2 norms are left out).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from hope_jax.models.config import head_dim
+
+
+def embedding_head(model_cfg: ml_collections.ConfigDict) -> float:
+    """The LM head counts even when tied; the embedding gather does not."""
+    return 6.0 * model_cfg.d_model * model_cfg.vocab_size
+
+
+def dgd_matrix(d_in: int, d_out: int, chunk: int) -> float:
+    return 3.0 * (12.0 * d_in * d_out + 2.0 * chunk * (d_in + d_out))
+
+
+def titans_matrix(d_in: int, d_out: int, chunk: int) -> float:
+    return 3.0 * (10.0 * d_in * d_out + 4.0 * chunk * (d_in + d_out))
+
+
+def mlp_memory(d: int, hidden: int, chunk: int, matrix=dgd_matrix) -> float:
+    """A 2-layer memory: W_in [d, hidden] and W_out [hidden, d]."""
+    return matrix(d, hidden, chunk) + matrix(hidden, d, chunk)
+
+
+def selfmod_dense(model_cfg: ml_collections.ConfigDict) -> float:
+    from hope_jax.models.self_modifying import static_streams
+
+    d = model_cfg.d_model
+    return 6.0 * d * d * (len(static_streams(model_cfg.memory)) + 2)  # input streams, gate, output
+
+
+def selfmod_inner(model_cfg: ml_collections.ConfigDict) -> float:
+    from hope_jax.models.self_modifying import generator_names
+
+    mem, hd = model_cfg.memory, head_dim(model_cfg)
+    hidden = mem.hidden_factor * hd
+    generators = len(generator_names(mem)) * mlp_memory(hd, hidden, mem.aux_chunk_size)
+    memory = mlp_memory(hd, hidden, mem.chunk_size)
+    return model_cfg.n_heads * (generators + memory)
+
+
+def channel_dense(model_cfg: ml_collections.ConfigDict) -> float:
+    d = model_cfg.d_model
+    hidden = tuple(model_cfg.cms.hidden) if model_cfg.cms.enabled else (model_cfg.mlp_hidden,)
+    return 6.0 * 3 * d * sum(hidden)
+
+
+def cms_inner(model_cfg: ml_collections.ConfigDict) -> float:
+    cms, d = model_cfg.cms, model_cfg.d_model
+    if not cms.enabled:
+        return 0.0
+    total = 0.0
+    for period, objective, hidden in zip(cms.periods, cms.objectives, cms.hidden, strict=True):
+        if objective == "local":
+            total += 2 * dgd_matrix(d, hidden, period) + dgd_matrix(hidden, d, period)
+    return total

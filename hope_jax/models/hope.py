@@ -1,0 +1,146 @@
+"""HOPE and HOPE-Attention language models (HOPE_SPEC §7, DESIGN D5/D6).
+
+HOPE block:            x ← x + SelfModTitans(RMSNorm(x));  x ← CMS(x; the mixer's keys and values)
+HOPE-Attention block:  x ← x + Attention(RMSNorm(x));      x ← CMS(x; the attention's keys and values)
+With `cms.enabled = False` (A-Table 6 'w/o CMS') the CMS is one plain pre-norm SwiGLU of `mlp_hidden` units.
+
+HOPE-Attention's CMS regresses the attention's per-head keys and values before rotary positions (content, not
+position), heads concatenated.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from flax import nnx
+
+from hope_jax.layers import Attention, RMSNorm, SwiGLU, attention_flops_per_token
+from hope_jax.models import flops
+from hope_jax.models.cms import CMS
+from hope_jax.models.config import compute_dtype, head_dim
+from hope_jax.models.registry import register
+from hope_jax.models.self_modifying import SelfModifyingMixer
+from hope_jax.models.stack import BlockStackLM
+from hope_jax.models.transformer import residual_out_std
+
+
+class ChannelMixer(nnx.Module):
+    """The CMS chain, or (cms.enabled False) one plain pre-norm SwiGLU with a residual."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        out_std, dtype = residual_out_std(model_cfg), compute_dtype(model_cfg)
+        self.d_model = model_cfg.d_model
+        if model_cfg.cms.enabled:
+            self.cms, self.mlp_norm, self.mlp = CMS(model_cfg, out_init_std=out_std, rngs=rngs), None, None
+        else:
+            self.cms = None
+            self.mlp_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+            self.mlp = SwiGLU(
+                model_cfg.d_model, model_cfg.mlp_hidden, init_std=model_cfg.init_std, out_init_std=out_std,
+                dtype=dtype, rngs=rngs,
+            )  # fmt: skip
+
+    def init_state(self, batch_size: int):
+        return [] if self.cms is None else self.cms.init_state(batch_size, self.d_model)
+
+    def __call__(self, x_btd, keys_btd, values_btd, state, position):
+        if self.cms is None:
+            return x_btd + self.mlp(self.mlp_norm(x_btd)), []
+        return self.cms(x_btd, keys_btd, values_btd, state, position)
+
+
+class HopeBlock(nnx.Module):
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(model_cfg)
+        self.mixer_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.mixer = SelfModifyingMixer(model_cfg, out_init_std=residual_out_std(model_cfg), rngs=rngs)
+        self.channel = ChannelMixer(model_cfg, rngs=rngs)
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict:
+        return {"mixer": self.mixer.init_state(batch_size), "cms": self.channel.init_state(batch_size)}
+
+    def __call__(self, x_btd, position, state):
+        mixed, mixer_state, keys, values = self.mixer(
+            self.mixer_norm(x_btd), None if state is None else state["mixer"]
+        )
+        x_btd = x_btd + mixed
+        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"], position)
+        return x_btd, {"mixer": mixer_state, "cms": cms_state}
+
+
+class HopeAttentionBlock(nnx.Module):
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(model_cfg)
+        self.attn_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.attn = Attention(
+            model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg), window=model_cfg.attention_window,
+            n_persistent=model_cfg.n_persistent_tokens, max_len=model_cfg.max_seq_len,
+            rope_theta=model_cfg.rope_theta, init_std=model_cfg.init_std,
+            out_init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs,
+        )  # fmt: skip
+        self.channel = ChannelMixer(model_cfg, rngs=rngs)
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict:
+        return {"attn": self.attn.init_cache(batch_size, max_len), "cms": self.channel.init_state(batch_size)}
+
+    def __call__(self, x_btd, position, state):
+        normed = self.attn_norm(x_btd)
+        attended, cache = self.attn(normed, position, None if state is None else state["attn"])
+        x_btd = x_btd + attended
+        # The projections are recomputed here; under jit XLA's CSE shares them with the attention's.
+        flat = lambda a: a.reshape(*a.shape[:2], -1)
+        keys, values = flat(self.attn.wk(normed)), flat(self.attn.wv(normed))
+        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"], position)
+        return x_btd, {"attn": cache, "cms": cms_state}
+
+
+TINY_MEMORY = {"chunk_size": 8, "aux_chunk_size": 4}
+TINY_CMS = {"periods": (4, 8, 0), "objectives": ("local", "local", "frozen"), "hidden": (32, 32, 32)}
+
+
+@register(
+    "hope",
+    test_variants={
+        "default": {"memory": TINY_MEMORY, "cms": TINY_CMS},
+        "ablations_nested_bf16": {
+            "memory": {**TINY_MEMORY, "adaptive_q": True, "adaptive_k": False, "momentum": False, "dgd": False},
+            "cms": {**TINY_CMS, "variant": "nested"},
+            "compute_dtype": "bfloat16",
+            "remat": "full",
+        },
+    },
+)
+class HopeLM(BlockStackLM):
+    block_class = HopeBlock
+
+    @staticmethod
+    def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
+        dense = flops.embedding_head(model_cfg) + model_cfg.n_layers * (
+            flops.selfmod_dense(model_cfg) + flops.channel_dense(model_cfg)
+        )
+        inner = model_cfg.n_layers * (flops.selfmod_inner(model_cfg) + flops.cms_inner(model_cfg))
+        return {"dense": dense, "attention": 0.0, "inner": inner, "total": dense + inner}
+
+
+@register(
+    "hope_attention",
+    test_variants={
+        "default": {"cms": TINY_CMS},
+        "independent_window": {"cms": {**TINY_CMS, "variant": "independent"}, "attention_window": 6},
+    },
+)
+class HopeAttentionLM(BlockStackLM):
+    block_class = HopeAttentionBlock
+
+    @staticmethod
+    def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
+        d = model_cfg.d_model
+        dense = flops.embedding_head(model_cfg) + model_cfg.n_layers * (
+            6.0 * 4 * d * d + flops.channel_dense(model_cfg)
+        )
+        attention = model_cfg.n_layers * attention_flops_per_token(
+            seq_len, model_cfg.n_heads, head_dim(model_cfg), model_cfg.attention_window,
+            model_cfg.n_persistent_tokens,
+        )  # fmt: skip
+        inner = model_cfg.n_layers * flops.cms_inner(model_cfg)
+        return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}
+

@@ -1,0 +1,224 @@
+"""HOPE's sequence mixer: self-modifying Titans per head (HOPE_SPEC §5, T §4.4; DESIGN D5).
+
+    x ─ W_in ─► conv(4) ─► SiLU ─► streams: x_h (the memories' input), and the static q / k / v projections that the
+                                  ablation switches ask for
+    self-modifying Titans on x_h (generators k, v, q, η, α and M_memory, each a 2-layer residual MLP trained in
+    context by DGD on its own targets) ─► y_h ─► per-head RMSNorm ⊙ SiLU(x W_gate) ─► W_out
+
+The chunked maths is memory/dgd.py and memory/fast_mlp.py. The orchestration below is memory/self_modifying.py's
+(generators first over chunks of `chunk_size_other`, then M_memory over chunks of `chunk_size_memory`), extended by
+the A-Table 6 switches 'w/o adaptive k' and 'w/o adaptive v', which memory/self_modifying.py does not offer: a static
+key (value) is a projection of the block input instead of M_k's (M_v's) output, and M_k (M_v) then does not exist.
+With both switches off the two agree exactly (tests/test_models_hope.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
+from hope_jax.memory import fast_mlp
+from hope_jax.memory.chunking import l2_normalize, scan_chunks
+from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.self_modifying import SelfModConfig
+from hope_jax.models import chunk_carry
+from hope_jax.models.config import compute_dtype, head_dim
+
+
+def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
+    mem = model_cfg.memory
+    return SelfModConfig(
+        chunk_size_memory=mem.chunk_size,
+        chunk_size_other=mem.aux_chunk_size,
+        adaptive_q=mem.adaptive_q,
+        use_dgd=mem.dgd,
+        dgd_layers=mem.dgd_layers,
+        use_momentum=mem.momentum,
+        momentum_decay=mem.momentum_decay,
+        use_weight_decay=mem.weight_decay,
+        gated_delta_form=mem.gated_delta,
+        eta_max=mem.eta_max,
+        activation=mem.activation,
+        remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
+        truncate_grad=mem.truncate_bptt,
+    )
+
+
+def generator_names(mem_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Memories generating per-token quantities, in a fixed order (M_memory comes after them)."""
+    names = ("k",) if mem_cfg.adaptive_k else ()
+    names += ("v",) if mem_cfg.adaptive_v else ()
+    names += ("q",) if mem_cfg.adaptive_q else ()
+    return names + ("eta",) + (("alpha",) if mem_cfg.weight_decay else ())
+
+
+def static_streams(mem_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Projected input streams: 'x' feeds the memories; 'q', 'k', 'v' replace memories that are switched off."""
+    return (
+        ("x",)
+        + (() if mem_cfg.adaptive_q else ("q",))
+        + (() if mem_cfg.adaptive_k else ("k",))
+        + (() if mem_cfg.adaptive_v else ("v",))
+    )
+
+
+def mixer_period(mem_cfg: ml_collections.ConfigDict) -> int:
+    """Both memories sit on a chunk boundary every lcm of the two chunk sizes tokens."""
+    return math.lcm(mem_cfg.chunk_size, mem_cfg.aux_chunk_size)
+
+
+def _update_stack(weights, momentum, keys, values, eta, alpha, cfg: SelfModConfig):
+    """One chunk of DGD on a stack of memories, each regressing the keys onto its own output on the values (E21)."""
+
+    def one_memory(w, s):
+        target = fast_mlp.forward(w, values, residual=True, activation=cfg.activation)
+        return dgd_chunk_update(
+            w, s if cfg.use_momentum else None, keys, target, eta, alpha,
+            residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
+            gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
+        )  # fmt: skip
+
+    new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
+    return new_w, (new_s if cfg.use_momentum else {})
+
+
+def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfig):
+    """One sequence, one head. streams: {'x', and static 'q'/'k'/'v'}: [T, d]; fast: {'gen': stacked generators,
+    'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values) [T, d], new fast)."""
+    index = {name: i for i, name in enumerate(gens)}
+
+    def generator_chunk(carry, xs):
+        w, s = carry
+        out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
+        keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
+        values = out[index["v"]] if "v" in index else xs["v"]
+        queries = l2_normalize(out[index["q"]] if "q" in index else xs["q"])
+        eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
+        if "alpha" in index:
+            alpha = jax.nn.sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
+        else:
+            alpha = jnp.ones_like(eta)
+        return _update_stack(w, s, keys, values, eta, alpha, cfg), (queries, keys, values, eta, alpha)
+
+    def memory_chunk(carry, xs):
+        w, s = carry
+        queries, keys, values, eta, alpha = xs
+        y = fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
+        return _update_stack(w, s, keys, values, eta, alpha, cfg), y
+
+    (gen_w, gen_s), per_token = scan_chunks(
+        generator_chunk, (fast["gen"], fast.get("gen_s", {})), streams, cfg.chunk_size_other, 0
+    )
+    (mem_w, mem_s), y = scan_chunks(
+        memory_chunk, (fast["memory"], fast.get("memory_s", {})), per_token, cfg.chunk_size_memory, 0
+    )
+    new_fast = {"gen": gen_w, "memory": mem_w}
+    if cfg.use_momentum:
+        new_fast.update(gen_s=gen_s, memory_s=mem_s)
+    return (y, per_token[1], per_token[2]), new_fast
+
+
+class MemoryInit(nnx.Module):
+    """Meta-learned initial weights of one per-head 2-layer residual memory, M(u) = u + σ(u W_in) W_out."""
+
+    def __init__(self, n_heads: int, dim: int, hidden: int, *, out_std: float, rngs: nnx.Rngs):
+        self.w_in = nnx.Param(
+            normal_init(rngs, (n_heads, dim, hidden), dim**-0.5), out_sharding=("heads", "head_dim", "memory_hidden")
+        )
+        self.w_out = nnx.Param(
+            normal_init(rngs, (n_heads, hidden, dim), out_std), out_sharding=("heads", "memory_hidden", "head_dim")
+        )
+
+    def value(self) -> dict:
+        return {"w_in": self.w_in[...], "w_out": self.w_out[...]}
+
+
+class SelfModifyingMixer(nnx.Module):
+    """Returns (output [B, T, d_model], new state, keys [B, T, d_model], values [B, T, d_model]) for a piece."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, out_init_std: float, rngs: nnx.Rngs):
+        mem = model_cfg.memory
+        self.dtype = compute_dtype(model_cfg)
+        self.cfg = selfmod_config(model_cfg)
+        self.gens = generator_names(mem)
+        self.streams = static_streams(mem)
+        self.period = mixer_period(mem)
+        self.remat = mem.remat_chunks
+        d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
+        self.n_heads, self.head_dim = heads, hd
+        proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
+        self.w_in = Dense((d,), (len(self.streams), heads, hd), ("embed", None, "heads", "head_dim"), **proj)
+        self.conv = CausalDepthwiseConv(
+            len(self.streams) * heads * hd, model_cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
+        )
+        hidden = mem.hidden_factor * hd
+        self.memories = nnx.Dict(
+            {name: MemoryInit(heads, hd, hidden, out_std=model_cfg.init_std, rngs=rngs) for name in (*self.gens, "memory")}
+        )
+        self.eta_w = nnx.Param(normal_init(rngs, (heads, hd), model_cfg.init_std), out_sharding=("heads", "head_dim"))
+        self.eta_b = nnx.Param(jnp.full((heads,), mem.eta_bias_init, jnp.float32), out_sharding=("heads",))
+        if mem.weight_decay:
+            self.alpha_w = nnx.Param(
+                normal_init(rngs, (heads, hd), model_cfg.init_std), out_sharding=("heads", "head_dim")
+            )
+            self.alpha_b = nnx.Param(jnp.full((heads,), mem.alpha_bias_init, jnp.float32), out_sharding=("heads",))
+        self.out_norm = RMSNorm(hd, eps=model_cfg.norm_eps, axis_name="head_dim", dtype=self.dtype)
+        self.w_gate = Dense((d,), (heads, hd), ("embed", "heads", "head_dim"), **proj)
+        self.w_out = Dense((heads, hd), (d,), ("heads", "head_dim", "embed"), **{**proj, "init_std": out_init_std})
+
+    def initial_fast(self, batch_size: int) -> dict:
+        """Meta-learned initial memories broadcast per sequence: leaves [B, H, n_memories, ...]."""
+        stack = lambda names: jax.tree.map(
+            lambda *leaves: jnp.stack(leaves, axis=1), *[self.memories[n].value() for n in names]
+        )
+        fast = {"gen": stack(self.gens), "memory": stack(("memory",))}
+        if self.cfg.use_momentum:
+            fast.update(gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"]))
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), fast)
+
+    def token_shapes(self) -> dict:
+        one = jax.ShapeDtypeStruct((self.n_heads, self.head_dim), self.dtype)
+        return {name: one for name in self.streams}
+
+    def init_state(self, batch_size: int) -> dict:
+        return {
+            "conv": self.conv.init_state(batch_size),
+            "chunks": chunk_carry.init_carry(self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size),
+        }
+
+    def reduction(self) -> dict:
+        out = {"eta_w": self.eta_w[...], "eta_b": self.eta_b[...]}
+        if self.cfg.use_weight_decay:
+            out.update(alpha_w=self.alpha_w[...], alpha_b=self.alpha_b[...])
+        return out
+
+    def __call__(self, x_btd: jax.Array, state: dict | None):
+        batch, seq_len, _ = x_btd.shape
+        projected = self.w_in(x_btd).reshape(batch, seq_len, -1)
+        conv_out, conv_state = self.conv(projected, None if state is None else state["conv"])
+        streams = jax.nn.silu(conv_out).reshape(batch, seq_len, len(self.streams), self.n_heads, self.head_dim)
+        streams = {name: streams[:, :, i] for i, name in enumerate(self.streams)}
+        reduction = jax.tree.map(lambda a: a.astype(jnp.float32), self.reduction())
+        per_head = jax.vmap(
+            lambda s, f, r: self_modifying_sequence(s, f, r, gens=self.gens, cfg=self.cfg), in_axes=(0, 0, 0)
+        )
+        per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
+
+        def chunk_fn(fast, chunk):  # chunk leaves [B, P, H, d] -> per (batch, head) sequences [P, d]
+            chunk = jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2).astype(jnp.float32), chunk)
+            (y, keys, values), new_fast = per_batch(chunk, fast, reduction)
+            return jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2), (y, keys, values)), new_fast
+
+        (y, keys, values), carry = chunk_carry.run_chunked(
+            chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
+            carry=None if state is None else state["chunks"], remat=self.remat,
+        )  # fmt: skip
+        gate = jax.nn.silu(self.w_gate(x_btd))
+        out = self.w_out(self.out_norm(y.astype(self.dtype)) * gate)
+        flat = lambda a: a.reshape(batch, seq_len, -1).astype(self.dtype)
+        return out, {"conv": conv_state, "chunks": carry}, flat(keys), flat(values)

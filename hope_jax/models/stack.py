@@ -1,0 +1,59 @@
+"""The language-model frame shared by the memory models: embedding → blocks → final RMSNorm → fp32 logits.
+
+A block is an nnx.Module with `init_state(batch_size, max_len)` and `__call__(x_btd, position, state)` returning
+(x_btd, new_state); `state=None` is a fresh sequence. The LM state is {'position': int32 scalar, 'layers': [...]}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from hope_jax.layers import Embedder, RMSNorm, maybe_remat
+from hope_jax.models.config import compute_dtype
+
+LMState = dict[str, Any]
+
+
+def _run_block(block, x_btd, position, state):
+    return block(x_btd, position, state)
+
+
+class BlockStackLM(nnx.Module):
+    """Subclasses set `block_class` (constructed as block_class(model_cfg, rngs=rngs))."""
+
+    block_class: type
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        self.dtype = compute_dtype(model_cfg)
+        self.embed = Embedder(
+            model_cfg.vocab_size, model_cfg.d_model, tie=model_cfg.tie_embeddings,
+            init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs,
+        )  # fmt: skip
+        self.blocks = nnx.List([self.block_class(model_cfg, rngs=rngs) for _ in range(model_cfg.n_layers)])
+        self.final_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=self.dtype)
+        self.remat = model_cfg.remat
+        maybe_remat(_run_block, self.remat)  # unknown policy names fail at construction
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> LMState:
+        """Fresh per-sequence state: fast weights at their meta-learned initial values, empty caches."""
+        return {
+            "position": jnp.zeros((), jnp.int32),
+            "layers": [block.init_state(batch_size, max_len) for block in self.blocks],
+        }
+
+    def __call__(self, tokens_bt: jax.Array, state: LMState | None = None) -> tuple[jax.Array, LMState]:
+        position = jnp.zeros((), jnp.int32) if state is None else state["position"]
+        layer_states = [None] * len(self.blocks) if state is None else state["layers"]
+        run_block = maybe_remat(_run_block, self.remat)
+        x_btd = self.embed.encode(tokens_bt)
+        new_states = []
+        for block, layer_state in zip(self.blocks, layer_states, strict=True):
+            x_btd, new_state = run_block(block, x_btd, position, layer_state)
+            new_states.append(new_state)
+        logits_btv = self.embed.decode(self.final_norm(x_btd))
+        return logits_btv, {"position": position + tokens_bt.shape[1], "layers": new_states}
