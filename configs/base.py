@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
         {
             # TensorBoard event files through clu (imports tensorflow once, CPU only).
             "tensorboard": True,
+            # Peak FLOP/s of one device for MFU; 0: look the device kind up in hope_jax.train.metrics (GPUs only).
+            "peak_flops_per_device": 0.0,
         }
     )
     config.mesh = ml_collections.ConfigDict(

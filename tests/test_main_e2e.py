@@ -31,7 +31,9 @@ def tiny_smoke_config():
 
 
 def test_two_steps_write_checkpoint_and_metrics(tmp_path):
-    result = train(tiny_smoke_config(), str(tmp_path))
+    config = tiny_smoke_config()
+    config.logging.peak_flops_per_device = 1e12
+    result = train(config, str(tmp_path))
     assert result.final_step == 2
     assert sorted(result.losses) == [1, 2]
     assert all(math.isfinite(loss) for loss in result.losses.values())
@@ -41,6 +43,12 @@ def test_two_steps_write_checkpoint_and_metrics(tmp_path):
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    train_records = [r for r in records if "loss" in r]
+    for record in train_records:
+        assert record["tokens_per_s"] > 0
+        # MFU = achieved model FLOP/s over 8 devices x the configured 1 TFLOP/s peak.
+        assert record["mfu"] == pytest.approx(record["model_tflops_per_s"] / 8)
+        assert record["update_norm/default"] > 0
 
 
 def test_misspelt_override_names_the_key(tmp_path):

@@ -106,6 +106,7 @@ TINY_CMS = {"periods": (4, 8, 0), "objectives": ("local", "local", "frozen"), "h
             "cms": {**TINY_CMS, "variant": "nested"},
             "compute_dtype": "bfloat16",
             "remat": "full",
+            "n_layers": 1,
         },
     },
 )
@@ -124,8 +125,7 @@ class HopeLM(BlockStackLM):
 @register(
     "hope_attention",
     test_variants={
-        "default": {"cms": TINY_CMS},
-        "independent_window": {"cms": {**TINY_CMS, "variant": "independent"}, "attention_window": 6},
+        "independent_window": {"cms": {**TINY_CMS, "variant": "independent"}, "attention_window": 6, "n_layers": 1},
     },
 )
 class HopeAttentionLM(BlockStackLM):

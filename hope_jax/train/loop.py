@@ -15,7 +15,7 @@ from clu import periodic_actions
 from data_pipeline.loader import check_vocab, make_loader
 from hope_jax.models.registry import flops_per_token
 from hope_jax.train.checkpoint import Checkpointer, config_hash
-from hope_jax.train.metrics import MetricsLogger
+from hope_jax.train.metrics import MetricsLogger, peak_flops_per_device
 from hope_jax.train.state import create_train_state
 from hope_jax.train.trainer import build_trainer
 from hope_jax.train.validate import validate_config
@@ -148,6 +148,7 @@ def train(config, workdir: str) -> TrainResult:
         num_train_steps=config.train.num_steps, writer=metrics_logger.progress_writer(), every_secs=30
     )
     flops = flops_per_token(config.model, config.train.seq_len)
+    peak_flops = peak_flops_per_device(config.logging.peak_flops_per_device)
     start_step = int(state.step)
     losses: dict[int, float] = {}
     eval_loss = None
@@ -179,6 +180,8 @@ def train(config, workdir: str) -> TrainResult:
             scalars = {k: v for k, v in host.items() if k != "tokens"}
             scalars["tokens_per_s"] = tokens_per_s
             scalars["model_tflops_per_s"] = tokens_per_s * flops["total"] / 1e12
+            if peak_flops is not None:
+                scalars["mfu"] = tokens_per_s * flops["total"] / (peak_flops * jax.device_count())
             metrics_logger.write_scalars(step, scalars)
             logging.info(
                 "step %d: loss %.4f, grad_norm %.3f, %.0f tokens/s",

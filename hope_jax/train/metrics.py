@@ -19,6 +19,25 @@ def _hide_accelerators_from_tensorflow() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
+# Dense bf16 peak FLOP/s per device by jax device_kind (vendor datasheets, without sparsity). A kind not listed here
+# reports no MFU unless logging.peak_flops_per_device gives the number.
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA RTX 6000 Ada Generation": 364e12,
+}
+
+
+def peak_flops_per_device(configured: float) -> float | None:
+    """The configured peak (if > 0), else the datasheet peak of this device kind, else None (MFU is not reported)."""
+    if configured > 0:
+        return configured
+    return PEAK_FLOPS_BY_DEVICE_KIND.get(jax.devices()[0].device_kind)
+
+
 def _scalar(value) -> float:
     return float(np.asarray(value))
 

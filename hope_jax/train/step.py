@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from hope_jax.train.state import ModelSpec, TrainState, merge_model
 
@@ -21,10 +22,25 @@ def cross_entropy_sums(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: ja
     return jnp.sum(nll_bt * mask_bt), jnp.sum(mask_bt)
 
 
+def _diagnostic_means(intermediates) -> dict[str, jax.Array]:
+    """Inner-loop diagnostics the model sowed (nnx.Intermediate), each averaged to a scalar under its own path."""
+    flat = jax.tree_util.tree_flatten_with_path(intermediates)[0]
+    means: dict[str, list[jax.Array]] = {}
+    for path, value in flat:
+        # Paths look like blocks/3/mixer/memory_loss/0: the metric is named by its last named key, summed over layers.
+        names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+        name = next((n for n in reversed(names) if n and not n.isdigit() and n != "value"), "intermediate")
+        means.setdefault(name, []).append(jnp.mean(value.astype(jnp.float32)))
+    return {f"inner/{name}": jnp.mean(jnp.stack(values)) for name, values in sorted(means.items())}
+
+
 def model_loss_sums(spec: ModelSpec, params, batch):
+    """(summed nll, summed weight, inner-loop diagnostics) of the model on one batch."""
     model = merge_model(spec, params)
     logits_btv, _ = model(batch["inputs"])
-    return cross_entropy_sums(logits_btv, batch["targets"], batch["mask"])
+    diagnostics = _diagnostic_means(nnx.to_pure_dict(nnx.pop(model, nnx.Intermediate)))
+    nll, weight = cross_entropy_sums(logits_btv, batch["targets"], batch["mask"])
+    return nll, weight, diagnostics
 
 
 def _split_microbatches(batch, num_micro: int):
@@ -50,23 +66,24 @@ def make_train_step(
         total_weight = jnp.maximum(jnp.sum(batch["mask"].astype(jnp.float32)), 1.0)
 
         def loss_fn(params, micro):
-            loss_sum, _ = model_loss_sums(spec, params, micro)
-            return loss_sum / total_weight
+            loss_sum, _, diagnostics = model_loss_sums(spec, params, micro)
+            return loss_sum / total_weight, diagnostics
 
-        grad_fn = jax.value_and_grad(loss_fn)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if grad_accum_steps == 1:
-            loss, grads = grad_fn(state.params, batch)
+            (loss, diagnostics), grads = grad_fn(state.params, batch)
         else:
 
             def accumulate(carry, micro):
                 loss_acc, grads_acc = carry
-                loss_micro, grads_micro = grad_fn(state.params, micro)
-                return (loss_acc + loss_micro, jax.tree.map(jnp.add, grads_acc, grads_micro)), None
+                (loss_micro, diagnostics_micro), grads_micro = grad_fn(state.params, micro)
+                return (loss_acc + loss_micro, jax.tree.map(jnp.add, grads_acc, grads_micro)), diagnostics_micro
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (loss, grads), _ = jax.lax.scan(
+            (loss, grads), diagnostics_per_micro = jax.lax.scan(
                 accumulate, (jnp.zeros((), jnp.float32), zeros), _split_microbatches(batch, grad_accum_steps)
             )
+            diagnostics = jax.tree.map(lambda x: jnp.mean(x, axis=0), diagnostics_per_micro)
 
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -86,6 +103,7 @@ def make_train_step(
             "param_norm": optax.tree.norm(state.params),
             "tokens": total_weight,
             "nonfinite": 1 - finite.astype(jnp.int32),
+            **diagnostics,
         }
         if update_norms_fn is not None:
             metrics.update({f"update_norm/{k}": v for k, v in update_norms_fn(updates).items()})
@@ -98,6 +116,7 @@ def make_eval_step(spec: ModelSpec) -> Callable:
     """(params, batch) -> (summed nll, summed weight): sums, so batches of any size combine exactly."""
 
     def eval_step(params, batch):
-        return model_loss_sums(spec, params, batch)
+        nll, weight, _ = model_loss_sums(spec, params, batch)
+        return nll, weight
 
     return eval_step

@@ -1,0 +1,408 @@
+"""Titans baselines (HOPE_SPEC §2.7, T §3–4): LMM, MAC and MAG, on the chunk-parallel memory of memory/titans.py.
+
+Every block is x ← x + mixer(RMSNorm(x)); x ← x + SwiGLU(RMSNorm(x)). The mixers:
+- LMM: the neural memory alone. q, k, v = per-head projections → causal depthwise conv (window 4) → SiLU, q and k
+  ℓ2-normalised; per-head, per-token gates θ_t = θ_max·σ(x w_θ + b_θ) (inner lr), η_t = σ(x w_η + b_η) (momentum),
+  α_t = σ(x w_α + b_α) (forget); y_t = M_t(q_t); output = W_out(RMSNorm_head(y) ⊙ SiLU(x W_gate)) (T §4.4).
+- MAG: sliding-window attention with the persistent slots (layers.Attention) ‖ the LMM memory on the same input;
+  output = W_out(RMSNorm(attn) ⊙ σ(RMSNorm(memory))) (the normalised gate of T §4.2).
+- MAC: segments of `titans.segment_size` tokens. Per segment: h = M_{before}(q) read with the state before the
+  segment (E14); attention of the segment's tokens over [persistent slots ; h ; segment] (E15), where the token at
+  offset t sees h_j and x_j only for j ≤ t (h_j is computed from x_j, so seeing a later h_j would read the future);
+  the memory is then written with the attention output y, and o = W_out(RMSNorm(y) ⊙ σ(RMSNorm(M_t(y)))) reads it
+  after each token's own write (E16, the dual form). The conv runs on the memory's query stream only (the written
+  keys/values come from y inside the segment).
+Persistent memory is realised as learned key/value slots of the attention (MAG, MAC; `n_persistent_tokens`); the LMM
+has none (prefix tokens run through the memory would only re-parametrise the meta-learned initial state M_0).
+T5 switches: titans.memory_depth 1 (linear memory), titans.conv, titans.momentum, titans.weight_decay,
+n_persistent_tokens 0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from hope_jax.layers import (
+    Attention,
+    CausalDepthwiseConv,
+    Dense,
+    RMSNorm,
+    SwiGLU,
+    apply_rotary,
+    attention_flops_per_token,
+    masked_attention,
+    normal_init,
+)
+from hope_jax.memory import fast_mlp
+from hope_jax.memory.chunking import l2_normalize
+from hope_jax.memory.titans import titans_memory
+from hope_jax.models import chunk_carry, flops
+from hope_jax.models.config import compute_dtype, head_dim
+from hope_jax.models.registry import register
+from hope_jax.models.stack import BlockStackLM
+from hope_jax.models.transformer import residual_out_std
+
+GATES = ("theta", "eta", "alpha")
+
+
+class MemoryWeights(nnx.Module):
+    """Meta-learned M_0 per head: linear {'w'} or 2-layer residual {'w_in', 'w_out'} (T §3.1)."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        heads, hd, depth = model_cfg.n_heads, head_dim(model_cfg), model_cfg.titans.memory_depth
+        if depth not in (1, 2):
+            raise ValueError(f"model.titans.memory_depth must be 1 (linear) or 2, got {depth}")
+        hidden = model_cfg.titans.hidden_factor * hd
+        if depth == 1:
+            self.weights = nnx.Dict(
+                w=nnx.Param(normal_init(rngs, (heads, hd, hd), hd**-0.5), out_sharding=("heads", "head_dim", "kv"))
+            )
+        else:
+            self.weights = nnx.Dict(
+                w_in=nnx.Param(
+                    normal_init(rngs, (heads, hd, hidden), hd**-0.5), out_sharding=("heads", "head_dim", "memory_hidden")
+                ),
+                w_out=nnx.Param(
+                    normal_init(rngs, (heads, hidden, hd), model_cfg.init_std),
+                    out_sharding=("heads", "memory_hidden", "head_dim"),
+                ),
+            )
+
+    def initial(self, batch_size: int, momentum: bool) -> dict:
+        w = {name: jnp.broadcast_to(p[...], (batch_size, *p.shape)) for name, p in self.weights.items()}
+        return {"w": w, "s": jax.tree.map(jnp.zeros_like, w)} if momentum else {"w": w}
+
+
+class Gates(nnx.Module):
+    """θ_t, η_t, α_t per head and token from a linear read of the input (HOPE_SPEC §2.3 recommended reading)."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        t = model_cfg.titans
+        self.theta_max, self.momentum, self.weight_decay = t.theta_max, t.momentum, t.weight_decay
+        self.proj = Dense(
+            (model_cfg.d_model,), (3, model_cfg.n_heads), ("embed", None, "heads"),
+            init_std=model_cfg.init_std, dtype=jnp.float32, rngs=rngs,
+        )  # fmt: skip
+        biases = jnp.array([t.theta_bias_init, t.momentum_bias_init, t.forget_bias_init], jnp.float32)
+        self.bias = nnx.Param(jnp.broadcast_to(biases[:, None], (3, model_cfg.n_heads)), out_sharding=(None, "heads"))
+
+    def __call__(self, x_btd: jax.Array) -> dict:
+        pre = self.proj(x_btd) + self.bias[...]
+        gates = {
+            "theta": self.theta_max * jax.nn.sigmoid(pre[:, :, 0]),
+            "eta": jax.nn.sigmoid(pre[:, :, 1]) if self.momentum else jnp.zeros_like(pre[:, :, 1]),
+            "alpha": jax.nn.sigmoid(pre[:, :, 2]) if self.weight_decay else jnp.zeros_like(pre[:, :, 2]),
+        }
+        return gates
+
+
+def memory_call(fast: dict, tokens: dict, model_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+    """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', 'theta', 'eta', 'alpha'}; y [B, T, H, d]."""
+    t = model_cfg.titans
+    heads_first = {name: jnp.swapaxes(a, 1, 2).astype(jnp.float32) for name, a in tokens.items()}
+    y, w_end, s_end = titans_memory(
+        fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"],
+        jnp.maximum(heads_first["eta"], 1e-30), heads_first["alpha"], fast.get("s"),
+        chunk_size=t.chunk_size, use_momentum=t.momentum, residual=t.memory_depth == 2,
+        truncate_grad=model_cfg.memory.truncate_bptt, remat_group=0,
+    )  # fmt: skip
+    return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
+
+
+class QKVStream(nnx.Module):
+    """n per-head streams of x: projection → (conv) → SiLU; the first `n_normalised` ℓ2-normalised."""
+
+    def __init__(self, model_cfg, n_streams: int, n_normalised: int, *, rngs: nnx.Rngs):
+        self.dtype = compute_dtype(model_cfg)
+        self.n, self.n_normalised = n_streams, n_normalised
+        self.heads, self.hd = model_cfg.n_heads, head_dim(model_cfg)
+        self.proj = Dense(
+            (model_cfg.d_model,), (n_streams, self.heads, self.hd), ("embed", None, "heads", "head_dim"),
+            init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs,
+        )  # fmt: skip
+        self.conv = (
+            CausalDepthwiseConv(
+                n_streams * self.heads * self.hd, model_cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
+            )
+            if model_cfg.titans.conv
+            else None
+        )
+
+    def init_state(self, batch_size: int):
+        return {} if self.conv is None else self.conv.init_state(batch_size)
+
+    def __call__(self, x_btd, state):
+        batch, seq_len, _ = x_btd.shape
+        out = self.proj(x_btd)
+        new_state = {}
+        if self.conv is not None:
+            flat, new_state = self.conv(out.reshape(batch, seq_len, -1), None if state is None else state)
+            out = flat.reshape(out.shape)
+        out = jax.nn.silu(out)
+        streams = [out[:, :, i] for i in range(self.n)]
+        streams = [l2_normalize(s) if i < self.n_normalised else s for i, s in enumerate(streams)]
+        return streams, new_state
+
+
+class NeuralMemory(nnx.Module):
+    """The LMM memory as a layer: returns raw per-head reads y [B, T, H, hd] and the new state."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        self.cfg = model_cfg
+        self.dtype = compute_dtype(model_cfg)
+        self.qkv = QKVStream(model_cfg, 3, 2, rngs=rngs)
+        self.gates = Gates(model_cfg, rngs=rngs)
+        self.memory = MemoryWeights(model_cfg, rngs=rngs)
+        self.remat = model_cfg.memory.remat_chunks
+
+    def init_state(self, batch_size: int) -> dict:
+        hd = jax.ShapeDtypeStruct((self.cfg.n_heads, head_dim(self.cfg)), self.dtype)
+        gate = jax.ShapeDtypeStruct((self.cfg.n_heads,), jnp.float32)
+        shapes = {"q": hd, "k": hd, "v": hd, **{g: gate for g in GATES}}
+        fast = self.memory.initial(batch_size, self.cfg.titans.momentum)
+        return {
+            "conv": self.qkv.init_state(batch_size),
+            "chunks": chunk_carry.init_carry(fast, shapes, self.cfg.titans.chunk_size, batch_size),
+        }
+
+    def __call__(self, x_btd, state):
+        (q, k, v), conv_state = self.qkv(x_btd, None if state is None else state["conv"])
+        tokens = {"q": q, "k": k, "v": v, **self.gates(x_btd)}
+        y, carry = chunk_carry.run_chunked(
+            lambda fast, chunk: memory_call(fast, chunk, self.cfg), tokens, self.cfg.titans.chunk_size,
+            fast=self.memory.initial(x_btd.shape[0], self.cfg.titans.momentum) if state is None else None,
+            carry=None if state is None else state["chunks"], remat=self.remat,
+        )  # fmt: skip
+        return y.astype(self.dtype), {"conv": conv_state, "chunks": carry}
+
+
+class GatedCombine(nnx.Module):
+    """W_out(RMSNorm(a) ⊙ σ(RMSNorm(b))): the normalised gate of MAG / MAC."""
+
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+        dtype, d = compute_dtype(model_cfg), model_cfg.d_model
+        self.norm_a = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
+        self.norm_b = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
+        self.out = Dense(
+            (d,), (d,), ("embed", "embed"), init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs
+        )
+
+    def __call__(self, a_btd, b_btd):
+        return self.out(self.norm_a(a_btd) * jax.nn.sigmoid(self.norm_b(b_btd)))
+
+
+class LMMMixer(nnx.Module):
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+        dtype, heads, hd = compute_dtype(model_cfg), model_cfg.n_heads, head_dim(model_cfg)
+        proj = dict(init_std=model_cfg.init_std, dtype=dtype, rngs=rngs)
+        self.memory = NeuralMemory(model_cfg, rngs=rngs)
+        self.out_norm = RMSNorm(hd, eps=model_cfg.norm_eps, axis_name="head_dim", dtype=dtype)
+        self.w_gate = Dense((model_cfg.d_model,), (heads, hd), ("embed", "heads", "head_dim"), **proj)
+        self.w_out = Dense(
+            (heads, hd), (model_cfg.d_model,), ("heads", "head_dim", "embed"),
+            **{**proj, "init_std": residual_out_std(model_cfg)},
+        )  # fmt: skip
+
+    def init_state(self, batch_size, max_len=None):
+        return self.memory.init_state(batch_size)
+
+    def __call__(self, x_btd, position, state):
+        y, new_state = self.memory(x_btd, state)
+        return self.w_out(self.out_norm(y) * jax.nn.silu(self.w_gate(x_btd))), new_state
+
+
+class MAGMixer(nnx.Module):
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+        self.attn = Attention(
+            model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg), window=model_cfg.attention_window,
+            n_persistent=model_cfg.n_persistent_tokens, max_len=model_cfg.max_seq_len,
+            rope_theta=model_cfg.rope_theta, init_std=model_cfg.init_std,
+            out_init_std=model_cfg.init_std, dtype=compute_dtype(model_cfg), rngs=rngs,
+        )  # fmt: skip
+        self.memory = NeuralMemory(model_cfg, rngs=rngs)
+        self.combine = GatedCombine(model_cfg, rngs=rngs)
+
+    def init_state(self, batch_size, max_len=None):
+        return {"attn": self.attn.init_cache(batch_size, max_len), "memory": self.memory.init_state(batch_size)}
+
+    def __call__(self, x_btd, position, state):
+        attended, cache = self.attn(x_btd, position, None if state is None else state["attn"])
+        y, memory_state = self.memory(x_btd, None if state is None else state["memory"])
+        out = self.combine(attended, y.reshape(x_btd.shape))
+        return out, {"attn": cache, "memory": memory_state}
+
+
+class MACMixer(nnx.Module):
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+        self.cfg, self.dtype = model_cfg, compute_dtype(model_cfg)
+        d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
+        proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
+        self.query = QKVStream(model_cfg, 1, 1, rngs=rngs)  # memory read query from x (E14)
+        self.attn_qkv = Dense((d,), (3, heads, hd), ("embed", None, "heads", "head_dim"), **proj)
+        self.attn_out = Dense((heads, hd), (d,), ("heads", "head_dim", "embed"), **proj)
+        n_p = model_cfg.n_persistent_tokens
+        std = model_cfg.init_std * d**0.5
+        self.persistent = (
+            nnx.Param(normal_init(rngs, (2, n_p, heads, hd), std), out_sharding=(None, None, "heads", "head_dim"))
+            if n_p
+            else None
+        )
+        self.write_qkv = Dense((d,), (3, heads, hd), ("embed", None, "heads", "head_dim"), **proj)
+        self.gates = Gates(model_cfg, rngs=rngs)
+        self.memory = MemoryWeights(model_cfg, rngs=rngs)
+        self.combine = GatedCombine(model_cfg, rngs=rngs)
+
+    def init_state(self, batch_size, max_len=None):
+        d = self.cfg.d_model
+        shapes = {
+            "x": jax.ShapeDtypeStruct((d,), self.dtype),
+            "q": jax.ShapeDtypeStruct((self.cfg.n_heads, head_dim(self.cfg)), self.dtype),
+        }
+        fast = self.memory.initial(batch_size, self.cfg.titans.momentum)
+        return {
+            "conv": self.query.init_state(batch_size),
+            "chunks": chunk_carry.init_carry(fast, shapes, self.cfg.titans.segment_size, batch_size),
+        }
+
+    def _segment(self, fast, chunk):
+        """One segment [B, S, ...]: retrieve with the segment-start memory, attend, write, gate."""
+        x, q = chunk["x"], chunk["q"]
+        batch, seg = x.shape[:2]
+        retrieve = jax.vmap(jax.vmap(lambda w, u: fast_mlp.forward(w, u, residual=self.cfg.titans.memory_depth == 2)))
+        h = jnp.swapaxes(retrieve(fast["w"], jnp.swapaxes(q, 1, 2).astype(jnp.float32)), 1, 2)
+        h = h.reshape(batch, seg, -1).astype(self.dtype)
+        pos = jnp.arange(seg, dtype=jnp.int32)
+        qx, kx, vx = (self.attn_qkv(x)[:, :, i] for i in range(3))
+        _, kh, vh = (self.attn_qkv(h)[:, :, i] for i in range(3))
+        rope = lambda a: apply_rotary(a, pos, self.cfg.rope_theta)
+        keys, values = jnp.concatenate([rope(kh), rope(kx)], 1), jnp.concatenate([vh, vx], 1)
+        causal = pos[:, None] >= pos[None, :]
+        mask = jnp.concatenate([causal, causal], axis=1)
+        if self.persistent is not None:
+            n_p = self.persistent.shape[1]
+            prefix = lambda i: jnp.broadcast_to(self.persistent[...][i].astype(self.dtype), (batch, *self.persistent.shape[1:]))
+            keys, values = jnp.concatenate([prefix(0), keys], 1), jnp.concatenate([prefix(1), values], 1)
+            mask = jnp.concatenate([jnp.ones((seg, n_p), bool), mask], axis=1)
+        y = self.attn_out(masked_attention(rope(qx), keys, values, mask))
+        wq, wk, wv = (self.write_qkv(y)[:, :, i] for i in range(3))
+        tokens = {"q": l2_normalize(wq), "k": l2_normalize(wk), "v": wv, **self.gates(y)}
+        read, new_fast = memory_call(fast, tokens, self.cfg)
+        return self.combine(y, read.reshape(y.shape).astype(self.dtype)), new_fast
+
+    def __call__(self, x_btd, position, state):
+        (q,), conv_state = self.query(x_btd, None if state is None else state["conv"])
+        out, carry = chunk_carry.run_chunked(
+            self._segment, {"x": x_btd, "q": q}, self.cfg.titans.segment_size,
+            fast=self.memory.initial(x_btd.shape[0], self.cfg.titans.momentum) if state is None else None,
+            carry=None if state is None else state["chunks"], remat=self.cfg.memory.remat_chunks,
+        )  # fmt: skip
+        return out, {"conv": conv_state, "chunks": carry}
+
+
+class TitansBlock(nnx.Module):
+    mixer_class: type
+
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(model_cfg)
+        self.mixer_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.mixer = self.mixer_class(model_cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.mlp = SwiGLU(
+            model_cfg.d_model, model_cfg.mlp_hidden, init_std=model_cfg.init_std,
+            out_init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs,
+        )  # fmt: skip
+
+    def init_state(self, batch_size, max_len=None):
+        return self.mixer.init_state(batch_size, max_len)
+
+    def __call__(self, x_btd, position, state):
+        mixed, new_state = self.mixer(self.mixer_norm(x_btd), position, state)
+        x_btd = x_btd + mixed
+        return x_btd + self.mlp(self.mlp_norm(x_btd)), new_state
+
+
+def titans_flops(
+    model_cfg, *, mixer_matmul_params: float, attention: float = 0.0, memories: int = 1
+) -> dict[str, float]:
+    """mixer_matmul_params: per-layer matmul parameters of the mixer (a token passes through each once);
+    attention: per-layer attention FLOPs per token; memories: Titans memories per layer."""
+    t, hd = model_cfg.titans, head_dim(model_cfg)
+    per_layer = 6.0 * (3 * model_cfg.d_model * model_cfg.mlp_hidden + mixer_matmul_params)
+    if t.memory_depth == 1:
+        per_head = flops.titans_matrix(hd, hd, t.chunk_size)
+    else:
+        per_head = flops.mlp_memory(hd, t.hidden_factor * hd, t.chunk_size, flops.titans_matrix)
+    dense = flops.embedding_head(model_cfg) + model_cfg.n_layers * per_layer
+    inner = model_cfg.n_layers * memories * model_cfg.n_heads * per_head
+    attention = model_cfg.n_layers * attention
+    return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}
+
+
+def _attention(model_cfg, seq_len: int, window: int, keys_factor: int = 1) -> float:
+    return keys_factor * attention_flops_per_token(seq_len, model_cfg.n_heads, head_dim(model_cfg), window, 0) + (
+        attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, model_cfg.n_persistent_tokens)
+        - attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, 0)
+    )
+
+
+TINY_TITANS = {"chunk_size": 4, "segment_size": 8}
+
+
+class LMMBlock(TitansBlock):
+    mixer_class = LMMMixer
+
+
+class MAGBlock(TitansBlock):
+    mixer_class = MAGMixer
+
+
+class MACBlock(TitansBlock):
+    mixer_class = MACMixer
+
+
+@register("titans_lmm", test_variants={"default": {"titans": TINY_TITANS, "n_layers": 1}})
+class TitansLMM(BlockStackLM):
+    block_class = LMMBlock
+
+    @staticmethod
+    def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
+        d = model_cfg.d_model
+        return titans_flops(model_cfg, mixer_matmul_params=5 * d * d + 3 * d * model_cfg.n_heads)
+
+
+@register(
+    "titans_mag",
+    test_variants={
+        "default": {"titans": TINY_TITANS, "n_layers": 1, "attention_window": 6, "n_persistent_tokens": 2}
+    },
+)
+class TitansMAG(BlockStackLM):
+    block_class = MAGBlock
+
+    @staticmethod
+    def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
+        d = model_cfg.d_model
+        return titans_flops(
+            model_cfg, mixer_matmul_params=8 * d * d + 3 * d * model_cfg.n_heads,
+            attention=_attention(model_cfg, seq_len, model_cfg.attention_window),
+        )  # fmt: skip
+
+
+@register(
+    "titans_mac",
+    test_variants={"default": {"titans": {**TINY_TITANS, "memory_depth": 1}, "n_layers": 1, "n_persistent_tokens": 2}},
+)
+class TitansMAC(BlockStackLM):
+    block_class = MACBlock
+
+    @staticmethod
+    def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
+        d, segment = model_cfg.d_model, min(model_cfg.titans.segment_size, seq_len)
+        # query d², attention q + (k, v on x and on h) + out 6d², memory write q/k/v 3d², combine d²
+        return titans_flops(
+            model_cfg, mixer_matmul_params=11 * d * d + 3 * d * model_cfg.n_heads,
+            attention=_attention(model_cfg, segment, 0, keys_factor=2),
+        )  # fmt: skip
