@@ -136,12 +136,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_large_parameters_sharded(shardings, abstract_params, *, threshold: int = LARGE_PARAMETER_ELEMENTS):
-    """Raise if a large parameter stays fully replicated on a multi-device mesh (a missing logical-axis rule)."""
+    """Raise if a large parameter stays fully replicated on a mesh with a model-parallel axis (a missing logical-axis rule).
+    On a purely data-parallel mesh (fsdp = tensor = 1) replication is the intent and nothing is checked."""
     offenders = []
     for (path, sharding), leaf in zip(
         jax.tree_util.tree_flatten_with_path(shardings)[0], jax.tree.leaves(abstract_params)
     ):
-        if sharding.mesh.size > 1 and leaf.size >= threshold and sharding.is_fully_replicated:
+        model_parallel = sharding.mesh.shape["fsdp"] * sharding.mesh.shape["tensor"]
+        if model_parallel > 1 and leaf.size >= threshold and sharding.is_fully_replicated:
             offenders.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}")
     if offenders:
         raise ValueError(

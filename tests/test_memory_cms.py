@@ -34,9 +34,7 @@ def make_inputs(seed=0, dtype=np.float32):
 
 @functools.partial(jax.jit, static_argnames="period")
 def chunked_both(inp, lr, period):
-    return {
-        kind: cms_local(inp[kind], inp["x"], inp["k"], inp["v"], lr=lr, decay=0.2, period=period) for kind in KINDS
-    }
+    return {kind: cms_local(inp[kind], inp["x"], inp["k"], inp["v"], lr=lr, decay=0.2, period=period) for kind in KINDS}
 
 
 @jax.jit
@@ -118,7 +116,14 @@ def test_outer_gradient_matches_finite_differences():
 
         def loss(p):
             y, w_end = cms_local(
-                p["w"], p["x"], p["k"], p["v"], lr=p["lr"], decay=0.2, period=4, remat_group=2,
+                p["w"],
+                p["x"],
+                p["k"],
+                p["v"],
+                lr=p["lr"],
+                decay=0.2,
+                period=4,
+                remat_group=2,
                 accum_dtype=jnp.float64,
             )
             return jnp.sum(jnp.sin(y)) + jnp.sum(w_end["w_down"] ** 2)

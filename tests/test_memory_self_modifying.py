@@ -25,12 +25,21 @@ CONFIGS = {
     "chunk1": SelfModConfig(chunk_size_other=1, chunk_size_memory=1, eta_max=0.3),
     # A15 gated-delta form, A4 alternative, no momentum; generator chunk larger than the memory's
     "gated_first_nomom": SelfModConfig(
-        chunk_size_other=16, chunk_size_memory=4, eta_max=0.3, gated_delta_form=True, dgd_layers="first",
+        chunk_size_other=16,
+        chunk_size_memory=4,
+        eta_max=0.3,
+        gated_delta_form=True,
+        dgd_layers="first",
         use_momentum=False,
     ),
     # w/o DGD, w/o weight decay, adaptive q; chunk sizes that do not divide each other
     "gd_nodecay_adaptiveq": SelfModConfig(
-        chunk_size_other=3, chunk_size_memory=8, eta_max=0.05, use_dgd=False, use_weight_decay=False, adaptive_q=True,
+        chunk_size_other=3,
+        chunk_size_memory=8,
+        eta_max=0.05,
+        use_dgd=False,
+        use_weight_decay=False,
+        adaptive_q=True,
     ),
 }
 

@@ -48,7 +48,9 @@ def chunked_both(inp, chunk_size, remat_group=1):
 @jax.jit
 def reference_both(inp, chunk_size):
     # chunk_size is traced here: the reference only uses it in `t % chunk_size`, so one compilation serves all.
-    return {kind: reference.titans_reference(inp[kind], *gates(inp), chunk_size=chunk_size) for kind in ("linear", "mlp")}
+    return {
+        kind: reference.titans_reference(inp[kind], *gates(inp), chunk_size=chunk_size) for kind in ("linear", "mlp")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +195,16 @@ def test_outer_gradient_matches_finite_differences():
 
         def loss(params):
             y, w_end, s_end = titans_memory(
-                params["mlp"], q, params["k"], params["v"], params["theta"], eta, alpha, chunk_size=4,
-                remat_group=2, accum_dtype=jnp.float64,
+                params["mlp"],
+                q,
+                params["k"],
+                params["v"],
+                params["theta"],
+                eta,
+                alpha,
+                chunk_size=4,
+                remat_group=2,
+                accum_dtype=jnp.float64,
             )
             return jnp.sum(jnp.sin(y)) + jnp.sum(w_end["w_out"] ** 2) + jnp.sum(s_end["w_in"])
 

@@ -68,3 +68,9 @@ def test_large_replicated_parameter_is_refused():
     with pytest.raises(ValueError, match=r"\['w'\] \(1024, 1024\)"):
         shd.check_large_parameters_sharded(replicated, {"w": big})
     shd.check_large_parameters_sharded({"w": NamedSharding(mesh, PartitionSpec("fsdp", None))}, {"w": big})
+
+
+def test_pure_data_parallelism_may_replicate_large_parameters():
+    mesh = shd.make_mesh(mesh_cfg(8, 1, 1))
+    big = jax.ShapeDtypeStruct((1024, 1024), "float32")
+    shd.check_large_parameters_sharded({"w": NamedSharding(mesh, PartitionSpec())}, {"w": big})

@@ -12,9 +12,7 @@ import hope_jax.bench as bench_package
 
 
 def available_subcommands() -> list[str]:
-    return sorted(
-        info.name for info in pkgutil.iter_modules(bench_package.__path__) if not info.name.startswith("_")
-    )
+    return sorted(info.name for info in pkgutil.iter_modules(bench_package.__path__) if not info.name.startswith("_"))
 
 
 def main(argv: list[str]) -> None:

@@ -56,15 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     data_cfg.source, data_cfg.mixture = args.source, args.mixture
     data_cfg.num_workers, data_cfg.read_threads = args.num_workers, args.read_threads
     result = measure(data_cfg, seq_len=args.seq_len, batch_size=args.batch_size, seconds=args.seconds)
-    result.update(
-        source=args.source, seq_len=args.seq_len, batch_size=args.batch_size, num_workers=args.num_workers
-    )
+    result.update(source=args.source, seq_len=args.seq_len, batch_size=args.batch_size, num_workers=args.num_workers)
     line = f"data loader ({args.source}, workers={args.num_workers}): {result['tokens_per_s']:,.0f} tokens/s"
     if args.train_tokens_per_s:
         result["ratio_to_training"] = result["tokens_per_s"] / args.train_tokens_per_s
         line += (
-            f" = {result['ratio_to_training']:.1f}x the training consumption "
-            f"({args.train_tokens_per_s:,.0f} tokens/s)"
+            f" = {result['ratio_to_training']:.1f}x the training consumption ({args.train_tokens_per_s:,.0f} tokens/s)"
         )
     print(line)
     print(json.dumps(result))

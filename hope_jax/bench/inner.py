@@ -16,7 +16,12 @@ import numpy as np
 
 from hope_jax.memory import reference
 from hope_jax.memory.cms import cms_local
-from hope_jax.memory.self_modifying import SelfModConfig, init_self_modifying_state, self_modifying_titans, updated_names
+from hope_jax.memory.self_modifying import (
+    SelfModConfig,
+    init_self_modifying_state,
+    self_modifying_titans,
+    updated_names,
+)
 from hope_jax.memory.titans import titans_memory
 
 MEMORIES = ("titans", "self_modifying", "cms")
@@ -33,25 +38,48 @@ def _inputs(memory, batch, heads, d_head, hidden, length, seed=0):
         }
         gate = lambda bias, scale: jax.nn.sigmoid(normal(batch, heads, length) + bias) * scale
         seq = lambda: normal(batch, heads, length, d_head)
-        return dict(weights=weights, q=unit(seq()), k=unit(seq()), v=seq(), theta=gate(0.0, 0.2),
-                    eta=gate(2.0, 1.0), alpha=gate(-4.0, 1.0))
+        return dict(
+            weights=weights,
+            q=unit(seq()),
+            k=unit(seq()),
+            v=seq(),
+            theta=gate(0.0, 0.2),
+            eta=gate(2.0, 1.0),
+            alpha=gate(-4.0, 1.0),
+        )
     if memory == "self_modifying":
         cfg = SelfModConfig()
         initial = {
-            name: {"w_in": normal(heads, d_head, hidden, scale=0.3 * d_head**-0.5),
-                   "w_out": normal(heads, hidden, d_head, scale=0.3 * hidden**-0.5)}
+            name: {
+                "w_in": normal(heads, d_head, hidden, scale=0.3 * d_head**-0.5),
+                "w_out": normal(heads, hidden, d_head, scale=0.3 * hidden**-0.5),
+            }
             for name in updated_names(cfg)
         }
-        reduction = {"eta_w": normal(heads, d_head, scale=0.1), "eta_b": jnp.full((heads,), -2.0),
-                     "alpha_w": normal(heads, d_head, scale=0.1), "alpha_b": jnp.full((heads,), 5.0)}
+        reduction = {
+            "eta_w": normal(heads, d_head, scale=0.1),
+            "eta_b": jnp.full((heads,), -2.0),
+            "alpha_w": normal(heads, d_head, scale=0.1),
+            "alpha_b": jnp.full((heads,), 5.0),
+        }
         x = normal(batch, heads, length, d_head, scale=0.5)
-        return dict(x=x, q=normal(batch, heads, length, d_head), state=init_self_modifying_state(initial, batch, cfg),
-                    reduction=reduction)
+        return dict(
+            x=x,
+            q=normal(batch, heads, length, d_head),
+            state=init_self_modifying_state(initial, batch, cfg),
+            reduction=reduction,
+        )
     width = heads * d_head
-    weights = {"w_in": normal(batch, width, hidden, scale=width**-0.5),
-               "w_out": normal(batch, hidden, width, scale=hidden**-0.5)}
-    return dict(weights=weights, x=normal(batch, length, width), k=unit(normal(batch, length, width)),
-                v=normal(batch, length, width))
+    weights = {
+        "w_in": normal(batch, width, hidden, scale=width**-0.5),
+        "w_out": normal(batch, hidden, width, scale=hidden**-0.5),
+    }
+    return dict(
+        weights=weights,
+        x=normal(batch, length, width),
+        k=unit(normal(batch, length, width)),
+        v=normal(batch, length, width),
+    )
 
 
 def _forward(memory, chunk, slow):
@@ -110,7 +138,7 @@ def main(argv: list[str]) -> None:
     )
     print(f"# per-token reference timed on T={args.ref_len} and reported as tokens/s (cost per token is constant)")
     print("# tokens/s = B*T / seconds (best of repeats, compile excluded); speedup = chunked / reference, fwd+bwd")
-    print(f"| memory | chunk | chunked fwd | chunked fwd+bwd | reference fwd | reference fwd+bwd | speedup fwd+bwd |")
+    print("| memory | chunk | chunked fwd | chunked fwd+bwd | reference fwd | reference fwd+bwd | speedup fwd+bwd |")
     print("|---|---|---|---|---|---|---|")
     for memory in memories:
         hidden = 2 * args.heads * args.d_head if memory == "cms" else args.hidden

@@ -29,7 +29,12 @@ def mm(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """Rows scaled to unit ℓ2 norm (eps keeps all-zero rows finite)."""
-    return x * lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+    return x * l2_normalize_scale(x, eps)
+
+
+def l2_normalize_scale(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """The [..., 1] factor 1/‖x‖ (eps as in l2_normalize) that l2_normalize multiplies the rows by."""
+    return lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 def segment_products(log_a: jax.Array) -> jax.Array:
@@ -49,6 +54,15 @@ def segment_products(log_a: jax.Array) -> jax.Array:
 def shift_rows_down(m: jax.Array) -> jax.Array:
     """Row t of the result is row t-1 of m; row 0 is zero (the 'state before token t' index shift)."""
     return jnp.concatenate([jnp.zeros_like(m[:1]), m[:-1]], axis=0)
+
+
+def _scan(fn, carry: PyTree, xs: PyTree) -> tuple[PyTree, PyTree]:
+    """lax.scan, except that a single step is a plain call: a length-1 loop inside the model's own chunk scan
+    would add a while loop (and its backward bookkeeping) per chunk for nothing."""
+    if jax.tree.leaves(xs)[0].shape[0] != 1:
+        return lax.scan(fn, carry, xs)
+    carry, ys = fn(carry, jax.tree.map(lambda a: a[0], xs))
+    return carry, jax.tree.map(lambda a: a[None], ys)
 
 
 def scan_chunks(
@@ -75,7 +89,7 @@ def scan_chunks(
     n_groups, n_loose = divmod(n_full, group)
 
     def run_group(carry, xs_group):
-        return lax.scan(chunk_fn, carry, xs_group)
+        return _scan(chunk_fn, carry, xs_group)
 
     if remat_group > 0:
         run_group = jax.checkpoint(run_group)
@@ -84,7 +98,7 @@ def scan_chunks(
     if n_groups:
         stop = n_groups * group * chunk_size
         grouped = jax.tree.map(lambda a: a[start:stop].reshape(n_groups, group, chunk_size, *a.shape[1:]), xs)
-        carry, ys = lax.scan(run_group, carry, grouped)
+        carry, ys = _scan(run_group, carry, grouped)
         pieces.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[3:]), ys))
         start = stop
     if n_loose:

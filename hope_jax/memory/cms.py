@@ -52,9 +52,7 @@ def cms_local(
         )
     kind = fast_mlp.memory_kind(weights)
     if kind == "linear":
-        raise ValueError(
-            "a CMS level is a 2-layer MLP {'w_in', 'w_out'} or SwiGLU {'w_gate', 'w_up', 'w_down'}"
-        )
+        raise ValueError("a CMS level is a 2-layer MLP {'w_in', 'w_out'} or SwiGLU {'w_gate', 'w_up', 'w_down'}")
     cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a).astype(accum_dtype), tree)
     lr, decay = cast(lr), cast(decay)
 

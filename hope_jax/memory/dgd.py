@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import l2_normalize, mm
+from hope_jax.memory.chunking import l2_normalize_scale, mm
 from hope_jax.memory.recurrence import chunk_coefficients, chunk_end_state
 
 FIRST_LAYERS = frozenset({"w", "w_in", "w_gate", "w_up"})
@@ -49,16 +49,17 @@ def dgd_chunk_update(
     """
     if dgd_layers not in DGD_LAYER_CHOICES:
         raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
-    factors = fast_mlp.grad_factors(weights, keys, targets, residual=residual, activation=activation)
+    factors = fast_mlp.grad_factors_and_products(weights, keys, targets, residual=residual, activation=activation)
     log_momentum = None
     if momentum is not None:
         log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)
     coeffs = chunk_coefficients(jnp.log(retention), log_momentum)
     new_weights, new_momentum = {}, {}
-    for name, (x, g) in factors.items():
-        x_hat = l2_normalize(x)
+    for name, (x, g, x_w) in factors.items():
+        inv_norm = l2_normalize_scale(x)
+        x_hat = x * inv_norm
         # x̂ᵀ(‖x‖ g) = xᵀ g: the gradient is unchanged, the transition sees the unit-norm input.
-        g = g * jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+        g = g / inv_norm
         if gated_delta:
             g = g - mm(x_hat, weights[name])
         beta = None
@@ -76,6 +77,7 @@ def dgd_chunk_update(
             coeffs,
             beta=beta,
             truncate_grad=truncate_grad,
+            x_w0=x_w * inv_norm,  # x̂ W_s = (x W_s)/‖x‖, already computed by the forward pass
         )
         if momentum is not None:
             new_momentum[name] = s_end

@@ -73,31 +73,40 @@ def grad_factors(
     ∂ℓ_t/∂weights[name] = outer(X[t], G[t]). X is the layer's input (the keys for the first layer, the hidden
     activations at `weights` for the second), G the error back-propagated to the layer's output.
     """
+    factors = grad_factors_and_products(weights, keys, targets, residual=residual, activation=activation)
+    return {name: (x, g) for name, (x, g, _) in factors.items()}
+
+
+def grad_factors_and_products(
+    weights: dict, keys: jax.Array, targets: jax.Array, *, residual: bool = True, activation: str = "silu"
+) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
+    """grad_factors plus each layer's product X @ weights[name] [n, d_out_W], which the forward pass computes anyway
+    and DGD's transition needs again (dgd.py)."""
     kind = memory_kind(weights)
     if kind == "linear":
-        return {"w": (keys, mm(keys, weights["w"]) - targets)}
+        product = mm(keys, weights["w"])
+        return {"w": (keys, product - targets, product)}
     if kind == "swiglu":
         gate_pre = mm(keys, weights["w_gate"])
         up = mm(keys, weights["w_up"])
         gate, gate_slope = activation_with_derivative("silu", gate_pre)
         hidden = gate * up
-        err = mm(hidden, weights["w_down"]) - targets
+        pred = mm(hidden, weights["w_down"])
+        err = pred - targets
         err_hidden = mm(err, weights["w_down"].T)
         return {
-            "w_gate": (keys, err_hidden * up * gate_slope),
-            "w_up": (keys, err_hidden * gate),
-            "w_down": (hidden, err),
+            "w_gate": (keys, err_hidden * up * gate_slope, gate_pre),
+            "w_up": (keys, err_hidden * gate, up),
+            "w_down": (hidden, err, pred),
         }
     pre = mm(keys, weights["w_in"])
     hidden, slope = activation_with_derivative(activation, pre)
     pred = mm(hidden, weights["w_out"])
     err = (keys + pred if residual else pred) - targets
-    return {"w_in": (keys, mm(err, weights["w_out"].T) * slope), "w_out": (hidden, err)}
+    return {"w_in": (keys, mm(err, weights["w_out"].T) * slope, pre), "w_out": (hidden, err, pred)}
 
 
-def inner_loss(
-    weights: dict, key: jax.Array, target: jax.Array, *, residual: bool = True, activation: str = "silu"
-):
+def inner_loss(weights: dict, key: jax.Array, target: jax.Array, *, residual: bool = True, activation: str = "silu"):
     """½‖f(key) − target‖² for one token (the per-token references differentiate this with jax.grad)."""
     pred = forward(weights, key[None], residual=residual, activation=activation)[0]
     return 0.5 * jnp.sum((pred - target) ** 2)

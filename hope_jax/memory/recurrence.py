@@ -17,9 +17,37 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 from hope_jax.memory.chunking import mm, segment_products, shift_rows_down
+
+
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+    """Inverse of a unit-lower-triangular [C, C] matrix by level-wise block inversion, log2(C) batched matmul steps.
+
+    [[A11, 0], [A21, A22]]⁻¹ = [[X1, 0], [−X2 A21 X1, X2]] applied to all diagonal blocks of one size at once,
+    starting from 1×1 blocks (= 1). Matmul-shaped and cheap to differentiate, unlike a batched triangular solve
+    (whose CPU backward compiled for minutes inside vmap+scan), and as stable as the recursive triangular inverse.
+    A size that is not a power of two is padded with an identity block, whose inverse is itself.
+    """
+    size = a.shape[-1]
+    padded = 1 << max(size - 1, 0).bit_length()
+    if padded != size:
+        a = jnp.eye(padded, dtype=a.dtype).at[:size, :size].set(a)
+    inverse = jnp.ones((padded, 1, 1), a.dtype)  # inverses of the 1×1 diagonal blocks
+    block = 1
+    while block < padded:
+        n_pairs = padded // (2 * block)
+        tiled = a.reshape(n_pairs, 2 * block, n_pairs, 2 * block)
+        pairs = jnp.arange(n_pairs)
+        lower_left = tiled[pairs, block:, pairs, :block]  # [n_pairs, block, block]
+        upper, lower = inverse[0::2], inverse[1::2]
+        corner = -mm(mm(lower, lower_left), upper)
+        zeros = jnp.zeros_like(corner)
+        inverse = jnp.concatenate(
+            [jnp.concatenate([upper, zeros], axis=2), jnp.concatenate([corner, lower], axis=2)], axis=1
+        )
+        block *= 2
+    return inverse[0, :size, :size]
 
 
 class ChunkCoefficients(NamedTuple):
@@ -30,9 +58,7 @@ class ChunkCoefficients(NamedTuple):
     write: (
         jax.Array
     )  # [C, C] c[t, i] = Σ_{j=i..t} Γ[t, j] E[j, i]: weight of token i's step in W_t (Γ without momentum)
-    momentum_into_state: (
-        jax.Array
-    )  # [C] σ_t = Σ_{j≤t} Γ[t, j] Π_{l≤j} ε_l: weight of the chunk-start S in W_t
+    momentum_into_state: jax.Array  # [C] σ_t = Σ_{j≤t} Γ[t, j] Π_{l≤j} ε_l: weight of the chunk-start S in W_t
     momentum_decay: jax.Array | None  # [C, C] E[j, i] = Π_{l=i+1..j} ε_l (None without momentum)
     momentum_from_start: jax.Array | None  # [C] Π_{l=0..t} ε_l (None without momentum)
 
@@ -47,9 +73,7 @@ def chunk_coefficients(log_retain: jax.Array, log_momentum: jax.Array | None) ->
     momentum_from_start = jnp.exp(jnp.cumsum(log_momentum))
     write = mm(decay, momentum_decay)
     momentum_into_state = mm(decay, momentum_from_start[:, None])[:, 0]
-    return ChunkCoefficients(
-        decay, decay_from_start, write, momentum_into_state, momentum_decay, momentum_from_start
-    )
+    return ChunkCoefficients(decay, decay_from_start, write, momentum_into_state, momentum_decay, momentum_from_start)
 
 
 def chunk_end_state(
@@ -60,12 +84,14 @@ def chunk_end_state(
     coeffs: ChunkCoefficients,
     beta: jax.Array | None = None,
     truncate_grad: bool = False,
+    x_w0: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """End-of-chunk (W, S) of the recurrence in the module docstring.
 
     w0, s0: [d_in, d_out] chunk-start weights and momentum (s0 None iff momentum off); x: [C, d_in]; step: ĝ [C, d_out];
     beta: [C] DGD steps or None (no state-dependent transition). truncate_grad: the data-dependent part of the
     update is stop-gradient'ed, so outer gradients reach the start state only through its decay (DESIGN D4 switch).
+    x_w0: x @ w0 when the caller already has it (DGD only; computed here otherwise).
     """
     has_momentum = coeffs.momentum_decay is not None
     if has_momentum != (s0 is not None):
@@ -74,7 +100,7 @@ def chunk_end_state(
     carried = coeffs.decay_from_start[last] * w0
     if has_momentum:
         carried = carried + coeffs.momentum_into_state[last] * s0
-    update = mm(x.T, coeffs.write[last][:, None] * step)
+    write_rows = coeffs.write[last][:, None] * step  # token i's step as it appears in W_end
     if beta is not None:
         # Rows of `writes` are the transition's own rank-one writes u_t = −β_t x_t W_{t−1}; the triangular solve
         # replaces the token loop (Appendix B).
@@ -82,17 +108,18 @@ def chunk_end_state(
         decay_before = shift_rows_down(coeffs.decay)  # Γ'[t, i] = Π_{l=i+1..t−1} a_l for i < t
         system = jnp.eye(x.shape[0], dtype=x.dtype) + beta[:, None] * (gram * decay_before)
         # State before token t, seen through x_t: γ'_t x_t W0 + σ'_t x_t S0 + Σ_{i<t} (x_t·x_i)(Γ'[t,i] u_i + c[t−1,i] ĝ_i).
-        start_decay_before = jnp.concatenate(
-            [jnp.ones_like(coeffs.decay_from_start[:1]), coeffs.decay_from_start[:-1]]
-        )
-        rhs = start_decay_before[:, None] * mm(x, w0) + mm(gram * shift_rows_down(coeffs.write), step)
+        start_decay_before = jnp.concatenate([jnp.ones_like(coeffs.decay_from_start[:1]), coeffs.decay_from_start[:-1]])
+        x_w0 = mm(x, w0) if x_w0 is None else x_w0
+        rhs = start_decay_before[:, None] * x_w0 + mm(gram * shift_rows_down(coeffs.write), step)
         if has_momentum:
             momentum_before = jnp.concatenate(
                 [jnp.zeros_like(coeffs.momentum_into_state[:1]), coeffs.momentum_into_state[:-1]]
             )
             rhs = rhs + momentum_before[:, None] * mm(x, s0)
-        writes = solve_triangular(system, -beta[:, None] * rhs, lower=True, unit_diagonal=True)
-        update = update + mm(x.T, coeffs.decay[last][:, None] * writes)
+        writes = mm(unit_lower_inverse(system), -beta[:, None] * rhs)
+        # xᵀA + xᵀB as xᵀ(A + B): one product with x instead of two.
+        write_rows = write_rows + coeffs.decay[last][:, None] * writes
+    update = mm(x.T, write_rows)
     w_end = carried + (lax.stop_gradient(update) if truncate_grad else update)
     if not has_momentum:
         return w_end, None

@@ -32,9 +32,7 @@ class SelfModConfig:
     chunk_size_other: int = 16
     adaptive_q: bool = False  # A2: q from a memory instead of the static W_q projection
     use_dgd: bool = True  # False: plain GD with decay ("w/o DGD")
-    dgd_layers: str = (
-        "all"  # A4: 'all' = per-layer DGD (first reading); 'first' = x̂x̂ᵀ term on the first layer only
-    )
+    dgd_layers: str = "all"  # A4: 'all' = per-layer DGD (first reading); 'first' = x̂x̂ᵀ term on the first layer only
     use_momentum: bool = True  # A5
     momentum_decay: float = 0.9  # ε of the momentum buffer (not given by the paper)
     use_weight_decay: bool = True  # False: α_t = 1 and no M_alpha ("w/o weight decay")
@@ -57,12 +55,7 @@ class SelfModConfig:
 
 def generator_names(cfg: SelfModConfig) -> tuple[str, ...]:
     """Memories that generate the per-token quantities (all updated with the generator chunk size)."""
-    return (
-        ("k", "v")
-        + (("q",) if cfg.adaptive_q else ())
-        + ("eta",)
-        + (("alpha",) if cfg.use_weight_decay else ())
-    )
+    return ("k", "v") + (("q",) if cfg.adaptive_q else ()) + ("eta",) + (("alpha",) if cfg.use_weight_decay else ())
 
 
 def updated_names(cfg: SelfModConfig) -> tuple[str, ...]:
@@ -87,9 +80,7 @@ def _check_names(weights: dict, cfg: SelfModConfig):
         )
     for name, w in weights.items():
         if fast_mlp.memory_kind(w) != "mlp":
-            raise ValueError(
-                f"memory {name!r} must be a 2-layer MLP {{'w_in', 'w_out'}}, got keys {sorted(w)}"
-            )
+            raise ValueError(f"memory {name!r} must be a 2-layer MLP {{'w_in', 'w_out'}}, got keys {sorted(w)}")
 
 
 def _stack(trees: list) -> dict:
@@ -152,12 +143,18 @@ def _one_sequence(x, q_static, weights, momentum, reduction, *, cfg: SelfModConf
 
     stacked = lambda tree, names: _stack([tree[name] for name in names]) if tree else {}
     (gen_w, gen_s), per_token = scan_chunks(
-        generator_chunk, (stacked(weights, gens), stacked(momentum, gens)), (x, q_static), cfg.chunk_size_other,
+        generator_chunk,
+        (stacked(weights, gens), stacked(momentum, gens)),
+        (x, q_static),
+        cfg.chunk_size_other,
         cfg.remat_group,
     )
     (mem_w, mem_s), y = scan_chunks(
-        memory_chunk, (stacked(weights, ("memory",)), stacked(momentum, ("memory",))), per_token,
-        cfg.chunk_size_memory, cfg.remat_group,
+        memory_chunk,
+        (stacked(weights, ("memory",)), stacked(momentum, ("memory",))),
+        per_token,
+        cfg.chunk_size_memory,
+        cfg.remat_group,
     )
     _, keys, values, _, _ = per_token
     new_w = {**_unstack(gen_w, gens), **_unstack(mem_w, ("memory",))}

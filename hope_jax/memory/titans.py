@@ -35,9 +35,7 @@ def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual
     """y_t = M_t(q_t) for the whole chunk, layer by layer through the dual form."""
 
     def layer(name, inputs):
-        return read_through_chunk(
-            inputs, weights[name], momentum.get(name), factors[name][0], steps[name], coeffs
-        )
+        return read_through_chunk(inputs, weights[name], momentum.get(name), factors[name][0], steps[name], coeffs)
 
     kind = fast_mlp.memory_kind(weights)
     if kind == "linear":
@@ -106,9 +104,7 @@ def titans_memory(
       y is returned in q's dtype, the state in accum_dtype.
     """
     if q.ndim != 4 or k.shape[:3] != q.shape[:3] or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"q, k, v must be [B, H, T, d] with equal B, H, T; got {q.shape}, {k.shape}, {v.shape}"
-        )
+        raise ValueError(f"q, k, v must be [B, H, T, d] with equal B, H, T; got {q.shape}, {k.shape}, {v.shape}")
     for name, gate in (("theta", theta), ("eta", eta), ("alpha", alpha)):
         if gate.shape != q.shape[:3]:
             raise ValueError(f"{name} must have shape [B, H, T] = {q.shape[:3]}, got {gate.shape}")

@@ -15,7 +15,8 @@ and the piece are written into one zero-padded buffer of whole chunks at a dynam
 keeps each chunk's update only if the chunk is complete (`jnp.where`), and the outputs are sliced back out. Padding
 after the last real token influences only outputs and updates that are discarded (every layer here is causal).
 
-A fresh sequence (`carry=None`) is the training path: the piece starts on a boundary, nothing is padded in front.
+A fresh sequence (`carry=None`) is the training path: the piece starts on a boundary, so the chunking is static —
+whole chunks are scanned unpadded and a trailing partial chunk is one shorter call whose update is dropped.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ def init_carry(fast: PyTree, token_shapes: PyTree, period: int, batch_size: int)
 
     token_shapes: pytree of jax.ShapeDtypeStruct for ONE token's inputs (no batch or time axis).
     """
-    pending = jax.tree.map(
-        lambda s: jnp.zeros((batch_size, period - 1, *s.shape), s.dtype), token_shapes
-    )
+    pending = jax.tree.map(lambda s: jnp.zeros((batch_size, period - 1, *s.shape), s.dtype), token_shapes)
     return {"fast": fast, "pending": pending, "count": jnp.zeros((), jnp.int32)}
 
 
@@ -73,53 +72,82 @@ def run_chunked(
     """
     length = jax.tree.leaves(inputs)[0].shape[1]
     if carry is None:
-        count, pending, max_pending = 0, None, 0
-    else:
-        fast, pending, count = carry["fast"], carry["pending"], carry["count"]
-        max_pending = period - 1
-    n_chunks = math.ceil((max_pending + length) / period)
+        return _run_fresh(fn, inputs, period, fast, remat, reset)
+    fast, pending, count = carry["fast"], carry["pending"], carry["count"]
+    n_chunks = math.ceil((period - 1 + length) / period)
     padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
-    if pending is None:
-        combined = jax.tree.map(lambda a: _time_pad(a, padded_len), inputs)
-    else:
 
-        def place(old, new):
-            buffer = _time_pad(old.astype(new.dtype), padded_len)
-            return lax.dynamic_update_slice_in_dim(buffer, new, count, axis=1)
+    def place(old, new):
+        buffer = _time_pad(old.astype(new.dtype), padded_len)
+        return lax.dynamic_update_slice_in_dim(buffer, new, count, axis=1)
 
-        combined = jax.tree.map(place, pending, inputs)
-    chunks = jax.tree.map(
-        lambda a: jnp.moveaxis(
-            a[:, : n_chunks * period].reshape(a.shape[0], n_chunks, period, *a.shape[2:]), 1, 0
-        ),
-        combined,
-    )
+    combined = jax.tree.map(place, pending, inputs)
+    chunks = jax.tree.map(lambda a: _split_chunks(a[:, : n_chunks * period], period), combined)
     filled = count + length
-    all_complete = carry is None and length % period == 0 and reset is None
 
     def step(fast, xs):
         index, chunk = xs
         outputs, new_fast = fn(fast, chunk)
-        if not all_complete:
-            complete = (index + 1) * period <= filled
-            if reset is not None:
-                every, initial, position = reset
-                chunk_end = position - count + (index + 1) * period
-                new_fast = jax.tree.map(
-                    lambda init, new: jnp.where(chunk_end % every == 0, init, new), initial, new_fast
-                )
-            new_fast = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_fast, fast)
+        complete = (index + 1) * period <= filled
+        if reset is not None:
+            new_fast = _apply_reset(reset, new_fast, position_of_end=reset[2] - count + (index + 1) * period)
+        new_fast = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_fast, fast)
         return new_fast, outputs
 
     if remat:
         step = jax.checkpoint(step)
     fast, outputs = lax.scan(step, fast, (jnp.arange(n_chunks), chunks))
-    outputs = jax.tree.map(
-        lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n_chunks * a.shape[2], *a.shape[3:]), outputs
-    )
+    outputs = jax.tree.map(_merge_chunks, outputs)
     outputs = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, count, length, axis=1), outputs)
     boundary = (filled // period) * period
-    new_pending = jax.tree.map(
-        lambda a: lax.dynamic_slice_in_dim(a, boundary, period - 1, axis=1), combined
-    )
+    new_pending = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, boundary, period - 1, axis=1), combined)
     return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(filled % period, jnp.int32)}
+
+
+def _split_chunks(a: jax.Array, period: int) -> jax.Array:
+    """[B, n·P, ...] -> [n, B, P, ...] (chunk-leading for lax.scan)."""
+    return jnp.moveaxis(a.reshape(a.shape[0], a.shape[1] // period, period, *a.shape[2:]), 1, 0)
+
+
+def _merge_chunks(a: jax.Array) -> jax.Array:
+    """[n, B, P, ...] -> [B, n·P, ...]."""
+    return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], a.shape[0] * a.shape[2], *a.shape[3:])
+
+
+def _apply_reset(reset: tuple[int, PyTree, jax.Array], new_fast: PyTree, position_of_end: jax.Array) -> PyTree:
+    every, initial, _ = reset
+    return jax.tree.map(lambda init, new: jnp.where(position_of_end % every == 0, init, new), initial, new_fast)
+
+
+def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bool, reset) -> tuple[PyTree, dict]:
+    """carry=None (training): the piece starts on a boundary, so everything about the chunking is static.
+
+    The whole chunks are scanned without padding; the trailing T % P tokens are one shorter call of `fn` whose update
+    is dropped (an incomplete chunk never updates, and under jit the unused update is not computed at all). Equal to
+    the padded general path (every layer is causal and a chunk's update never reaches its own outputs), without
+    running a period of P ≫ T tokens on padding.
+    """
+    length = jax.tree.leaves(inputs)[0].shape[1]
+    n_full, n_tail = divmod(length, period)
+    pieces = []
+    if n_full:
+
+        def step(fast, xs):
+            index, chunk = xs
+            outputs, new_fast = fn(fast, chunk)
+            if reset is not None:
+                new_fast = _apply_reset(reset, new_fast, position_of_end=reset[2] + (index + 1) * period)
+            return new_fast, outputs
+
+        if remat:
+            step = jax.checkpoint(step)
+        whole = jax.tree.map(lambda a: _split_chunks(a[:, : n_full * period], period), inputs)
+        fast, outputs = lax.scan(step, fast, (jnp.arange(n_full), whole))
+        pieces.append(jax.tree.map(_merge_chunks, outputs))
+    tail = jax.tree.map(lambda a: a[:, n_full * period :], inputs)
+    if n_tail:
+        tail_fn = jax.checkpoint(fn) if remat else fn
+        pieces.append(tail_fn(fast, tail)[0])
+    outputs = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *pieces) if len(pieces) > 1 else pieces[0]
+    new_pending = jax.tree.map(lambda a: _time_pad(a, period - 1), tail)
+    return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(n_tail, jnp.int32)}

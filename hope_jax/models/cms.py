@@ -35,9 +35,7 @@ VARIANTS = ("sequential", "nested", "independent")
 def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
     periods, objectives = tuple(cms_cfg.periods), tuple(cms_cfg.objectives)
     if not periods or len(periods) != len(objectives):
-        raise ValueError(
-            f"model.cms.periods {periods} and model.cms.objectives {objectives} need one entry per level"
-        )
+        raise ValueError(f"model.cms.periods {periods} and model.cms.objectives {objectives} need one entry per level")
     if cms_cfg.variant not in VARIANTS:
         raise ValueError(f"model.cms.variant = {cms_cfg.variant!r}; known: {', '.join(VARIANTS)}")
     for i, (period, objective) in enumerate(zip(periods, objectives, strict=True)):
@@ -95,8 +93,13 @@ class CMS(nnx.Module):
         self.levels = nnx.List(
             [
                 CMSLevel(
-                    model_cfg.d_model, hidden, init_std=model_cfg.init_std, out_init_std=out_init_std,
-                    eps=model_cfg.norm_eps, dtype=self.dtype, rngs=rngs,
+                    model_cfg.d_model,
+                    hidden,
+                    init_std=model_cfg.init_std,
+                    out_init_std=out_init_std,
+                    eps=model_cfg.norm_eps,
+                    dtype=self.dtype,
+                    rngs=rngs,
                 )  # fmt: skip
                 for hidden in cms.hidden
             ]

@@ -32,18 +32,14 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.tie_embeddings = False
     cfg.compute_dtype = "float32"  # 'float32' | 'bfloat16'; parameters are always float32
     cfg.norm_eps = 1e-6
-    cfg.init_std = (
-        0.02  # N(0, init_std²) for all kernels; residual-output kernels get init_std / √(2·n_layers)
-    )
+    cfg.init_std = 0.02  # N(0, init_std²) for all kernels; residual-output kernels get init_std / √(2·n_layers)
     cfg.rope_theta = 10_000.0
     cfg.attention_window = 0  # 0: full causal attention; w > 0: each query sees itself and w−1 earlier tokens
     cfg.n_persistent_tokens = 0  # learned key/value slots every query sees (Titans persistent memory)
     cfg.attention_impl = "xla"  # only 'xla' (einsum + softmax) exists
     cfg.conv_window = 4  # causal depthwise conv on q/k/v inputs of the memory models (DESIGN D5)
     cfg.max_seq_len = 2048  # longest context: size of a full-attention KV cache
-    cfg.remat = (
-        "none"  # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable' | 'nothing_saveable'
-    )
+    cfg.remat = "none"  # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable' | 'nothing_saveable'
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
     cfg.memory = ml_collections.ConfigDict()
@@ -118,20 +114,14 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
         if model_cfg[key] < 0:
             raise ValueError(f"model.{key} must be ≥ 0, got {model_cfg[key]}")
     if model_cfg.d_model % model_cfg.n_heads:
-        raise ValueError(
-            f"model.d_model = {model_cfg.d_model} is not divisible by model.n_heads = {model_cfg.n_heads}"
-        )
+        raise ValueError(f"model.d_model = {model_cfg.d_model} is not divisible by model.n_heads = {model_cfg.n_heads}")
     if head_dim(model_cfg) % 2:
         raise ValueError(f"rotary positions need an even head_dim; d_model / n_heads = {head_dim(model_cfg)}")
     if model_cfg.attention_impl not in ATTENTION_IMPLS:
-        raise ValueError(
-            f"model.attention_impl = {model_cfg.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}"
-        )
+        raise ValueError(f"model.attention_impl = {model_cfg.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
 
 
-def apply_overrides(
-    cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-) -> ml_collections.ConfigDict:
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """Copy of cfg with (possibly nested) overrides; a key cfg lacks is an error naming it."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     _update(cfg, overrides, prefix="model")
@@ -170,10 +160,66 @@ def transformer_1_3b() -> dict[str, Any]:
     return dict(name="transformer", vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, mlp_hidden=5632)
 
 
+# HOPE (DESIGN D8): head_dim 64 / 64 / 128 as the Transformer++ presets; CMS = a high-frequency in-context level at the
+# Titans chunk size, a mid-frequency in-context level and a frozen (outer-updated) level (HOPE_SPEC §7 Fig. 3, A8).
+HOPE_CMS = {"periods": (16, 512, 0), "objectives": ("local", "local", "frozen")}
+
+
+def hope_160m() -> dict[str, Any]:
+    return dict(
+        name="hope", vocab_size=32000, d_model=768, n_layers=12, n_heads=12, cms={**HOPE_CMS, "hidden": (1024,) * 3}
+    )
+
+
+def hope_760m() -> dict[str, Any]:
+    return dict(
+        name="hope", vocab_size=32000, d_model=1536, n_layers=24, n_heads=24, cms={**HOPE_CMS, "hidden": (1280,) * 3}
+    )
+
+
+def hope_1_3b() -> dict[str, Any]:
+    return dict(
+        name="hope", vocab_size=32000, d_model=2048, n_layers=24, n_heads=16, cms={**HOPE_CMS, "hidden": (1536,) * 3}
+    )
+
+
+def hope_attention_preset(hope_preset: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """HOPE-Attention at the HOPE shape: attention (4·d²) replaces the mixer (≈ 4·d² + memories), so sizes match."""
+    return lambda: {**hope_preset(), "name": "hope_attention"}
+
+
+# Titans baselines at the same widths, the SwiGLU width chosen to match the HOPE / Transformer++ counts.
+def titans_preset(
+    name: str, d_model: int, n_layers: int, n_heads: int, mlp_hidden: int
+) -> Callable[[], dict[str, Any]]:
+    return lambda: dict(
+        name=name, vocab_size=32000, d_model=d_model, n_layers=n_layers, n_heads=n_heads, mlp_hidden=mlp_hidden,
+        attention_window=512 if name == "titans_mag" else 0, n_persistent_tokens=0 if name == "titans_lmm" else 16,
+    )  # fmt: skip
+
+
+TITANS_SHAPES = {  # size: (d_model, n_layers, n_heads, {model: mlp_hidden})
+    "160m": (768, 12, 12, {"titans_lmm": 2560, "titans_mag": 2048, "titans_mac": 1792}),
+    "760m": (1536, 24, 24, {"titans_lmm": 3456, "titans_mag": 1920, "titans_mac": 1408}),
+    "1.3b": (2048, 24, 16, {"titans_lmm": 4480, "titans_mag": 2432, "titans_mac": 1792}),
+}
+LABELS = {"160m": 160_000_000, "760m": 760_000_000, "1.3b": 1_300_000_000}
+
 PRESETS: dict[str, Preset] = {
     "transformer-160m": Preset(160_000_000, transformer_160m),
     "transformer-760m": Preset(760_000_000, transformer_760m),
     "transformer-1.3b": Preset(1_300_000_000, transformer_1_3b),
+    "hope-160m": Preset(160_000_000, hope_160m),
+    "hope-760m": Preset(760_000_000, hope_760m),
+    "hope-1.3b": Preset(1_300_000_000, hope_1_3b),
+    "hope_attention-160m": Preset(160_000_000, hope_attention_preset(hope_160m)),
+    "hope_attention-760m": Preset(760_000_000, hope_attention_preset(hope_760m)),
+    "hope_attention-1.3b": Preset(1_300_000_000, hope_attention_preset(hope_1_3b)),
+    **{
+        f"{model}-{size}": Preset(LABELS[size], titans_preset(model, d, layers, heads, hidden))
+        for size, (d, layers, heads, hiddens) in TITANS_SHAPES.items()
+        for model, hidden in hiddens.items()
+    },
 }
 
 

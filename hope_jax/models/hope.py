@@ -59,9 +59,7 @@ class HopeBlock(nnx.Module):
         return {"mixer": self.mixer.init_state(batch_size), "cms": self.channel.init_state(batch_size)}
 
     def __call__(self, x_btd, position, state):
-        mixed, mixer_state, keys, values = self.mixer(
-            self.mixer_norm(x_btd), None if state is None else state["mixer"]
-        )
+        mixed, mixer_state, keys, values = self.mixer(self.mixer_norm(x_btd), None if state is None else state["mixer"])
         x_btd = x_btd + mixed
         x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"], position)
         return x_btd, {"mixer": mixer_state, "cms": cms_state}
@@ -143,4 +141,3 @@ class HopeAttentionLM(BlockStackLM):
         )  # fmt: skip
         inner = model_cfg.n_layers * flops.cms_inner(model_cfg)
         return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}
-

@@ -87,40 +87,68 @@ def _update_stack(weights, momentum, keys, values, eta, alpha, cfg: SelfModConfi
     return new_w, (new_s if cfg.use_momentum else {})
 
 
+def _generate(w, xs, reduction, index: dict, cfg: SelfModConfig):
+    """Per-token (q, k, v, η, α) of one chunk from the generators' chunk-start weights (stacked, leading axis)."""
+    out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
+    keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
+    values = out[index["v"]] if "v" in index else xs["v"]
+    queries = l2_normalize(out[index["q"]] if "q" in index else xs["q"])
+    eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
+    if "alpha" in index:
+        alpha = jax.nn.sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
+    else:
+        alpha = jnp.ones_like(eta)
+    return queries, keys, values, eta, alpha
+
+
+def _read_memory(w, queries, cfg: SelfModConfig):
+    return fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
+
+
 def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfig):
     """One sequence, one head. streams: {'x', and static 'q'/'k'/'v'}: [T, d]; fast: {'gen': stacked generators,
-    'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values) [T, d], new fast)."""
+    'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values) [T, d], new fast).
+
+    With equal chunk sizes the generators and M_memory update on the same chunks from the same (k, v, η, α), so
+    the two scans become one and the five memories take their DGD step as one stack (fewer, larger batched ops).
+    """
     index = {name: i for i, name in enumerate(gens)}
+    start = (fast["gen"], fast.get("gen_s", {}), fast["memory"], fast.get("memory_s", {}))
+    n_gens = len(gens)
 
-    def generator_chunk(carry, xs):
-        w, s = carry
-        out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
-        keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
-        values = out[index["v"]] if "v" in index else xs["v"]
-        queries = l2_normalize(out[index["q"]] if "q" in index else xs["q"])
-        eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
-        if "alpha" in index:
-            alpha = jax.nn.sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
-        else:
-            alpha = jnp.ones_like(eta)
-        return _update_stack(w, s, keys, values, eta, alpha, cfg), (queries, keys, values, eta, alpha)
+    if cfg.chunk_size_other == cfg.chunk_size_memory:
 
-    def memory_chunk(carry, xs):
-        w, s = carry
-        queries, keys, values, eta, alpha = xs
-        y = fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
-        return _update_stack(w, s, keys, values, eta, alpha, cfg), y
+        def joint_chunk(carry, xs):
+            gen_w, gen_s, mem_w, mem_s = carry
+            queries, keys, values, eta, alpha = _generate(gen_w, xs, reduction, index, cfg)
+            y = _read_memory(mem_w, queries, cfg)
+            joined = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v]), a, b)
+            new_w, new_s = _update_stack(joined(gen_w, mem_w), joined(gen_s, mem_s), keys, values, eta, alpha, cfg)
+            split = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)
+            carry = (split(new_w, slice(n_gens)), split(new_s, slice(n_gens)))
+            carry += (split(new_w, slice(n_gens, None)), split(new_s, slice(n_gens, None)))
+            return carry, (y, keys, values)
 
-    (gen_w, gen_s), per_token = scan_chunks(
-        generator_chunk, (fast["gen"], fast.get("gen_s", {})), streams, cfg.chunk_size_other, 0
-    )
-    (mem_w, mem_s), y = scan_chunks(
-        memory_chunk, (fast["memory"], fast.get("memory_s", {})), per_token, cfg.chunk_size_memory, 0
-    )
+        (gen_w, gen_s, mem_w, mem_s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size_memory, 0)
+    else:
+
+        def generator_chunk(carry, xs):
+            w, s = carry
+            per_token = _generate(w, xs, reduction, index, cfg)
+            return _update_stack(w, s, *per_token[1:], cfg), per_token
+
+        def memory_chunk(carry, xs):
+            w, s = carry
+            queries, keys, values, eta, alpha = xs
+            return _update_stack(w, s, keys, values, eta, alpha, cfg), _read_memory(w, queries, cfg)
+
+        (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start[:2], streams, cfg.chunk_size_other, 0)
+        (mem_w, mem_s), y = scan_chunks(memory_chunk, start[2:], per_token, cfg.chunk_size_memory, 0)
+        outputs = (y, per_token[1], per_token[2])
     new_fast = {"gen": gen_w, "memory": mem_w}
     if cfg.use_momentum:
         new_fast.update(gen_s=gen_s, memory_s=mem_s)
-    return (y, per_token[1], per_token[2]), new_fast
+    return outputs, new_fast
 
 
 class MemoryInit(nnx.Module):
@@ -158,7 +186,10 @@ class SelfModifyingMixer(nnx.Module):
         )
         hidden = mem.hidden_factor * hd
         self.memories = nnx.Dict(
-            {name: MemoryInit(heads, hd, hidden, out_std=model_cfg.init_std, rngs=rngs) for name in (*self.gens, "memory")}
+            {
+                name: MemoryInit(heads, hd, hidden, out_std=model_cfg.init_std, rngs=rngs)
+                for name in (*self.gens, "memory")
+            }
         )
         self.eta_w = nnx.Param(normal_init(rngs, (heads, hd), model_cfg.init_std), out_sharding=("heads", "head_dim"))
         self.eta_b = nnx.Param(jnp.full((heads,), mem.eta_bias_init, jnp.float32), out_sharding=("heads",))
@@ -178,7 +209,9 @@ class SelfModifyingMixer(nnx.Module):
         )
         fast = {"gen": stack(self.gens), "memory": stack(("memory",))}
         if self.cfg.use_momentum:
-            fast.update(gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"]))
+            fast.update(
+                gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"])
+            )
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), fast)
 
     def token_shapes(self) -> dict:
@@ -188,7 +221,9 @@ class SelfModifyingMixer(nnx.Module):
     def init_state(self, batch_size: int) -> dict:
         return {
             "conv": self.conv.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size),
+            "chunks": chunk_carry.init_carry(
+                self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size
+            ),
         }
 
     def reduction(self) -> dict:

@@ -20,6 +20,8 @@ n_persistent_tokens 0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -48,6 +50,31 @@ from hope_jax.models.transformer import residual_out_std
 GATES = ("theta", "eta", "alpha")
 
 
+@dataclasses.dataclass(frozen=True)
+class TitansOptions:
+    """The static settings the mixers read (hashable, so a module holding it can be a static jit argument)."""
+
+    n_heads: int
+    head_dim: int
+    chunk_size: int
+    segment_size: int
+    memory_depth: int
+    momentum: bool
+    truncate_grad: bool
+    remat: bool
+    rope_theta: float
+
+    @classmethod
+    def from_config(cls, model_cfg: ml_collections.ConfigDict) -> TitansOptions:
+        t = model_cfg.titans
+        return cls(
+            n_heads=model_cfg.n_heads, head_dim=head_dim(model_cfg), chunk_size=t.chunk_size,
+            segment_size=t.segment_size, memory_depth=t.memory_depth, momentum=t.momentum,
+            truncate_grad=model_cfg.memory.truncate_bptt, remat=model_cfg.memory.remat_chunks,
+            rope_theta=model_cfg.rope_theta,
+        )  # fmt: skip
+
+
 class MemoryWeights(nnx.Module):
     """Meta-learned M_0 per head: linear {'w'} or 2-layer residual {'w_in', 'w_out'} (T §3.1)."""
 
@@ -63,7 +90,8 @@ class MemoryWeights(nnx.Module):
         else:
             self.weights = nnx.Dict(
                 w_in=nnx.Param(
-                    normal_init(rngs, (heads, hd, hidden), hd**-0.5), out_sharding=("heads", "head_dim", "memory_hidden")
+                    normal_init(rngs, (heads, hd, hidden), hd**-0.5),
+                    out_sharding=("heads", "head_dim", "memory_hidden"),
                 ),
                 w_out=nnx.Param(
                     normal_init(rngs, (heads, hidden, hd), model_cfg.init_std),
@@ -99,15 +127,14 @@ class Gates(nnx.Module):
         return gates
 
 
-def memory_call(fast: dict, tokens: dict, model_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+def memory_call(fast: dict, tokens: dict, t: TitansOptions) -> tuple[jax.Array, dict]:
     """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', 'theta', 'eta', 'alpha'}; y [B, T, H, d]."""
-    t = model_cfg.titans
     heads_first = {name: jnp.swapaxes(a, 1, 2).astype(jnp.float32) for name, a in tokens.items()}
     y, w_end, s_end = titans_memory(
         fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"],
         jnp.maximum(heads_first["eta"], 1e-30), heads_first["alpha"], fast.get("s"),
         chunk_size=t.chunk_size, use_momentum=t.momentum, residual=t.memory_depth == 2,
-        truncate_grad=model_cfg.memory.truncate_bptt, remat_group=0,
+        truncate_grad=t.truncate_grad, remat_group=0,
     )  # fmt: skip
     return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
 
@@ -151,30 +178,30 @@ class NeuralMemory(nnx.Module):
     """The LMM memory as a layer: returns raw per-head reads y [B, T, H, hd] and the new state."""
 
     def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.cfg = model_cfg
+        self.opts = TitansOptions.from_config(model_cfg)
         self.dtype = compute_dtype(model_cfg)
         self.qkv = QKVStream(model_cfg, 3, 2, rngs=rngs)
         self.gates = Gates(model_cfg, rngs=rngs)
         self.memory = MemoryWeights(model_cfg, rngs=rngs)
-        self.remat = model_cfg.memory.remat_chunks
 
     def init_state(self, batch_size: int) -> dict:
-        hd = jax.ShapeDtypeStruct((self.cfg.n_heads, head_dim(self.cfg)), self.dtype)
-        gate = jax.ShapeDtypeStruct((self.cfg.n_heads,), jnp.float32)
+        opts = self.opts
+        hd = jax.ShapeDtypeStruct((opts.n_heads, opts.head_dim), self.dtype)
+        gate = jax.ShapeDtypeStruct((opts.n_heads,), jnp.float32)
         shapes = {"q": hd, "k": hd, "v": hd, **{g: gate for g in GATES}}
-        fast = self.memory.initial(batch_size, self.cfg.titans.momentum)
+        fast = self.memory.initial(batch_size, opts.momentum)
         return {
             "conv": self.qkv.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(fast, shapes, self.cfg.titans.chunk_size, batch_size),
+            "chunks": chunk_carry.init_carry(fast, shapes, opts.chunk_size, batch_size),
         }
 
     def __call__(self, x_btd, state):
         (q, k, v), conv_state = self.qkv(x_btd, None if state is None else state["conv"])
         tokens = {"q": q, "k": k, "v": v, **self.gates(x_btd)}
         y, carry = chunk_carry.run_chunked(
-            lambda fast, chunk: memory_call(fast, chunk, self.cfg), tokens, self.cfg.titans.chunk_size,
-            fast=self.memory.initial(x_btd.shape[0], self.cfg.titans.momentum) if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.remat,
+            lambda fast, chunk: memory_call(fast, chunk, self.opts), tokens, self.opts.chunk_size,
+            fast=self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else None,
+            carry=None if state is None else state["chunks"], remat=self.opts.remat,
         )  # fmt: skip
         return y.astype(self.dtype), {"conv": conv_state, "chunks": carry}
 
@@ -186,9 +213,7 @@ class GatedCombine(nnx.Module):
         dtype, d = compute_dtype(model_cfg), model_cfg.d_model
         self.norm_a = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
         self.norm_b = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
-        self.out = Dense(
-            (d,), (d,), ("embed", "embed"), init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs
-        )
+        self.out = Dense((d,), (d,), ("embed", "embed"), init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs)
 
     def __call__(self, a_btd, b_btd):
         return self.out(self.norm_a(a_btd) * jax.nn.sigmoid(self.norm_b(b_btd)))
@@ -237,7 +262,7 @@ class MAGMixer(nnx.Module):
 
 class MACMixer(nnx.Module):
     def __init__(self, model_cfg, *, rngs: nnx.Rngs):
-        self.cfg, self.dtype = model_cfg, compute_dtype(model_cfg)
+        self.opts, self.dtype = TitansOptions.from_config(model_cfg), compute_dtype(model_cfg)
         d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
         proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
         self.query = QKVStream(model_cfg, 1, 1, rngs=rngs)  # memory read query from x (E14)
@@ -256,48 +281,50 @@ class MACMixer(nnx.Module):
         self.combine = GatedCombine(model_cfg, rngs=rngs)
 
     def init_state(self, batch_size, max_len=None):
-        d = self.cfg.d_model
+        opts = self.opts
         shapes = {
-            "x": jax.ShapeDtypeStruct((d,), self.dtype),
-            "q": jax.ShapeDtypeStruct((self.cfg.n_heads, head_dim(self.cfg)), self.dtype),
+            "x": jax.ShapeDtypeStruct((opts.n_heads * opts.head_dim,), self.dtype),
+            "q": jax.ShapeDtypeStruct((opts.n_heads, opts.head_dim), self.dtype),
         }
-        fast = self.memory.initial(batch_size, self.cfg.titans.momentum)
+        fast = self.memory.initial(batch_size, opts.momentum)
         return {
             "conv": self.query.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(fast, shapes, self.cfg.titans.segment_size, batch_size),
+            "chunks": chunk_carry.init_carry(fast, shapes, opts.segment_size, batch_size),
         }
 
     def _segment(self, fast, chunk):
         """One segment [B, S, ...]: retrieve with the segment-start memory, attend, write, gate."""
         x, q = chunk["x"], chunk["q"]
         batch, seg = x.shape[:2]
-        retrieve = jax.vmap(jax.vmap(lambda w, u: fast_mlp.forward(w, u, residual=self.cfg.titans.memory_depth == 2)))
+        retrieve = jax.vmap(jax.vmap(lambda w, u: fast_mlp.forward(w, u, residual=self.opts.memory_depth == 2)))
         h = jnp.swapaxes(retrieve(fast["w"], jnp.swapaxes(q, 1, 2).astype(jnp.float32)), 1, 2)
         h = h.reshape(batch, seg, -1).astype(self.dtype)
         pos = jnp.arange(seg, dtype=jnp.int32)
         qx, kx, vx = (self.attn_qkv(x)[:, :, i] for i in range(3))
         _, kh, vh = (self.attn_qkv(h)[:, :, i] for i in range(3))
-        rope = lambda a: apply_rotary(a, pos, self.cfg.rope_theta)
+        rope = lambda a: apply_rotary(a, pos, self.opts.rope_theta)
         keys, values = jnp.concatenate([rope(kh), rope(kx)], 1), jnp.concatenate([vh, vx], 1)
         causal = pos[:, None] >= pos[None, :]
         mask = jnp.concatenate([causal, causal], axis=1)
         if self.persistent is not None:
             n_p = self.persistent.shape[1]
-            prefix = lambda i: jnp.broadcast_to(self.persistent[...][i].astype(self.dtype), (batch, *self.persistent.shape[1:]))
+            prefix = lambda i: jnp.broadcast_to(
+                self.persistent[...][i].astype(self.dtype), (batch, *self.persistent.shape[1:])
+            )
             keys, values = jnp.concatenate([prefix(0), keys], 1), jnp.concatenate([prefix(1), values], 1)
             mask = jnp.concatenate([jnp.ones((seg, n_p), bool), mask], axis=1)
         y = self.attn_out(masked_attention(rope(qx), keys, values, mask))
         wq, wk, wv = (self.write_qkv(y)[:, :, i] for i in range(3))
         tokens = {"q": l2_normalize(wq), "k": l2_normalize(wk), "v": wv, **self.gates(y)}
-        read, new_fast = memory_call(fast, tokens, self.cfg)
+        read, new_fast = memory_call(fast, tokens, self.opts)
         return self.combine(y, read.reshape(y.shape).astype(self.dtype)), new_fast
 
     def __call__(self, x_btd, position, state):
         (q,), conv_state = self.query(x_btd, None if state is None else state["conv"])
         out, carry = chunk_carry.run_chunked(
-            self._segment, {"x": x_btd, "q": q}, self.cfg.titans.segment_size,
-            fast=self.memory.initial(x_btd.shape[0], self.cfg.titans.momentum) if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.cfg.memory.remat_chunks,
+            self._segment, {"x": x_btd, "q": q}, self.opts.segment_size,
+            fast=self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else None,
+            carry=None if state is None else state["chunks"], remat=self.opts.remat,
         )  # fmt: skip
         return out, {"conv": conv_state, "chunks": carry}
 
@@ -375,9 +402,7 @@ class TitansLMM(BlockStackLM):
 
 @register(
     "titans_mag",
-    test_variants={
-        "default": {"titans": TINY_TITANS, "n_layers": 1, "attention_window": 6, "n_persistent_tokens": 2}
-    },
+    test_variants={"default": {"titans": TINY_TITANS, "n_layers": 1, "attention_window": 6, "n_persistent_tokens": 2}},
 )
 class TitansMAG(BlockStackLM):
     block_class = MAGBlock

@@ -80,16 +80,21 @@ def _log_memory_analysis(compiled) -> None:
     )
 
 
-def evaluate(config, trainer, params) -> float:
-    """Mean token loss over the first eval.num_batches batches of the validation split (the same batches every time)."""
-    loader = make_loader(
+def _loader(config, split: str):
+    """This process's slice of a split, in batches of the configured shape."""
+    return make_loader(
         config.data,
         seq_len=config.train.seq_len,
         global_batch_size=config.train.global_batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        split="validation",
+        split=split,
     )
+
+
+def evaluate(config, trainer, params) -> float:
+    """Mean token loss over the first eval.num_batches batches of the validation split (the same batches every time)."""
+    loader = _loader(config, "validation")
     nll_total, weight_total = 0.0, 0.0
     for _, batch in zip(range(config.eval.num_batches), loader):
         nll, weight = trainer.eval_step(params, _device_batch(batch, trainer.batch_sharding))
@@ -116,13 +121,7 @@ def train(config, workdir: str) -> TrainResult:
     )
     logging.info("model %s: %s parameters", config.model.name, f"{trainer.num_params:,}")
 
-    data_iterator = make_loader(
-        config.data,
-        seq_len=config.train.seq_len,
-        global_batch_size=config.train.global_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    data_iterator = _loader(config, "train")
     checkpointer = None
     if config.checkpoint.enabled:
         checkpointer = Checkpointer(

@@ -1,0 +1,269 @@
+"""HOPE, HOPE-Attention and Titans: ablation switches, CMS semantics, agreement with memory/self_modifying.py.
+
+The generic properties (causality, isolation, pieces == whole, generation, initial loss, axis names) are in
+tests/test_models.py, which covers every registered variant.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import hope_jax  # noqa: F401
+from hope_jax.memory.self_modifying import SelfModConfig, init_self_modifying_state, self_modifying_titans
+from hope_jax.models import apply_overrides, build_model, count_params, default_model_config, flops_per_token
+from hope_jax.models.cms import level_param_regex, outer_level_periods
+from hope_jax.models.self_modifying import generator_names, self_modifying_sequence
+from hope_jax.optim.labels import param_paths
+
+BASE = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
+HOPE = dict(
+    name="hope",
+    memory={"chunk_size": 4, "aux_chunk_size": 4},
+    cms={"periods": (4, 8, 0), "objectives": ("local", "local", "frozen"), "hidden": (16, 16, 16)},
+)
+TITANS = dict(name="titans_lmm", titans={"chunk_size": 4, "segment_size": 8})
+SEQ = 12
+TOKENS = jax.random.randint(jax.random.key(7), (2, SEQ), 0, BASE["vocab_size"], jnp.int32)
+
+
+def make_cfg(*layers):
+    cfg = default_model_config()
+    for overrides in (BASE, *layers):
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def shapes_by_path(cfg) -> dict[str, tuple]:
+    model = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return dict(zip(param_paths(params), (leaf.shape for _, leaf in leaves), strict=True))
+
+
+def logits(cfg) -> np.ndarray:
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    return np.asarray(nnx.jit(lambda m, t: m(t)[0])(model, TOKENS))
+
+
+def param_diff(base_cfg, switched_cfg):
+    base, switched = shapes_by_path(base_cfg), shapes_by_path(switched_cfg)
+    removed = {p for p in base if p not in switched}
+    added = {p for p in switched if p not in base}
+    reshaped = {p for p in base.keys() & switched.keys() if base[p] != switched[p]}
+    return removed, added, reshaped
+
+
+# (switch overrides, params that must disappear, params that must appear, params whose shape must change)
+HOPE_PARAM_SWITCHES = {
+    "w/o weight decay": (
+        {"memory": {"weight_decay": False}},
+        {"blocks/0/mixer/memories/alpha/w_in", "blocks/0/mixer/memories/alpha/w_out",
+         "blocks/0/mixer/alpha_w", "blocks/0/mixer/alpha_b"},
+        set(), set(),
+    ),
+    "w/o adaptive k": (
+        {"memory": {"adaptive_k": False}},
+        {"blocks/0/mixer/memories/k/w_in", "blocks/0/mixer/memories/k/w_out"},
+        set(), {"blocks/0/mixer/w_in/kernel", "blocks/0/mixer/conv/kernel"},
+    ),
+    "w/o adaptive v": (
+        {"memory": {"adaptive_v": False}},
+        {"blocks/0/mixer/memories/v/w_in", "blocks/0/mixer/memories/v/w_out"},
+        set(), {"blocks/0/mixer/w_in/kernel", "blocks/0/mixer/conv/kernel"},
+    ),
+    "adaptive q (HOPE_SPEC A2)": (
+        {"memory": {"adaptive_q": True}},
+        set(), {"blocks/0/mixer/memories/q/w_in", "blocks/0/mixer/memories/q/w_out"},
+        {"blocks/0/mixer/w_in/kernel", "blocks/0/mixer/conv/kernel"},
+    ),
+    "w/o CMS": (
+        {"cms": {"enabled": False}},
+        {f"blocks/0/channel/cms/levels/{i}/{name}" for i in range(3)
+         for name in ("norm/scale", "w_gate", "w_up", "w_down")},
+        {"blocks/0/channel/mlp_norm/scale", "blocks/0/channel/mlp/w_gate", "blocks/0/channel/mlp/w_up",
+         "blocks/0/channel/mlp/w_down"},
+        set(),
+    ),
+}  # fmt: skip
+
+TITANS_PARAM_SWITCHES = {
+    "linear memory": (
+        {"titans": {"memory_depth": 1}},
+        {"blocks/0/mixer/memory/memory/weights/w_in", "blocks/0/mixer/memory/memory/weights/w_out"},
+        {"blocks/0/mixer/memory/memory/weights/w"},
+        set(),
+    ),
+    "w/o convolution": ({"titans": {"conv": False}}, {"blocks/0/mixer/memory/qkv/conv/kernel"}, set(), set()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOPE_PARAM_SWITCHES))
+def test_hope_switch_changes_exactly_its_parameters(name):
+    overrides, removed, added, reshaped = HOPE_PARAM_SWITCHES[name]
+    assert param_diff(make_cfg(HOPE), make_cfg(HOPE, overrides)) == (removed, added, reshaped)
+
+
+@pytest.mark.parametrize("name", sorted(TITANS_PARAM_SWITCHES))
+def test_titans_switch_changes_exactly_its_parameters(name):
+    overrides, removed, added, reshaped = TITANS_PARAM_SWITCHES[name]
+    assert param_diff(make_cfg(TITANS), make_cfg(TITANS, overrides)) == (removed, added, reshaped)
+
+
+@pytest.mark.parametrize("model", ["titans_mag", "titans_mac"])
+def test_persistent_memory_switch(model):
+    with_slots = make_cfg(TITANS, {"name": model, "n_persistent_tokens": 2, "attention_window": 4})
+    removed, added, reshaped = param_diff(with_slots, make_cfg(with_slots.to_dict(), {"n_persistent_tokens": 0}))
+    expected = (
+        {"blocks/0/mixer/attn/persistent_k", "blocks/0/mixer/attn/persistent_v"}
+        if model == "titans_mag"
+        else {"blocks/0/mixer/persistent"}
+    )
+    assert (removed, added, reshaped) == (expected, set(), set())
+
+
+# Switches that keep every parameter but change the inner update: outputs must change.
+OUTPUT_SWITCHES = {
+    "hope w/o DGD": (HOPE, {"memory": {"dgd": False}}),
+    "hope w/o momentum": (HOPE, {"memory": {"momentum": False}}),
+    "titans w/o momentum": (TITANS, {"titans": {"momentum": False}}),
+    "titans w/o weight decay": (TITANS, {"titans": {"weight_decay": False, "forget_bias_init": 0.0}}),
+}
+
+
+@pytest.fixture(scope="module")
+def base_logits():
+    return {id(base): logits(make_cfg(base)) for base in (HOPE, TITANS)}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_SWITCHES))
+def test_output_switch_keeps_parameters_and_changes_outputs(name, base_logits):
+    base, overrides = OUTPUT_SWITCHES[name]
+    base_cfg, switched_cfg = make_cfg(base), make_cfg(base, overrides)
+    if "weight_decay" in str(overrides):  # the forget-gate bias differs: compare with the same bias
+        base_cfg = make_cfg(base, {"titans": {"forget_bias_init": 0.0}})
+        reference = logits(base_cfg)
+    else:
+        reference = base_logits[id(base)]
+    assert param_diff(base_cfg, switched_cfg) == (set(), set(), set())
+    switched = logits(switched_cfg)
+    if name.startswith("hope"):  # HOPE reads chunk-start memories: the first chunk (4 tokens) sees no update
+        np.testing.assert_allclose(switched[:, :4], reference[:, :4], atol=1e-5)
+    assert np.abs(switched[:, 4:] - reference[:, 4:]).max() > 1e-4
+
+
+CMS_ONE_LEVEL = {"periods": (4,), "objectives": ("local",), "hidden": (16,), "inner_lr": 0.5}
+ATTENTION = {"name": "hope_attention"}
+
+
+@pytest.fixture(scope="module")
+def cms_logits():
+    frozen = {"cms": {"periods": (0,), "objectives": ("frozen",), "hidden": (16,)}}
+    return {
+        "frozen": logits(make_cfg(ATTENTION, frozen)),
+        "outer": logits(make_cfg(ATTENTION, {"cms": {**frozen["cms"], "periods": (32,), "objectives": ("outer",)}})),
+        "lr0": logits(make_cfg(ATTENTION, {"cms": {**CMS_ONE_LEVEL, "inner_lr": 0.0}})),
+        "local": logits(make_cfg(ATTENTION, {"cms": CMS_ONE_LEVEL})),
+    }
+
+
+def test_cms_inner_lr_zero_is_the_plain_mlp_chain(cms_logits):
+    np.testing.assert_array_equal(cms_logits["lr0"], cms_logits["frozen"])
+    np.testing.assert_array_equal(cms_logits["outer"], cms_logits["frozen"])
+
+
+def test_cms_level_changes_exactly_at_its_period(cms_logits):
+    np.testing.assert_allclose(cms_logits["local"][:, :4], cms_logits["frozen"][:, :4], atol=1e-6)
+    assert np.abs(cms_logits["local"][:, 4:] - cms_logits["frozen"][:, 4:]).min(axis=-1).max() > 0
+    assert (np.abs(cms_logits["local"][:, 4:] - cms_logits["frozen"][:, 4:]).max(axis=-1) > 1e-5).all()
+
+
+def test_nested_cms_resets_the_faster_level_when_the_slower_one_updates():
+    two = {"periods": (2, 8), "objectives": ("local", "local"), "hidden": (16, 16), "inner_lr": 0.5}
+    sequential = logits(make_cfg(ATTENTION, {"cms": two}))
+    nested = logits(make_cfg(ATTENTION, {"cms": {**two, "variant": "nested"}}))
+    np.testing.assert_allclose(nested[:, :8], sequential[:, :8], atol=1e-6)
+    assert np.abs(nested[:, 8:] - sequential[:, 8:]).max() > 1e-5
+
+
+def test_cms_level_names_target_their_parameters():
+    cfg = make_cfg(HOPE, {"cms": {"periods": (4, 64, 0), "objectives": ("local", "outer", "frozen")}})
+    paths = shapes_by_path(cfg)
+    level1 = [p for p in paths if re.fullmatch(level_param_regex(1), p)]
+    assert sorted(level1) == sorted(
+        f"blocks/0/channel/cms/levels/1/{n}" for n in ("norm/scale", "w_gate", "w_up", "w_down")
+    )
+    assert outer_level_periods(cfg) == {1: 64}
+
+
+@pytest.mark.parametrize(
+    "cms, message",
+    [
+        ({"periods": (4, 0), "objectives": ("local",)}, "one entry per level"),
+        ({"periods": (4,), "objectives": ("frozen",), "hidden": (8,)}, "period 0 is exactly"),
+        ({"periods": (0,), "objectives": ("local",), "hidden": (8,)}, "period 0 is exactly"),
+        ({"periods": (4,), "objectives": ("lm",), "hidden": (8,)}, "objectives\\[0\\] = 'lm'"),
+        ({"variant": "stacked"}, "model.cms.variant = 'stacked'"),
+    ],
+)
+def test_bad_cms_config_is_named(cms, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(make_cfg(HOPE, {"cms": cms}), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("adaptive_q", [False, True], ids=["static_q", "adaptive_q"])
+def test_mixer_agrees_with_memory_self_modifying_titans(adaptive_q):
+    """With adaptive k and v (the switches memory/self_modifying.py lacks are off) the model's orchestration is
+    memory/self_modifying.py's: same outputs, keys, values and end states."""
+    batch, heads, length, dim, hidden = 2, 2, 12, 8, 8
+    cfg = SelfModConfig(chunk_size_memory=8, chunk_size_other=4, adaptive_q=adaptive_q, eta_max=0.3, remat_group=0)
+    mem_cfg = make_cfg(HOPE, {"memory": {"adaptive_q": adaptive_q}}).memory
+    gens = generator_names(mem_cfg)
+    rng = np.random.default_rng(0)
+    normal = lambda *shape, scale=1.0: jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
+    initial = {
+        name: {"w_in": normal(heads, dim, hidden, scale=0.3), "w_out": normal(heads, hidden, dim, scale=0.3)}
+        for name in (*gens, "memory")
+    }
+    state = init_self_modifying_state(initial, batch, cfg)
+    reduction = {"eta_w": normal(heads, dim), "eta_b": normal(heads), "alpha_w": normal(heads, dim),
+                 "alpha_b": jnp.full((heads,), 3.0)}  # fmt: skip
+    x = normal(batch, heads, length, dim, scale=0.5)
+    q = None if adaptive_q else normal(batch, heads, length, dim)
+    y_ref, state_ref, keys_ref, values_ref = jax.jit(self_modifying_titans, static_argnums=4)(
+        x, q, state, reduction, cfg
+    )
+
+    stack = lambda tree, names: jax.tree.map(lambda *a: jnp.stack(a, axis=2), *[tree[n] for n in names])
+    fast = {"gen": stack(state["weights"], gens), "memory": stack(state["weights"], ("memory",))}
+    fast.update(gen_s=stack(state["momentum"], gens), memory_s=stack(state["momentum"], ("memory",)))
+    streams = {"x": x} if adaptive_q else {"x": x, "q": q}
+    run = jax.vmap(jax.vmap(lambda s, f, r: self_modifying_sequence(s, f, r, gens=gens, cfg=cfg)), in_axes=(0, 0, None))
+    (y, keys, values), new_fast = jax.jit(run)(streams, fast, reduction)
+    for got, want in ((y, y_ref), (keys, keys_ref), (values, values_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for i, name in enumerate(gens):
+        mine = jax.tree.map(lambda a, i=i: a[:, :, i], new_fast["gen"])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), mine, state_ref["weights"][name]
+        )
+    memory = jax.tree.map(lambda a: a[:, :, 0], new_fast["memory"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), memory, state_ref["weights"]["memory"]
+    )
+
+
+def test_flops_report_inner_loop_separately():
+    cfg = make_cfg(HOPE)
+    flops = flops_per_token(cfg, seq_len=64)
+    d, v = cfg.d_model, cfg.vocab_size
+    streams = 2  # x and the static q
+    assert flops["dense"] == 6 * (d * v + d * d * (streams + 2) + 3 * d * sum(cfg.cms.hidden))
+    assert flops["inner"] > 0 and flops["attention"] == 0
+    without_cms = flops_per_token(make_cfg(HOPE, {"cms": {"enabled": False}}), seq_len=64)
+    assert without_cms["inner"] < flops["inner"]
+    assert flops["total"] == flops["dense"] + flops["inner"]
+    assert count_params(cfg) == sum(int(np.prod(s)) for s in shapes_by_path(cfg).values())
