@@ -142,7 +142,11 @@ def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bo
         if remat:
             step = jax.checkpoint(step)
         whole = jax.tree.map(lambda a: _split_chunks(a[:, : n_full * period], period), inputs)
-        fast, outputs = lax.scan(step, fast, (jnp.arange(n_full), whole))
+        if n_full == 1:  # a plain call, so that an unused end state is not computed at all
+            fast, outputs = step(fast, (jnp.zeros((), jnp.int32), jax.tree.map(lambda a: a[0], whole)))
+            outputs = jax.tree.map(lambda a: a[None], outputs)
+        else:
+            fast, outputs = lax.scan(step, fast, (jnp.arange(n_full), whole))
         pieces.append(jax.tree.map(_merge_chunks, outputs))
     tail = jax.tree.map(lambda a: a[:, n_full * period :], inputs)
     if n_tail:
