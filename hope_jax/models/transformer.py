@@ -7,18 +7,14 @@ when the caller drops it, so training pays only for ordinary attention.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from hope_jax.layers import Attention, Embedder, RMSNorm, SwiGLU, attention_flops_per_token, maybe_remat
+from hope_jax.layers import Attention, RMSNorm, SwiGLU, attention_flops_per_token
 from hope_jax.models.config import compute_dtype, head_dim
 from hope_jax.models.registry import register
-
-TransformerState = dict[str, Any]
+from hope_jax.models.stack import BlockStackLM
 
 
 def residual_out_std(model_cfg: ml_collections.ConfigDict) -> float:
@@ -54,16 +50,16 @@ class TransformerBlock(nnx.Module):
             rngs=rngs,
         )
 
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
+        """Empty KV cache: max_len (default model.max_seq_len) slots, or w−1 when windowed."""
+        return self.attn.init_cache(batch_size, max_len)
+
     def __call__(
         self, x_btd: jax.Array, position: jax.Array, cache: dict[str, jax.Array] | None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         attn_out, new_cache = self.attn(self.attn_norm(x_btd), position, cache)
         x_btd = x_btd + attn_out
         return x_btd + self.mlp(self.mlp_norm(x_btd)), new_cache
-
-
-def _run_block(block: TransformerBlock, x_btd, position, cache):
-    return block(x_btd, position, cache)
 
 
 @register(
@@ -74,42 +70,10 @@ def _run_block(block: TransformerBlock, x_btd, position, cache):
         "tied_bf16_remat": {"tie_embeddings": True, "compute_dtype": "bfloat16", "remat": "dots_saveable"},
     },
 )
-class TransformerLM(nnx.Module):
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.dtype = compute_dtype(model_cfg)
-        self.embed = Embedder(
-            model_cfg.vocab_size,
-            model_cfg.d_model,
-            tie=model_cfg.tie_embeddings,
-            init_std=model_cfg.init_std,
-            dtype=self.dtype,
-            rngs=rngs,
-        )
-        self.blocks = nnx.List([TransformerBlock(model_cfg, rngs=rngs) for _ in range(model_cfg.n_layers)])
-        self.final_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=self.dtype)
-        self.remat = model_cfg.remat
-        maybe_remat(_run_block, self.remat)  # an unknown policy name fails at construction, not at first call
+class TransformerLM(BlockStackLM):
+    """Embedding → Transformer++ blocks → final RMSNorm → fp32 logits (the frame of hope_jax.models.stack)."""
 
-    def init_state(self, batch_size: int, max_len: int | None = None) -> TransformerState:
-        """Empty KV caches: max_len (default model.max_seq_len) slots, or w−1 when windowed."""
-        return {
-            "position": jnp.zeros((), jnp.int32),
-            "layers": [block.attn.init_cache(batch_size, max_len) for block in self.blocks],
-        }
-
-    def __call__(
-        self, tokens_bt: jax.Array, state: TransformerState | None = None
-    ) -> tuple[jax.Array, TransformerState]:
-        position = jnp.zeros((), jnp.int32) if state is None else state["position"]
-        caches = [None] * len(self.blocks) if state is None else state["layers"]
-        run_block = maybe_remat(_run_block, self.remat)
-        x_btd = self.embed.encode(tokens_bt)
-        new_caches = []
-        for block, cache in zip(self.blocks, caches, strict=True):
-            x_btd, new_cache = run_block(block, x_btd, position, cache)
-            new_caches.append(new_cache)
-        logits_btv = self.embed.decode(self.final_norm(x_btd))
-        return logits_btv, {"position": position + tokens_bt.shape[1], "layers": new_caches}
+    block_class = TransformerBlock
 
     @staticmethod
     def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
