@@ -78,6 +78,16 @@ def axis_rules(mesh_cfg=None) -> dict[str, str | tuple[str, ...] | None]:
     return rules
 
 
+def constrain(x: jax.Array, logical_axes) -> jax.Array:
+    """Pin an activation or per-sequence state to the layout its logical axes ask for (fast weights: 'batch' over the
+    data-parallel axes, 'heads' over 'tensor'). A no-op outside a mesh context (`jax.set_mesh`) or on one device, so
+    model code can call it unconditionally; the trainer traces its steps inside the mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, dict(LOGICAL_AXIS_RULES)))
+
+
 def _mesh_axes_size(mesh: Mesh, mesh_axes) -> int:
     if mesh_axes is None:
         return 1

@@ -65,9 +65,7 @@ def test_cli_streams_jsonl_with_limit_from_environment(tmp_path, monkeypatch):
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert len(lines) == 4 and stats["counts"]["kept"] == 4 and stats["settings"]["limit"] == 4
     assert json.loads((tmp_path / "out.jsonl.stats.json").read_text())["counts"] == stats["counts"]
-    assert [json.loads(line)["text"] for line in lines] == list(
-        read_documents(str(source), text_field="body")
-    )[:4]
+    assert [json.loads(line)["text"] for line in lines] == list(read_documents(str(source), text_field="body"))[:4]
 
 
 def test_plain_text_splits_into_paragraphs(tmp_path):

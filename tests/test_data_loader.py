@@ -41,9 +41,7 @@ def _write_corpus(root, name: str, documents: list[np.ndarray], tokenizer_path, 
         for tokens in chunk:
             writer.write(tokens.astype("<u2").tobytes())
         writer.close()
-        shards.append(
-            {"file": path.name, "documents": len(chunk), "tokens": int(sum(map(len, chunk))), "bytes": 0}
-        )
+        shards.append({"file": path.name, "documents": len(chunk), "tokens": int(sum(map(len, chunk))), "bytes": 0})
     write_corpus_manifest(
         root / "manifests" / f"{name}.json",
         {
@@ -173,9 +171,7 @@ def test_process_slices_are_disjoint_and_cover_the_corpus(single_root):
         # A process's epoch is its share (every third document of the epoch's permutation); reading the tokens
         # of the whole corpus is more than enough to see all of it, and its first `share` documents are that
         # epoch.
-        ids_all = _epoch_ids(
-            _single_corpus_config(root), sum(len(d) + 1 for d in documents), 1, process_index, 3
-        )
+        ids_all = _epoch_ids(_single_corpus_config(root), sum(len(d) + 1 for d in documents), 1, process_index, 3)
         share = len(range(process_index, len(documents), 3))
         seen.append(ids_all[:share])
     assert sum(len(s) for s in seen) == len(documents)
@@ -246,7 +242,5 @@ def test_errors_name_the_problem(mixture_root, tmp_path):
     cfg.mixture = str(bad)
     with pytest.raises(DataError, match=r"unknown keys \['wieght'\]"):
         make_loader(cfg, seq_len=8, global_batch_size=2)
-    with pytest.raises(
-        DataError, match="vocabulary of the built-in corpus has .* ids but model.vocab_size is 10"
-    ):
+    with pytest.raises(DataError, match="vocabulary of the built-in corpus has .* ids but model.vocab_size is 10"):
         make_loader(default_data_config(), seq_len=8, global_batch_size=2, model_vocab_size=10)

@@ -113,8 +113,7 @@ def test_round_trip_text_to_batches_to_text(built):
     stream = np.concatenate(windows)[:epoch_tokens]
     assert stream[-1] == tokenizer.eos_id
     decoded = [
-        tokenizer.decode(piece)
-        for piece in np.split(stream, np.flatnonzero(stream == tokenizer.eos_id) + 1)[:-1]
+        tokenizer.decode(piece) for piece in np.split(stream, np.flatnonzero(stream == tokenizer.eos_id) + 1)[:-1]
     ]
     # The filter trims trailing whitespace and NFKC-normalises; these documents are already normal.
     assert sorted(decoded) == sorted(documents)
@@ -166,11 +165,7 @@ def test_tokenizer_with_another_hash_refuses_to_load(built, tmp_path):
 def test_vocabulary_larger_than_the_model_refuses_to_train(built):
     root, _ = built
     vocab_size = json.loads((root / "data/mixtures/tiny/tiny.json").read_text())["tokenizer"]["vocab_size"]
-    assert (
-        300 < vocab_size <= 320
-    )  # SentencePiece stops below the requested 320 when the corpus supports no more
-    with pytest.raises(
-        DataError, match=rf"tokenizer .*spm.model has {vocab_size} ids but model.vocab_size is 256"
-    ):
+    assert 300 < vocab_size <= 320  # SentencePiece stops below the requested 320 when the corpus supports no more
+    with pytest.raises(DataError, match=rf"tokenizer .*spm.model has {vocab_size} ids but model.vocab_size is 256"):
         make_loader(_config(root), seq_len=8, global_batch_size=2, model_vocab_size=256)
     make_loader(_config(root), seq_len=8, global_batch_size=2, model_vocab_size=vocab_size)

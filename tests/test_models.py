@@ -93,9 +93,7 @@ def test_per_sample_isolation(variant):
     np.testing.assert_allclose(swapped[::-1], variant["whole"], atol=tolerance(variant["cfg"]), rtol=0)
 
 
-@pytest.mark.parametrize(
-    "splits", [SPLITS_ON_BOUNDARIES, SPLITS_OFF_BOUNDARIES], ids=["on_chunks", "off_chunks"]
-)
+@pytest.mark.parametrize("splits", [SPLITS_ON_BOUNDARIES, SPLITS_OFF_BOUNDARIES], ids=["on_chunks", "off_chunks"])
 def test_pieces_with_state_equal_whole(variant, splits):
     state = variant["model"].init_state(BATCH)
     pieces = []
@@ -164,9 +162,7 @@ def test_remat_changes_neither_loss_nor_gradients():
     loss_plain, grads_plain = loss_and_grads("none")
     loss_remat, grads_remat = loss_and_grads("full")
     np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-6)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_remat, grads_plain
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_remat, grads_plain)
     with pytest.raises(ValueError, match="not a remat policy; known: none, full"):
         build_model(apply_overrides(default_model_config(), {**TINY, "remat": "sometimes"}), rngs=nnx.Rngs(0))
 

@@ -37,9 +37,7 @@ def _config(rules, levels=("default",)):
 
 
 def test_first_matching_rule_wins_and_paths_are_slash_joined():
-    labeller = make_labeller(
-        [(r"blocks/\d+/cms/levels/1/.*", "slow"), (r"blocks/.*", "fast"), (".*", "rest")]
-    )
+    labeller = make_labeller([(r"blocks/\d+/cms/levels/1/.*", "slow"), (r"blocks/.*", "fast"), (".*", "rest")])
     labels = labeller(_params())
     assert labels["blocks"][0]["cms"]["levels"][1]["w_in"] == "slow"
     assert labels["blocks"][0]["cms"]["levels"][0]["w_in"] == "fast"
@@ -62,9 +60,7 @@ def test_unlabelled_parameters_are_all_named():
 def test_bad_level_settings_fail_by_name():
     with pytest.raises(ValueError, match=r"undefined level\(s\) \['nope'\]"):
         build_optimizer(_config([(".*", "nope")]), _params(), tokens_per_step=8, total_steps=10)
-    with pytest.raises(
-        ValueError, match="period_tokens = 12 is not a positive multiple of tokens_per_step = 8"
-    ):
+    with pytest.raises(ValueError, match="period_tokens = 12 is not a positive multiple of tokens_per_step = 8"):
         cfg = _config([(".*", "default")])
         cfg.levels.default.period_tokens = 12
         build_optimizer(cfg, _params(), tokens_per_step=8, total_steps=10)

@@ -72,9 +72,7 @@ def test_each_level_uses_its_own_learning_rate_and_clipping_is_global():
         {
             "a": dict(ADAM, lr=0.1),
             "b": dict(ADAM, lr=0.001),
-            "heavy": dict(
-                kind="deep_momentum", lr=0.5, schedule="constant", weight_decay=0.0, dm_delta_lr=0.0
-            ),
+            "heavy": dict(kind="deep_momentum", lr=0.5, schedule="constant", weight_decay=0.0, dm_delta_lr=0.0),
         },
         [(r"blocks/a/.*", "a"), (r"blocks/b/.*", "b"), (".*", "heavy")],
         clip_norm=1.0,
@@ -111,9 +109,7 @@ def test_weight_decay_mask_skips_vectors_norms_and_embeddings():
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
 def test_schedules_hit_exact_values(kind):
-    schedule = make_schedule(
-        kind, peak_lr=2.0, warmup_steps=10, decay_steps=30, end_lr_ratio=0.1, total_steps=100
-    )
+    schedule = make_schedule(kind, peak_lr=2.0, warmup_steps=10, decay_steps=30, end_lr_ratio=0.1, total_steps=100)
     assert float(schedule(0)) == 0.0
     assert float(schedule(5)) == pytest.approx(1.0)
     assert float(schedule(10)) == pytest.approx(2.0)
@@ -122,9 +118,7 @@ def test_schedules_hit_exact_values(kind):
     assert float(schedule(90)) == pytest.approx(end, rel=1e-6)
     if kind != "constant":
         assert float(schedule(25)) == pytest.approx(1.1, rel=1e-6)  # both are at the midpoint half way
-    until_end = make_schedule(
-        kind, peak_lr=2.0, warmup_steps=10, decay_steps=-1, end_lr_ratio=0.0, total_steps=50
-    )
+    until_end = make_schedule(kind, peak_lr=2.0, warmup_steps=10, decay_steps=-1, end_lr_ratio=0.0, total_steps=50)
     assert float(until_end(50)) == pytest.approx(0.0 if kind != "constant" else 2.0, abs=1e-6)
     # a level stepping every 4 steps reads the schedule at the global step that completes its window
     assert float(every_k_schedule(schedule, 4)(2)) == float(schedule(11))

@@ -76,9 +76,7 @@ def _m3_optimizer(params, mode):
 @pytest.mark.parametrize("mode", ["paper", "ema"])
 def test_m3_matches_hand_computed_windows(mode):
     rng = np.random.default_rng(3)
-    n_steps = (
-        3 * F
-    )  # window 0 (O2 = 0), window 1 (O2 from window 0), window 2 (M2 accumulated over two windows)
+    n_steps = 3 * F  # window 0 (O2 = 0), window 1 (O2 from window 0), window 2 (M2 accumulated over two windows)
     grads_w = rng.normal(size=(n_steps, 3, 4))
     grads_b = rng.normal(size=(n_steps, 4))
     theta_w = rng.normal(size=(3, 4))
@@ -92,9 +90,7 @@ def test_m3_matches_hand_computed_windows(mode):
         grads = {"w": jnp.asarray(grads_w[t], jnp.float32), "b": jnp.asarray(grads_b[t], jnp.float32)}
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        np.testing.assert_allclose(
-            params["w"], expected[t], rtol=2e-5, atol=2e-5, err_msg=f"{mode} step {t + 1}"
-        )
+        np.testing.assert_allclose(params["w"], expected[t], rtol=2e-5, atol=2e-5, err_msg=f"{mode} step {t + 1}")
         bias_update, adam_state = adam.update(grads["b"], adam_state)
         bias = optax.apply_updates(bias, bias_update)
         np.testing.assert_allclose(params["b"], bias, rtol=1e-6, atol=1e-7)

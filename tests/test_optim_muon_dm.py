@@ -52,8 +52,7 @@ def test_muon_orthogonalises_matrices_only(stacked):
     cfg.clip_norm = 0.0
     rng = np.random.default_rng(2)
     grads = {
-        k: jnp.asarray(rng.normal(size=s), jnp.float32)
-        for k, s in (("w", (4, 6)), ("b", (6,)), ("conv", (2, 3, 5)))
+        k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in (("w", (4, 6)), ("b", (6,)), ("conv", (2, 3, 5)))
     }
     params = {k: jnp.zeros_like(v) for k, v in grads.items()}
     tx, _ = build_optimizer(cfg, params, tokens_per_step=1, total_steps=10)
@@ -112,12 +111,8 @@ def test_delta_momentum_forgets_along_the_gradient_by_hand():
     state = tx.init(GRADS[0])
     for step, g in enumerate(GRADS):
         direction, state = tx.update(g, state)
-        np.testing.assert_allclose(
-            direction, expected[step], rtol=1e-5, atol=1e-6, err_msg=f"step {step + 1}"
-        )
-    assert not np.allclose(
-        expected[-1], 0.9**2 * GRADS[0] + 0.9 * GRADS[1] + GRADS[2]
-    )  # differs from heavy ball
+        np.testing.assert_allclose(direction, expected[step], rtol=1e-5, atol=1e-6, err_msg=f"step {step + 1}")
+    assert not np.allclose(expected[-1], 0.9**2 * GRADS[0] + 0.9 * GRADS[1] + GRADS[2])  # differs from heavy ball
 
 
 def test_deep_mlp_momentum_inner_step_lowers_its_l2_objective():

@@ -74,3 +74,26 @@ def test_pure_data_parallelism_may_replicate_large_parameters():
     mesh = shd.make_mesh(mesh_cfg(8, 1, 1))
     big = jax.ShapeDtypeStruct((1024, 1024), "float32")
     shd.check_large_parameters_sharded({"w": NamedSharding(mesh, PartitionSpec())}, {"w": big})
+
+
+def test_fast_weight_state_is_sharded_over_batch_and_heads():
+    from flax import nnx
+
+    from hope_jax.models import apply_overrides, build_model, default_model_config
+
+    cfg = apply_overrides(
+        default_model_config(),
+        {"name": "hope", "vocab_size": 64, "d_model": 16, "n_layers": 1, "n_heads": 2,
+         "memory": {"chunk_size": 4, "aux_chunk_size": 4},
+         "cms": {"periods": (4, 0), "objectives": ("local", "frozen"), "hidden": (16, 16)}},
+    )  # fmt: skip
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    mesh = shd.make_mesh(mesh_cfg(2, 2, 2))
+    with jax.set_mesh(mesh):
+        state = nnx.jit(lambda m: m.init_state(4))(model)
+    memories = state["layers"][0]["mixer"]["chunks"]["fast"]["memory"]
+    for leaf in jax.tree.leaves(memories):
+        assert leaf.shape[:2] == (4, 2)
+        assert leaf.sharding.spec[:2] == (("data", "fsdp"), "tensor"), leaf.sharding
+    # Outside a mesh the same call is unconstrained (single device), so model code may call constrain anywhere.
+    assert shd.constrain(jax.numpy.ones((4, 2)), ("batch", "heads")).sharding.is_fully_replicated

@@ -20,7 +20,7 @@ def run_steps(config, devices, num_steps):
     losses = []
     for _ in range(num_steps):
         batch = jax.device_put(next(loader), trainer.batch_sharding)
-        state, metrics = trainer.train_step(state, batch)
+        state, metrics = trainer.step(state, batch)
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params), state
 
@@ -81,3 +81,23 @@ def test_nonfinite_loss_halts_or_skips_without_touching_the_last_good_checkpoint
         assert result.final_step == 3
         records = [json.loads(line) for line in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()]
         assert [r["nonfinite"] for r in records if "nonfinite" in r] == [0.0, 1.0, 1.0]
+
+
+def test_inner_loop_memory_losses_reach_the_metrics(tmp_path):
+    config = tiny_smoke_config()
+    config.train.num_steps = 1
+    config.model.name = "hope"
+    config.model.n_layers = 1
+    config.model.memory.chunk_size = config.model.memory.aux_chunk_size = 8
+    config.model.memory.eta_max = 0.05
+    config.model.cms.periods, config.model.cms.objectives, config.model.cms.hidden = (
+        (8, 0),
+        ("local", "frozen"),
+        (64, 64),
+    )
+    train(config, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    (record,) = [r for r in records if "loss" in r]
+    before, after = record["inner/memory_loss_before"], record["inner/memory_loss_after"]
+    assert np.isfinite(before) and np.isfinite(after) and before > 0
+    assert before != after  # the memory was written during the sequence

@@ -30,9 +30,7 @@ def attention_mask(q_pos_t: jax.Array, k_pos_s: jax.Array, window: int) -> jax.A
     return visible
 
 
-def masked_attention(
-    q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, mask_ts: jax.Array
-) -> jax.Array:
+def masked_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, mask_ts: jax.Array) -> jax.Array:
     """softmax(q kᵀ/√d + mask) v, float32 scores and softmax; every query row must see at least one key."""
     scale = q_bthd.shape[-1] ** -0.5
     scores_bhts = jnp.einsum("bthd,bshd->bhts", q_bthd, k_bshd, preferred_element_type=jnp.float32) * scale
@@ -65,9 +63,7 @@ class Attention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if window < 0 or n_persistent < 0:
-            raise ValueError(
-                f"attention window ({window}) and persistent tokens ({n_persistent}) must be ≥ 0"
-            )
+            raise ValueError(f"attention window ({window}) and persistent tokens ({n_persistent}) must be ≥ 0")
         self.n_heads, self.head_dim = n_heads, head_dim
         self.window, self.max_len, self.rope_theta, self.dtype = window, max_len, rope_theta, dtype
         proj = dict(init_std=init_std, dtype=dtype, rngs=rngs)
@@ -80,9 +76,7 @@ class Attention(nnx.Module):
         )  # fmt: skip
         # The scale of projected keys/values at initialisation: unit-rms inputs times N(0, init_std²).
         std, names = init_std * d_model**0.5, (None, "heads", "head_dim")
-        persistent = lambda: nnx.Param(
-            normal_init(rngs, (n_persistent, n_heads, head_dim), std), out_sharding=names
-        )
+        persistent = lambda: nnx.Param(normal_init(rngs, (n_persistent, n_heads, head_dim), std), out_sharding=names)
         self.persistent_k = persistent() if n_persistent else None
         self.persistent_v = persistent() if n_persistent else None
 
@@ -115,9 +109,7 @@ class Attention(nnx.Module):
         if self.persistent_k is not None:
             n_persistent = self.persistent_k.shape[0]
             prefix_shape = (batch, n_persistent, self.n_heads, self.head_dim)
-            keys = jnp.concatenate(
-                [jnp.broadcast_to(self.persistent_k[...].astype(k.dtype), prefix_shape), keys], 1
-            )
+            keys = jnp.concatenate([jnp.broadcast_to(self.persistent_k[...].astype(k.dtype), prefix_shape), keys], 1)
             values = jnp.concatenate(
                 [jnp.broadcast_to(self.persistent_v[...].astype(v.dtype), prefix_shape), values], 1
             )
@@ -147,9 +139,7 @@ def mean_visible_keys(seq_len: int, window: int, n_persistent: int) -> float:
     return visible / seq_len + n_persistent
 
 
-def attention_flops_per_token(
-    seq_len: int, n_heads: int, head_dim: int, window: int, n_persistent: int
-) -> float:
+def attention_flops_per_token(seq_len: int, n_heads: int, head_dim: int, window: int, n_persistent: int) -> float:
     """Training FLOPs per token of one layer's score and value matmuls: 3 × 2 matmuls × 2 × keys·H·d.
 
     Counts only the keys the causal mask lets through (model FLOPs), not the masked half xla computes.

@@ -11,9 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def causal_depthwise_conv(
-    x_btc: jax.Array, kernel_wc: jax.Array, prefix_bpc: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def causal_depthwise_conv(x_btc: jax.Array, kernel_wc: jax.Array, prefix_bpc: jax.Array) -> tuple[jax.Array, jax.Array]:
     """y_t = Σ_j kernel[j] ⊙ x_{t−(w−1)+j}; kernel[w−1] weighs the current token.
 
     prefix_bpc holds the w−1 inputs before x (zeros at a sequence start). Returns (y_btc, next prefix).
@@ -31,9 +29,7 @@ def causal_depthwise_conv(
 class CausalDepthwiseConv(nnx.Module):
     """Per-channel causal convolution (no bias), kernel initialised like PyTorch's Conv1d: U(±1/√window)."""
 
-    def __init__(
-        self, channels: int, window: int, *, channel_axis: str | None, dtype: jnp.dtype, rngs: nnx.Rngs
-    ):
+    def __init__(self, channels: int, window: int, *, channel_axis: str | None, dtype: jnp.dtype, rngs: nnx.Rngs):
         if window < 1:
             raise ValueError(f"conv window must be ≥ 1, got {window}")
         self.window = window

@@ -10,19 +10,13 @@ from hope_jax.layers.dense import normal_init
 
 
 class Embedder(nnx.Module):
-    def __init__(
-        self, vocab_size: int, d_model: int, *, tie: bool, init_std: float, dtype: jnp.dtype, rngs: nnx.Rngs
-    ):
+    def __init__(self, vocab_size: int, d_model: int, *, tie: bool, init_std: float, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.table = nnx.Param(
-            normal_init(rngs, (vocab_size, d_model), init_std), out_sharding=("vocab", "embed")
-        )
+        self.table = nnx.Param(normal_init(rngs, (vocab_size, d_model), init_std), out_sharding=("vocab", "embed"))
         self.head = (
             None
             if tie
-            else nnx.Param(
-                normal_init(rngs, (d_model, vocab_size), init_std), out_sharding=("embed", "vocab")
-            )
+            else nnx.Param(normal_init(rngs, (d_model, vocab_size), init_std), out_sharding=("embed", "vocab"))
         )
 
     def encode(self, tokens_bt: jax.Array) -> jax.Array:

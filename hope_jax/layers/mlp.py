@@ -34,9 +34,7 @@ class SwiGLU(nnx.Module):
         self.dtype = dtype
         self.w_gate = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), out_sharding=("embed", "mlp"))
         self.w_up = nnx.Param(normal_init(rngs, (d_model, hidden), init_std), out_sharding=("embed", "mlp"))
-        self.w_down = nnx.Param(
-            normal_init(rngs, (hidden, d_model), out_init_std), out_sharding=("mlp", "embed")
-        )
+        self.w_down = nnx.Param(normal_init(rngs, (hidden, d_model), out_init_std), out_sharding=("mlp", "embed"))
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         weights = (w[...].astype(self.dtype) for w in (self.w_gate, self.w_up, self.w_down))

@@ -78,13 +78,9 @@ def generate(
 ) -> jax.Array:
     """int32[B, max_new_tokens] continuation of int32[B, P] prompts (P ≥ 1); sampling needs rng."""
     if max_new_tokens < 1 or prompt_bt.shape[1] < 1:
-        raise ValueError(
-            f"need a non-empty prompt and max_new_tokens ≥ 1, got {prompt_bt.shape}, {max_new_tokens}"
-        )
+        raise ValueError(f"need a non-empty prompt and max_new_tokens ≥ 1, got {prompt_bt.shape}, {max_new_tokens}")
     if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
-        raise ValueError(
-            f"temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1 required; got {temperature}, {top_k}, {top_p}"
-        )
+        raise ValueError(f"temperature ≥ 0, top_k ≥ 0, 0 < top_p ≤ 1 required; got {temperature}, {top_k}, {top_p}")
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs an rng key")
     rng = jax.random.key(0) if rng is None else rng

@@ -34,9 +34,7 @@ class ModelEntry:
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register(
-    name: str, *, test_variants: Mapping[str, Mapping[str, Any]] | None = None
-) -> Callable[[type], type]:
+def register(name: str, *, test_variants: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[[type], type]:
     """Class decorator adding a model under `name` (the value of config.model.name)."""
 
     def add(cls: type) -> type:
@@ -57,9 +55,7 @@ def known_models() -> list[str]:
 
 def model_entry(name: str) -> ModelEntry:
     if name not in _MODELS:
-        raise ValueError(
-            f"unknown model name {name!r} (config model.name); known: {', '.join(known_models())}"
-        )
+        raise ValueError(f"unknown model name {name!r} (config model.name); known: {', '.join(known_models())}")
     return _MODELS[name]
 
 
@@ -84,9 +80,7 @@ def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[
     validate_model_config(model_cfg)
     flops = model_entry(model_cfg.name).cls.flops_per_token(model_cfg, seq_len)
     if set(flops) != set(FLOPS_KEYS):
-        raise ValueError(
-            f"{model_cfg.name}.flops_per_token returned keys {sorted(flops)}, expected {FLOPS_KEYS}"
-        )
+        raise ValueError(f"{model_cfg.name}.flops_per_token returned keys {sorted(flops)}, expected {FLOPS_KEYS}")
     return flops
 
 

@@ -28,6 +28,7 @@ from hope_jax.memory.dgd import dgd_chunk_update
 from hope_jax.memory.self_modifying import SelfModConfig
 from hope_jax.models import chunk_carry
 from hope_jax.models.config import compute_dtype, head_dim
+from hope_jax.sharding import constrain
 
 
 def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
@@ -212,7 +213,11 @@ class SelfModifyingMixer(nnx.Module):
             fast.update(
                 gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"])
             )
-        return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), fast)
+        # Per-sequence fast weights [B, H, ...]: batch over the data-parallel axes, heads over 'tensor' (DESIGN D2).
+        per_sequence = lambda a: constrain(
+            jnp.broadcast_to(a, (batch_size, *a.shape)), ("batch", "heads") + (None,) * (a.ndim - 1)
+        )
+        return jax.tree.map(per_sequence, fast)
 
     def token_shapes(self) -> dict:
         one = jax.ShapeDtypeStruct((self.n_heads, self.head_dim), self.dtype)
@@ -225,6 +230,26 @@ class SelfModifyingMixer(nnx.Module):
                 self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size
             ),
         }
+
+    def _sow_memory_fit(self, start_memory: dict, end_memory: dict, keys_bthd, values_bthd) -> None:
+        """Inner-loop diagnostics (DESIGN D11): M_memory's own objective ½‖M(k) − M(v)‖² (E21's self-generated target)
+        over this piece's keys and values, at the weights before the piece and after it. Diagnostics only: no gradient
+        flows through them."""
+
+        def fit(memory):  # leaves [B, H, 1, ...]
+            weights = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:, :, 0]), memory)
+            per_head = jax.vmap(
+                lambda w, k, v: (
+                    fast_mlp.forward(w, k, residual=True, activation=self.cfg.activation)
+                    - fast_mlp.forward(w, v, residual=True, activation=self.cfg.activation)
+                ),
+                in_axes=(0, 1, 1),
+            )
+            errors = jax.vmap(per_head)(weights, jax.lax.stop_gradient(keys_bthd), jax.lax.stop_gradient(values_bthd))
+            return 0.5 * jnp.mean(jnp.sum(jnp.square(errors.astype(jnp.float32)), axis=-1))
+
+        self.sow(nnx.Intermediate, "memory_loss_before", fit(start_memory))
+        self.sow(nnx.Intermediate, "memory_loss_after", fit(end_memory))
 
     def reduction(self) -> dict:
         out = {"eta_w": self.eta_w[...], "eta_b": self.eta_b[...]}
@@ -253,6 +278,8 @@ class SelfModifyingMixer(nnx.Module):
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.remat,
         )  # fmt: skip
+        start_fast = self.initial_fast(batch) if state is None else state["chunks"]["fast"]
+        self._sow_memory_fit(start_fast["memory"], carry["fast"]["memory"], keys, values)
         gate = jax.nn.silu(self.w_gate(x_btd))
         out = self.w_out(self.out_norm(y.astype(self.dtype)) * gate)
         flat = lambda a: a.reshape(batch, seq_len, -1).astype(self.dtype)

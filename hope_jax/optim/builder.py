@@ -114,9 +114,7 @@ def build_optimizer(optim_cfg, params, *, tokens_per_step: int, total_steps: int
     for name in level_names:
         level = resolve_level(name, optim_cfg.levels[name])
         period = period_in_steps(name, level.period_tokens, tokens_per_step)
-        transforms[name] = level_transform(
-            level, period=period, total_steps=total_steps, decay_mask=decay_mask
-        )
+        transforms[name] = level_transform(level, period=period, total_steps=total_steps, decay_mask=decay_mask)
     tx = optax.partition(transforms, labeller)
     if optim_cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)

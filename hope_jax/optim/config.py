@@ -101,9 +101,7 @@ def resolve_level(name: str, level_cfg) -> ml_collections.ConfigDict:
         if resolved[key] not in allowed:
             raise ValueError(f"optim.levels.{name}.{key} = {resolved[key]!r}; expected one of {allowed}")
     if len(tuple(resolved.ns_coeffs)) != 3:
-        raise ValueError(
-            f"optim.levels.{name}.ns_coeffs must be three numbers (a, b, c), got {resolved.ns_coeffs}"
-        )
+        raise ValueError(f"optim.levels.{name}.ns_coeffs must be three numbers (a, b, c), got {resolved.ns_coeffs}")
     if resolved.m3_period < 1:
         raise ValueError(f"optim.levels.{name}.m3_period must be >= 1, got {resolved.m3_period}")
     return resolved

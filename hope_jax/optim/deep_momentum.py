@@ -52,9 +52,7 @@ def scale_by_delta_momentum(*, alpha: float, lr: float, delta_lr: float) -> opta
         del params
 
         def step(m, g):
-            return delta_decay(m, g.astype(jnp.float32), alpha=alpha, beta=delta_lr) + lr * g.astype(
-                jnp.float32
-            )
+            return delta_decay(m, g.astype(jnp.float32), alpha=alpha, beta=delta_lr) + lr * g.astype(jnp.float32)
 
         momentum = jax.tree.map(step, state.momentum, updates)
         directions = jax.tree.map(lambda m, g: m.astype(g.dtype), momentum, updates)
@@ -110,9 +108,7 @@ def scale_by_deep_momentum(
         del params
         results = jax.tree.map(leaf_step, state.table, state.w1, state.c1, state.w2, updates)
         treedef = jax.tree.structure(updates)
-        unzipped = [
-            jax.tree.unflatten(treedef, [r[i] for r in treedef.flatten_up_to(results)]) for i in range(5)
-        ]
+        unzipped = [jax.tree.unflatten(treedef, [r[i] for r in treedef.flatten_up_to(results)]) for i in range(5)]
         directions, table, w1, c1, w2 = unzipped
         return directions, DeepMomentumState(table=table, w1=w1, c1=c1, w2=w2)
 

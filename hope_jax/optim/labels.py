@@ -112,15 +112,11 @@ def level_update_norms(updates, labels) -> dict[str, jax.Array]:
 
     `labels` is the labels pytree from `build_optimizer`; it is matched to `updates` by path string, so the
     two may differ in wrapping (an `nnx.State` of variables vs. the pure arrays given to the optimiser)."""
-    label_by_path = {
-        path_string(path): label for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
-    }
+    label_by_path = {path_string(path): label for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]}
     squares: dict[str, list[jax.Array]] = {}
     for path, update in jax.tree_util.tree_flatten_with_path(updates)[0]:
         path_str = path_string(path)
         if path_str not in label_by_path:
             raise KeyError(f"update at {path_str!r} has no level label; labels cover {sorted(label_by_path)}")
-        squares.setdefault(label_by_path[path_str], []).append(
-            jnp.sum(jnp.square(update.astype(jnp.float32)))
-        )
+        squares.setdefault(label_by_path[path_str], []).append(jnp.sum(jnp.square(update.astype(jnp.float32))))
     return {level: jnp.sqrt(sum(terms)) for level, terms in squares.items()}

@@ -23,8 +23,7 @@ def make_schedule(
         decay_steps = total_steps - warmup_steps
     if kind != "constant" and decay_steps <= 0:
         raise ValueError(
-            f"{kind} schedule needs decay steps > 0 after {warmup_steps} warmup steps "
-            f"(total_steps={total_steps})"
+            f"{kind} schedule needs decay steps > 0 after {warmup_steps} warmup steps (total_steps={total_steps})"
         )
     end_lr = peak_lr * end_lr_ratio
 

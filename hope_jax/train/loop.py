@@ -97,7 +97,8 @@ def evaluate(config, trainer, params) -> float:
     loader = _loader(config, "validation")
     nll_total, weight_total = 0.0, 0.0
     for _, batch in zip(range(config.eval.num_batches), loader):
-        nll, weight = trainer.eval_step(params, _device_batch(batch, trainer.batch_sharding))
+        with jax.set_mesh(trainer.mesh):
+            nll, weight = trainer.eval_step(params, _device_batch(batch, trainer.batch_sharding))
         nll_total += float(nll)
         weight_total += float(weight)
     if weight_total == 0:

@@ -42,8 +42,15 @@ class Trainer:
         return {"inputs": abstract(jnp.int32), "targets": abstract(jnp.int32), "mask": abstract(jnp.float32)}
 
     def lower(self) -> jax.stages.Lowered:
-        """The train step lowered on abstract inputs: nothing is allocated."""
-        return self.train_step.lower(self.layout.abstract, self.abstract_batch())
+        """The train step lowered on abstract inputs: nothing is allocated. Traced inside the mesh, so the models'
+        sharding constraints on per-sequence state (hope_jax.sharding.constrain) apply."""
+        with jax.set_mesh(self.mesh):
+            return self.train_step.lower(self.layout.abstract, self.abstract_batch())
+
+    def step(self, state, batch):
+        """One train step, traced (on first use) inside the mesh like `lower`."""
+        with jax.set_mesh(self.mesh):
+            return self.train_step(state, batch)
 
 
 def build_trainer(config, devices: Sequence[jax.Device] | None = None) -> Trainer:
