@@ -95,5 +95,13 @@ def test_fast_weight_state_is_sharded_over_batch_and_heads():
     for leaf in jax.tree.leaves(memories):
         assert leaf.shape[:2] == (4, 2)
         assert leaf.sharding.spec[:2] == (("data", "fsdp"), "tensor"), leaf.sharding
+    cms_fast = [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state["layers"][0]["cms"])[0]
+        if "fast" in jax.tree_util.keystr(path)
+    ]
+    assert cms_fast  # the in-context level's fast weights
+    for leaf in cms_fast:
+        assert leaf.sharding.spec[0] == ("data", "fsdp"), leaf.sharding
     # Outside a mesh the same call is unconstrained (single device), so model code may call constrain anywhere.
     assert shd.constrain(jax.numpy.ones((4, 2)), ("batch", "heads")).sharding.is_fully_replicated

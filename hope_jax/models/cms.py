@@ -26,6 +26,7 @@ from hope_jax.layers import RMSNorm, normal_init, swiglu
 from hope_jax.memory.cms import cms_local
 from hope_jax.models import chunk_carry
 from hope_jax.models.config import compute_dtype
+from hope_jax.sharding import constrain
 
 IN_CONTEXT_OBJECTIVES = ("local",)
 OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, "outer", "frozen")
@@ -132,7 +133,9 @@ class CMS(nnx.Module):
         ]
 
     def _initial(self, i: int, batch_size: int) -> dict:
-        return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), self.levels[i].weights())
+        # Per-sequence fast weights: batch over the data-parallel axes (DESIGN D2).
+        per_sequence = lambda a: constrain(jnp.broadcast_to(a, (batch_size, *a.shape)), ("batch",) + (None,) * a.ndim)
+        return jax.tree.map(per_sequence, self.levels[i].weights())
 
     def _level(self, i, x_btd, keys, values, state, position):
         level = self.levels[i]

@@ -46,6 +46,7 @@ from hope_jax.models.config import compute_dtype, head_dim
 from hope_jax.models.registry import register
 from hope_jax.models.stack import BlockStackLM
 from hope_jax.models.transformer import residual_out_std
+from hope_jax.sharding import constrain
 
 GATES = ("theta", "eta", "alpha")
 
@@ -100,7 +101,13 @@ class MemoryWeights(nnx.Module):
             )
 
     def initial(self, batch_size: int, momentum: bool) -> dict:
-        w = {name: jnp.broadcast_to(p[...], (batch_size, *p.shape)) for name, p in self.weights.items()}
+        # Per-sequence fast weights [B, H, ...]: batch over the data-parallel axes, heads over 'tensor' (DESIGN D2).
+        w = {
+            name: constrain(
+                jnp.broadcast_to(p[...], (batch_size, *p.shape)), ("batch", "heads") + (None,) * (p.ndim - 1)
+            )
+            for name, p in self.weights.items()
+        }
         return {"w": w, "s": jax.tree.map(jnp.zeros_like, w)} if momentum else {"w": w}
 
 
