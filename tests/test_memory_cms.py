@@ -9,6 +9,7 @@ import pytest
 
 from hope_jax.memory import reference
 from hope_jax.memory.cms import cms_local, level_forward
+from tests.gradcheck import assert_gradient_matches_finite_differences
 
 B, T, D, HIDDEN = 2, 20, 8, 16
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -128,16 +129,7 @@ def test_outer_gradient_matches_finite_differences():
             )
             return jnp.sum(jnp.sin(y)) + jnp.sum(w_end["w_down"] ** 2)
 
-        grad = jax.jit(jax.grad(loss))(params)
-        rng = np.random.default_rng(4)
-        direction = jax.tree.map(lambda a: rng.normal(size=np.shape(a)), params)
-        analytic = sum(np.sum(g * d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
-        assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
-        loss_jit = jax.jit(loss)
-        h = 1e-6  # O(h²) truncation and round-off both well below the tolerance
-        shifted = lambda sign: jax.tree.map(lambda p, d: p + sign * h * d, params, direction)
-        numeric = (loss_jit(shifted(1.0)) - loss_jit(shifted(-1.0))) / (2 * h)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+        assert_gradient_matches_finite_differences(loss, params)
 
 
 def test_linear_level_is_rejected(inputs):

@@ -14,6 +14,7 @@ from hope_jax.memory.self_modifying import (
     self_modifying_titans,
     updated_names,
 )
+from tests.gradcheck import assert_gradient_matches_finite_differences
 
 B, H, T, D, HIDDEN = 2, 2, 20, 8, 12
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -142,16 +143,7 @@ def test_outer_gradient_matches_finite_differences():
                 + jnp.sum(new_state["momentum"]["memory"]["w_in"])
             )
 
-        grad = jax.jit(jax.grad(loss))(params)
-        rng = np.random.default_rng(4)
-        direction = jax.tree.map(lambda a: rng.normal(size=np.shape(a)), params)
-        analytic = sum(np.sum(g * d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
-        assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
-        loss_jit = jax.jit(loss)
-        h = 1e-6  # O(h²) truncation ~1e-8 here, round-off ~1e-9
-        shifted = lambda sign: jax.tree.map(lambda p, d: p + sign * h * d, params, direction)
-        numeric = (loss_jit(shifted(1.0)) - loss_jit(shifted(-1.0))) / (2 * h)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+        assert_gradient_matches_finite_differences(loss, params)
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -10,6 +10,7 @@ import pytest
 from hope_jax.memory import fast_mlp, reference
 from hope_jax.memory.recurrence import chunk_coefficients, chunk_end_state
 from hope_jax.memory.titans import titans_memory
+from tests.gradcheck import assert_gradient_matches_finite_differences
 
 B, H, T, D, HIDDEN = 2, 2, 20, 8, 12
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -209,13 +210,4 @@ def test_outer_gradient_matches_finite_differences():
             return jnp.sum(jnp.sin(y)) + jnp.sum(w_end["w_out"] ** 2) + jnp.sum(s_end["w_in"])
 
         params = {"mlp": inp["mlp"], "k": k, "v": v, "theta": theta}
-        rng = np.random.default_rng(4)
-        direction = jax.tree.map(lambda a: rng.normal(size=a.shape), params)
-        grad = jax.jit(jax.grad(loss))(params)
-        analytic = sum(np.sum(g * d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
-        loss_jit = jax.jit(loss)
-        h = 1e-6  # O(h²) truncation and round-off both well below the tolerance
-        shifted = lambda sign: jax.tree.map(lambda p, d: p + sign * h * d, params, direction)
-        numeric = (loss_jit(shifted(1.0)) - loss_jit(shifted(-1.0))) / (2 * h)
-        assert np.all(np.isfinite(jax.tree.leaves(grad)[0]))
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+        assert_gradient_matches_finite_differences(loss, params)
