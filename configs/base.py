@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
             "every_steps": 200,
             "max_to_keep": 3,
             "async_save": True,
+            # Where checkpoints go; empty: <workdir>/checkpoints. A local path, or a gs:// / s3:// URL that orbax
+            # (tensorstore) writes directly; metrics and logs stay in the (local) workdir. See launch/README.md.
+            "directory": "",
         }
     )
     config.logging = ml_collections.ConfigDict(
@@ -46,6 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
             "tensorboard": True,
             # Peak FLOP/s of one device for MFU; 0: look the device kind up in hope_jax.train.metrics (GPUs only).
             "peak_flops_per_device": 0.0,
+            # 'clu': the JSON-lines file (+ TensorBoard above). 'wandb': the same plus a Weights & Biases run
+            # (pip install wandb; hope_jax/train/metrics.py).
+            "backend": "clu",
+            "wandb_project": "hope_jax",
+            "wandb_run_name": "",  # empty: the workdir's name
+            "wandb_mode": "online",  # 'online' | 'offline' (sync later with `wandb sync`) | 'disabled'
         }
     )
     config.mesh = ml_collections.ConfigDict(

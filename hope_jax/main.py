@@ -14,6 +14,28 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (resumes if it has any).")
+_DEVICES = flags.DEFINE_string(
+    "devices",
+    "all",
+    "Local GPUs this process may use: 'all' or CUDA ordinals such as '1' or '0,2' (CUDA_VISIBLE_DEVICES semantics; "
+    "applied before JAX starts, see hope_jax/visible_devices.py).",
+)
+# Multi-process settings are flags, not config keys: they say where a run executes, not what it trains, so they stay
+# out of the checkpointed config (a run may resume on another cluster), they differ per process (--process_id) while
+# the config is the same for all, and they must be known before JAX starts. Under srun none is needed.
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "slurm", "explicit", "none"],
+    "Multi-process initialisation: 'auto' = explicit flags if --coordinator_address is given, else a Slurm job step's "
+    "environment, else one process; 'none' = one process whatever the environment says (hope_jax/distributed.py).",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0's coordinator (explicit mode).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes in the job (explicit mode).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in [0, num_processes) (explicit mode).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout_s", 300, "Seconds to wait for every process to join the coordinator."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,13 +55,28 @@ def _configure_logging() -> None:
 def main(argv) -> None:
     del argv
     _configure_logging()
+    from hope_jax.visible_devices import apply_visible_devices, log_devices
+
+    ordinals = apply_visible_devices(_DEVICES.value)  # before anything asks JAX for its devices
     import jax
 
+    from hope_jax import distributed
     from hope_jax.train.loop import train
 
+    settings = distributed.resolve_settings(
+        _DISTRIBUTED.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+    distributed.initialize(settings, timeout_s=_INIT_TIMEOUT.value)  # joins the other processes before JAX starts
+    logging.warning("%s [%s]", distributed.describe_layout(), settings.source)  # every process, also non-primary
+    distributed.configure_process_logging(distributed.is_primary())
     config = _CONFIG.value
-    print("resolved config:\n" + str(config), flush=True)
-    print(f"devices: {jax.devices()}", flush=True)
+    if distributed.is_primary():
+        print("resolved config:\n" + str(config), flush=True)
+        print(f"devices: {jax.devices()}", flush=True)
+    log_devices(ordinals)
     result = train(config, _WORKDIR.value)
     if result.stopped_by_signal:
         print(

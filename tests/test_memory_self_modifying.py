@@ -24,11 +24,12 @@ CONFIGS = {
     "default": SelfModConfig(chunk_size_other=4, chunk_size_memory=16, eta_max=0.3),
     # chunk 1 everywhere: the exact token recurrence
     "chunk1": SelfModConfig(chunk_size_other=1, chunk_size_memory=1, eta_max=0.3),
-    # A15 gated-delta form, A4 alternative, no momentum; generator chunk larger than the memory's
+    # A15 gated-delta form, A4 alternative, no momentum, ℓ2-normalised values; generator chunk larger than the memory's
     "gated_first_nomom": SelfModConfig(
         chunk_size_other=16,
         chunk_size_memory=4,
         eta_max=0.3,
+        normalize_values=True,
         gated_delta_form=True,
         dgd_layers="first",
         use_momentum=False,

@@ -211,3 +211,58 @@ def test_outer_gradient_matches_finite_differences():
 
         params = {"mlp": inp["mlp"], "k": k, "v": v, "theta": theta}
         assert_gradient_matches_finite_differences(loss, params)
+
+
+def test_log_gates_are_the_same_maths(inputs):
+    """log_eta = log η, log_keep = log(1 − α) in place of eta / alpha: the same outputs and end state."""
+    q, k, v, theta, eta, alpha = gates(inputs)
+    by_prob = titans_memory(inputs["linear"], q, k, v, theta, eta, alpha, chunk_size=4)
+    by_log = titans_memory(
+        inputs["linear"], q, k, v, theta, None, None, log_eta=np.log(eta), log_keep=np.log1p(-alpha), chunk_size=4
+    )
+    for a, b in zip(jax.tree.leaves(by_prob), jax.tree.leaves(by_log)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    half = titans_memory(inputs["linear"], q.astype(jnp.bfloat16), k, v, theta, eta, alpha, chunk_size=4)
+    assert half[0].dtype == jnp.bfloat16 and half[1]["w"].dtype == jnp.float32  # y in q's dtype, state in accum
+
+
+def test_outer_gradient_is_finite_when_the_gates_saturate():
+    """The model's gates (models.titans.Gates → memory_call) with logits at ±300: θ and η at 0 / 1, α at 0 / 1.
+
+    σ(300) = 1 in float32, so log(1 − α) and log η taken of the sigmoids are −inf and the backward is NaN;
+    log_sigmoid(∓z) keeps value and gradient finite.
+    """
+    from flax import nnx
+
+    from hope_jax.models import titans as titans_model
+    from hope_jax.models.config import default_model_config
+
+    cfg = default_model_config()
+    cfg.d_model, cfg.n_heads = 8, 2
+    cfg.titans.chunk_size = 4
+    opts = titans_model.TitansOptions.from_config(cfg)
+    layer = titans_model.Gates(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(layer)
+    rng = np.random.default_rng(0)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
+    batch, length, hd = 1, 8, opts.head_dim
+    x = rng.normal(size=(batch, length, cfg.d_model)).astype(np.float32)
+    q, k, v = (unit(rng.normal(size=(batch, length, opts.n_heads, hd))).astype(np.float32) for _ in range(3))
+    w = {name: (0.3 * rng.normal(size=(batch, opts.n_heads, hd, hd))).astype(np.float32) for name in ("w_in", "w_out")}
+
+    @jax.jit
+    def loss_and_grads(params, fast, q, k, v, x):
+        def loss(params, fast, q, k, v, x):
+            tokens = {"q": q, "k": k, "v": v, **nnx.merge(graphdef, params)(x)}
+            y, end = titans_model.memory_call(fast, tokens, opts)
+            return jnp.sum(jnp.sin(y)) + sum(jnp.sum(a**2) for a in jax.tree.leaves(end))
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))(params, fast, q, k, v, x)
+
+    fast = {"w": w, "s": jax.tree.map(np.zeros_like, w)}
+    for logits in [(300.0, 300.0, 300.0), (-300.0, -300.0, -300.0), (300.0, -300.0, 300.0), (-300.0, 300.0, -300.0)]:
+        params["bias"] = nnx.Param(jnp.broadcast_to(jnp.asarray(logits)[:, None], (3, opts.n_heads)))
+        value, grads = loss_and_grads(params, fast, q, k, v, x)
+        assert np.isfinite(value), logits
+        for path, g in jax.tree_util.tree_leaves_with_path(grads):
+            assert np.all(np.isfinite(g)), (logits, jax.tree_util.keystr(path))

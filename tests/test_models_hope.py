@@ -129,6 +129,7 @@ def test_persistent_memory_switch(model):
 OUTPUT_SWITCHES = {
     "hope w/o DGD": (HOPE, {"memory": {"dgd": False}}),
     "hope w/o momentum": (HOPE, {"memory": {"momentum": False}}),
+    "hope literal values": (HOPE, {"memory": {"normalize_values": False}}),
     "titans w/o momentum": (TITANS, {"titans": {"momentum": False}}),
     "titans w/o weight decay": (TITANS, {"titans": {"weight_decay": False, "forget_bias_init": 0.0}}),
 }
@@ -205,7 +206,7 @@ def test_cms_level_names_target_their_parameters():
         ({"periods": (4, 0), "objectives": ("local",)}, "one entry per level"),
         ({"periods": (4,), "objectives": ("frozen",), "hidden": (8,)}, "period 0 is exactly"),
         ({"periods": (0,), "objectives": ("local",), "hidden": (8,)}, "period 0 is exactly"),
-        ({"periods": (4,), "objectives": ("lm",), "hidden": (8,)}, "objectives\\[0\\] = 'lm'"),
+        ({"periods": (4,), "objectives": ("ttt",), "hidden": (8,)}, "objectives\\[0\\] = 'ttt'"),
         ({"variant": "stacked"}, "model.cms.variant = 'stacked'"),
     ],
 )

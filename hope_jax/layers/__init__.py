@@ -1,7 +1,10 @@
 """Shared layers: RMSNorm, rotary positions, SwiGLU, causal depthwise conv, embeddings, attention."""
 
 from hope_jax.layers.attention import (
+    ATTENTION_IMPLS,
     Attention,
+    AttentionImplError,
+    attend,
     attention_flops_per_token,
     attention_mask,
     kv_cache_len,
@@ -17,8 +20,11 @@ from hope_jax.layers.remat import REMAT_POLICIES, maybe_remat
 from hope_jax.layers.rotary import apply_rotary, rotary_cos_sin
 
 __all__ = [
+    "ATTENTION_IMPLS",
     "REMAT_POLICIES",
     "Attention",
+    "AttentionImplError",
+    "attend",
     "CausalDepthwiseConv",
     "Dense",
     "Embedder",

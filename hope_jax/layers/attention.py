@@ -9,9 +9,19 @@ The cache holds the keys/values of the last C tokens before the current piece (C
 windowed, all a window can need, else the maximum context length). Its slot j holds position
 `position − C + j`; slots with negative positions are empty. The cache update is a static slice of
 [cache ; new keys], so shapes never depend on the position.
+
+Implementations (`model.attention_impl`): 'xla' is `masked_attention` (einsum + fp32 softmax, runs everywhere);
+'cudnn' is cuDNN flash attention through `jax.nn.dot_product_attention(implementation='cudnn')` and fails with
+`AttentionImplError` where cuDNN cannot run it; 'auto' takes cuDNN where it can run and xla elsewhere, logging
+why once. Plain causal (windowed) self-attention over a piece uses cuDNN's own causal / sliding-window masks, so
+the kernel skips masked blocks; a persistent-memory prefix or a KV cache (pieces, decoding) hands cuDNN the
+explicit boolean mask instead (the causal diagonal is then offset, which cuDNN's top-left causal mask cannot say,
+and empty cache slots sit at the front, which sequence lengths cannot say).
 """
 
 from __future__ import annotations
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +49,99 @@ def masked_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, ma
     return jnp.einsum("bhts,bshd->bthd", probs_bhts, v_bshd)
 
 
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+# What 'cudnn' hands to jax.nn.dot_product_attention; tests point it at 'xla' to check the argument translation on CPU.
+FUSED_IMPLEMENTATION = "cudnn"
+_reported: set[str] = set()
+
+
+class AttentionImplError(ValueError):
+    """model.attention_impl names an implementation that cannot run on this backend, dtype or shape."""
+
+
+def cudnn_unsupported_reason(dtype: jnp.dtype, head_dim: int) -> str | None:
+    """Why cuDNN flash attention cannot run these inputs here (None: it can, as far as can be told before compiling)."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return f"the JAX backend is {backend!r}; cuDNN flash attention needs an NVIDIA GPU"
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return f"cuDNN flash attention takes bfloat16 or float16 inputs, these are {jnp.dtype(dtype).name}"
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    limit = 256 if float(capability) >= 9.0 else 128  # Hopper and later take head_dim up to 256
+    if head_dim % 8 or head_dim > limit:
+        return f"cuDNN flash attention needs head_dim a multiple of 8 and ≤ {limit} here, got {head_dim}"
+    return None
+
+
+def _report_once(level: int, message: str) -> None:
+    if message not in _reported:
+        _reported.add(message)
+        logging.log(level, message)
+
+
+def resolve_attention_impl(requested: str, dtype: jnp.dtype, head_dim: int) -> str:
+    """'xla' or 'cudnn' for `requested` ∈ ATTENTION_IMPLS; 'cudnn' where it cannot run raises AttentionImplError."""
+    if requested not in ATTENTION_IMPLS:
+        raise AttentionImplError(f"model.attention_impl = {requested!r}; known: {', '.join(ATTENTION_IMPLS)}")
+    if requested == "xla":
+        return "xla"
+    reason = cudnn_unsupported_reason(dtype, head_dim)
+    if reason is None:
+        _report_once(logging.INFO, f"model.attention_impl={requested!r}: cuDNN flash attention")
+        return "cudnn"
+    if requested == "auto":
+        _report_once(logging.WARNING, f"model.attention_impl='auto': xla attention, because {reason}")
+        return "xla"
+    raise AttentionImplError(
+        f"model.attention_impl='cudnn' cannot run here: {reason}. Set model.attention_impl='xla' (runs everywhere) "
+        "or 'auto' (cuDNN where it can run, xla elsewhere)."
+    )
+
+
+def fused_attention_args(mask_ts: jax.Array | None, window: int) -> dict:
+    """Mask arguments of jax.nn.dot_product_attention equal to our mask rule.
+
+    mask_ts None means plain causal self-attention over one piece (queries and keys at the same positions): cuDNN's
+    causal mask, and for a window w the left window w − 1 (cuDNN: sliding_window_length = w, exclusive, i.e.
+    q − k < w as in `attention_mask`). Otherwise the explicit mask, broadcast over batch and heads.
+    """
+    if mask_ts is not None:
+        return {"mask": mask_ts[None, None]}
+    return {"is_causal": True, "local_window_size": (window - 1, 0) if window > 0 else None}
+
+
+def fused_attention(
+    q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, mask_ts: jax.Array | None, window: int, implementation: str
+) -> jax.Array:
+    return jax.nn.dot_product_attention(
+        q_bthd, k_bshd, v_bshd, implementation=implementation, **fused_attention_args(mask_ts, window)
+    )
+
+
+def attend(
+    q_bthd: jax.Array,
+    k_bshd: jax.Array,
+    v_bshd: jax.Array,
+    *,
+    impl: str,
+    mask_ts: jax.Array | None = None,
+    window: int = 0,
+) -> jax.Array:
+    """Attention by `impl` (model.attention_impl). mask_ts None: causal self-attention over this piece, windowed."""
+    chosen = resolve_attention_impl(impl, q_bthd.dtype, q_bthd.shape[-1])
+    if chosen == "cudnn":
+        try:
+            return fused_attention(q_bthd, k_bshd, v_bshd, mask_ts, window, FUSED_IMPLEMENTATION)
+        except (RuntimeError, NotImplementedError) as error:  # jax checks cuDNN's presence and shapes while tracing
+            if impl != "auto":
+                raise AttentionImplError(f"model.attention_impl='cudnn' failed: {error}") from error
+            _report_once(logging.WARNING, f"model.attention_impl='auto': xla attention, because cuDNN said: {error}")
+    if mask_ts is None:
+        positions = jnp.arange(q_bthd.shape[1], dtype=jnp.int32)
+        mask_ts = attention_mask(positions, positions, window)
+    return masked_attention(q_bthd, k_bshd, v_bshd, mask_ts)
+
+
 def kv_cache_len(window: int, max_len: int) -> int:
     """Slots a cache needs: window − 1 for sliding-window attention, else the longest context."""
     return window - 1 if window > 0 else max_len
@@ -61,11 +164,13 @@ class Attention(nnx.Module):
         out_init_std: float,
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        impl: str = "xla",
     ):
         if window < 0 or n_persistent < 0:
             raise ValueError(f"attention window ({window}) and persistent tokens ({n_persistent}) must be ≥ 0")
         self.n_heads, self.head_dim = n_heads, head_dim
         self.window, self.max_len, self.rope_theta, self.dtype = window, max_len, rope_theta, dtype
+        self.impl = impl
         proj = dict(init_std=init_std, dtype=dtype, rngs=rngs)
         self.wq = Dense((d_model,), (n_heads, head_dim), ("embed", "heads", "head_dim"), **proj)
         self.wk = Dense((d_model,), (n_heads, head_dim), ("embed", "heads", "head_dim"), **proj)
@@ -98,14 +203,14 @@ class Attention(nnx.Module):
         k = apply_rotary(self.wk(x_btd), pos_t, self.rope_theta)
         v = self.wv(x_btd)
         if cache is None:
-            keys, values, k_pos = k, v, pos_t
+            keys, values, mask_ts = k, v, None  # plain causal self-attention over the piece
             cache = self.init_cache(batch)
         else:
             slots = cache["k"].shape[1]
             keys = jnp.concatenate([cache["k"].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([cache["v"].astype(v.dtype), v], axis=1)
             k_pos = jnp.concatenate([position - slots + jnp.arange(slots, dtype=jnp.int32), pos_t])
-        mask_ts = attention_mask(pos_t, k_pos, self.window)
+            mask_ts = attention_mask(pos_t, k_pos, self.window)
         if self.persistent_k is not None:
             n_persistent = self.persistent_k.shape[0]
             prefix_shape = (batch, n_persistent, self.n_heads, self.head_dim)
@@ -113,8 +218,11 @@ class Attention(nnx.Module):
             values = jnp.concatenate(
                 [jnp.broadcast_to(self.persistent_v[...].astype(v.dtype), prefix_shape), values], 1
             )
+            if mask_ts is None:
+                mask_ts = attention_mask(pos_t, pos_t, self.window)
             mask_ts = jnp.concatenate([jnp.ones((seq_len, n_persistent), bool), mask_ts], axis=1)
-        y_btd = self.wo(masked_attention(q, keys, values, mask_ts))
+        attended = attend(q, keys, values, impl=self.impl, mask_ts=mask_ts, window=self.window)
+        y_btd = self.wo(attended)
         return y_btd, self._advance_cache(cache, k, v)
 
     @staticmethod

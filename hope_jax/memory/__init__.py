@@ -12,10 +12,13 @@ Fast-weight dicts (hope_jax.memory.fast_mlp): {'w': [dk, dv]} linear; {'w_in': [
 
 1. Titans neural memory (LMM / MAC / MAG; HOPE_SPEC E5–E13), reads M_t through the dual form:
 
-   titans_memory(weights, q, k, v, theta, eta, alpha, momentum=None, *, chunk_size, use_momentum=True,
-                 residual=True, activation='silu', truncate_grad=False, remat_group=1, accum_dtype=jnp.float32)
+   titans_memory(weights, q, k, v, theta, eta, alpha, momentum=None, *, log_eta=None, log_keep=None, chunk_size,
+                 use_momentum=True, residual=True, activation='silu', truncate_grad=False, remat_group=1,
+                 accum_dtype=jnp.float32)
        -> (y [B,H,T,dv], end_weights, end_momentum | None)
-   theta = inner lr, eta = momentum decay, alpha = forget gate (Titans naming), all [B, H, T].
+   theta = inner lr, eta = momentum decay, alpha = forget gate (Titans naming), all [B, H, T]. Learned sigmoid gates
+   go in log space instead (eta = alpha = None, log_eta = log_sigmoid(z_η), log_keep = log(1 − α) = log_sigmoid(−z_α)):
+   finite value and gradient at any logit.
    MAC-style reads of the state *before* a segment: call `fast_mlp.forward` on the carried weights.
 
 2. Self-modifying Titans (HOPE's mixer; E20–E28, DESIGN D5):

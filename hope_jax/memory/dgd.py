@@ -17,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize_scale, mm
@@ -32,8 +33,9 @@ def dgd_chunk_update(
     keys: jax.Array,
     targets: jax.Array,
     lr: jax.Array,
-    retention: jax.Array,
+    retention: jax.Array | None,
     *,
+    log_retention: jax.Array | None = None,
     residual: bool,
     activation: str,
     use_dgd: bool = True,
@@ -45,33 +47,46 @@ def dgd_chunk_update(
     """End-of-chunk (weights, momentum) after the chunk's tokens; keys [C, d_in], targets [C, d_out], lr/retention [C].
 
     `targets` are the (self-generated) regression values, constants of the inner gradient by construction.
-    momentum None = momentum off.
+    momentum None = momentum off. Give exactly one of `retention` and `log_retention`: a learned gate should come as
+    its log computed in log space (e.g. jax.nn.log_sigmoid of the logit), because log(sigmoid(z)) underflows to
+    log(0) = −inf for z ≲ −104 in float32 and its gradient 1/α is then inf × 0 = NaN in the decay products.
     """
     if dgd_layers not in DGD_LAYER_CHOICES:
         raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
+    if (retention is None) == (log_retention is None):
+        raise ValueError("give exactly one of retention and log_retention")
+    if log_retention is None:
+        log_retention = jnp.log(retention)
     factors = fast_mlp.grad_factors_and_products(weights, keys, targets, residual=residual, activation=activation)
     log_momentum = None
     if momentum is not None:
         log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)
-    coeffs = chunk_coefficients(jnp.log(retention), log_momentum)
+    coeffs = chunk_coefficients(log_retention, log_momentum)
     new_weights, new_momentum = {}, {}
-    for name, (x, g, x_w) in factors.items():
+    for names in _shared_input_groups(factors):
+        # Matrices reading the same input (SwiGLU's w_gate and w_up both read the keys) share x̂, the Gram matrix, the
+        # transition and its triangular solve; the recurrence is column-separable, so they are solved as one matrix
+        # [d_in, Σ d_out] (two solves instead of three per CMS level chunk).
+        join = lambda parts: parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+        x = factors[names[0]][0]
+        g, x_w = join([factors[name][1] for name in names]), join([factors[name][2] for name in names])
+        w0 = join([weights[name] for name in names])
         inv_norm = l2_normalize_scale(x)
         x_hat = x * inv_norm
         # x̂ᵀ(‖x‖ g) = xᵀ g: the gradient is unchanged, the transition sees the unit-norm input.
         g = g / inv_norm
         if gated_delta:
-            g = g - mm(x_hat, weights[name])
+            g = g - mm(x_hat, w0)
         beta = None
         if use_dgd:
             step_size = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1))
-            if dgd_layers == "all" or name in FIRST_LAYERS:
+            if dgd_layers == "all" or names[0] in FIRST_LAYERS:
                 beta = step_size
         else:
             step_size = lr
-        new_weights[name], s_end = chunk_end_state(
-            weights[name],
-            None if momentum is None else momentum[name],
+        w_end, s_end = chunk_end_state(
+            w0,
+            None if momentum is None else join([momentum[name] for name in names]),
             x_hat,
             -step_size[:, None] * g,
             coeffs,
@@ -79,6 +94,20 @@ def dgd_chunk_update(
             truncate_grad=truncate_grad,
             x_w0=x_w * inv_norm,  # x̂ W_s = (x W_s)/‖x‖, already computed by the forward pass
         )
+        offsets = np.cumsum([weights[name].shape[-1] for name in names])[:-1].tolist()
+        new_weights.update(zip(names, jnp.split(w_end, offsets, axis=-1), strict=True))
         if momentum is not None:
-            new_momentum[name] = s_end
-    return new_weights, (new_momentum if momentum is not None else None)
+            new_momentum.update(zip(names, jnp.split(s_end, offsets, axis=-1), strict=True))
+    new_weights = {name: new_weights[name] for name in weights}
+    if momentum is None:
+        return new_weights, None
+    return new_weights, {name: new_momentum[name] for name in weights}
+
+
+def _shared_input_groups(factors: dict) -> list[tuple[str, ...]]:
+    """Weight names grouped by the layer input they read (the same array object) and by whether they are first
+    layers (dgd_layers='first' treats the two kinds differently), in the factors' order."""
+    groups: dict[tuple[int, bool], list[str]] = {}
+    for name, (x, _, _) in factors.items():
+        groups.setdefault((id(x), name in FIRST_LAYERS), []).append(name)
+    return [tuple(names) for names in groups.values()]

@@ -50,6 +50,39 @@ def unit_lower_inverse(a: jax.Array) -> jax.Array:
     return inverse[0, :size, :size]
 
 
+# Systems larger than this are solved blockwise (unit_lower_solve): the full inverse costs ~⅔C³, blocked forward
+# substitution C·SOLVE_BLOCK² + C²·n. At C = 512 (a CMS mid level) the inverse was the largest single cost of a HOPE
+# train step on CPU (bench notes).
+SOLVE_BLOCK = 64
+
+
+def unit_lower_solve(a: jax.Array, b: jax.Array, block: int = SOLVE_BLOCK) -> jax.Array:
+    """a⁻¹ b for unit-lower-triangular a [C, C] and b [C, n], as matmuls only (see unit_lower_inverse).
+
+    C ≤ block: the full inverse. Larger: the diagonal blocks are inverted (batched) and the block rows solved by
+    forward substitution, x_j = A_jj⁻¹ (b_j − A_j,<j x_<j) — the same solution, without the O(C³) inverse.
+    """
+    size = a.shape[-1]
+    if size <= block:
+        return mm(unit_lower_inverse(a), b)
+    n_blocks = -(-size // block)
+    padded = n_blocks * block
+    if padded != size:  # identity rows/columns: the padded unknowns are the (zero) padded right-hand side
+        a = jnp.eye(padded, dtype=a.dtype).at[:size, :size].set(a)
+        b = jnp.pad(b, [(0, padded - size), (0, 0)])
+    tiles = a.reshape(n_blocks, block, n_blocks, block)
+    blocks = jnp.arange(n_blocks)
+    diagonal_inverses = jax.vmap(unit_lower_inverse)(tiles[blocks, :, blocks, :])
+    solved = []
+    for j in range(n_blocks):
+        rows = slice(j * block, (j + 1) * block)
+        rhs = b[rows]
+        if j:
+            rhs = rhs - mm(a[rows, : j * block], jnp.concatenate(solved, axis=0))
+        solved.append(mm(diagonal_inverses[j], rhs))
+    return jnp.concatenate(solved, axis=0)[:size]
+
+
 class ChunkCoefficients(NamedTuple):
     """Decay/momentum coefficients of one chunk (all in the chunk's own token index)."""
 
@@ -116,7 +149,7 @@ def chunk_end_state(
                 [jnp.zeros_like(coeffs.momentum_into_state[:1]), coeffs.momentum_into_state[:-1]]
             )
             rhs = rhs + momentum_before[:, None] * mm(x, s0)
-        writes = mm(unit_lower_inverse(system), -beta[:, None] * rhs)
+        writes = unit_lower_solve(system, -beta[:, None] * rhs)
         # xᵀA + xᵀB as xᵀ(A + B): one product with x instead of two.
         write_rows = write_rows + coeffs.decay[last][:, None] * writes
     update = mm(x.T, write_rows)

@@ -145,7 +145,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
                 for name in names
             }
             out = {name: fwd(snapshot[name], x_t) for name in gens}
-            k_t, v_t = unit(out["k"]), out["v"]
+            k_t, v_t = unit(out["k"]), (unit(out["v"]) if cfg.normalize_values else out["v"])
             q_t = unit(out["q"] if cfg.adaptive_q else q_t)
             eta_t = cfg.eta_max * jax.nn.sigmoid(out["eta"] @ reduction["eta_w"] + reduction["eta_b"])
             alpha_t = (

@@ -5,6 +5,7 @@ M(u) = u + σ(u W_in) W_out (E24). For token t in chunk c (s(t) = last token of 
 
     k_t = l2(M_k,s(t)(x_t))   v_t = M_v,s(t)(x_t)   q_t = l2(M_q,s(t)(x_t) or the static q_t)              (E20, E27)
     η_t = η_max·sigmoid(w_ηᵀ M_η,s(t)(x_t) + b_η)   α_t = sigmoid(w_αᵀ M_α,s(t)(x_t) + b_α)   (A3; α_t = 1 without decay)
+    normalize_values: v_t = l2(M_v,s(t)(x_t)) (our addition; see SelfModConfig)
     v̂_□,t = M_□,s(t)(v_t)                                                                               (E21)
     y_t = M_memory,s(t)(q_t)                                                                            (E22, E27)
     every □: DGD step on ½‖M_□(k_t) − v̂_□,t‖² with lr η_t and retention α_t (dgd.py; E28 + A4/A5/A15)
@@ -38,6 +39,10 @@ class SelfModConfig:
     use_weight_decay: bool = True  # False: α_t = 1 and no M_alpha ("w/o weight decay")
     gated_delta_form: bool = False  # A15: False = Eq. 88 as printed; True = DGD-consistent gated-delta form
     eta_max: float = 1.0
+    # ℓ2-normalise the values v_t (the paper does not say; keys and queries are normalised). The self-generated
+    # target v̂ = M(v) makes the inner map expansive when ‖v‖ > ‖k‖ = 1 (linear case: eigenvalue 1 − η(1 − k·v) > 1
+    # for k·v > 1), and the memories then grow without bound; unit values keep it ≤ 1. False = E20 literally.
+    normalize_values: bool = False
     activation: str = "silu"
     remat_group: int = 1  # chunks per jax.checkpoint group (0 = off)
     truncate_grad: bool = False  # DESIGN D4 speed switch (see recurrence.chunk_end_state)
@@ -91,7 +96,7 @@ def _unstack(stacked: dict, names: tuple[str, ...]) -> dict:
     return {name: jax.tree.map(lambda a, i=i: a[i], stacked) for i, name in enumerate(names)}
 
 
-def _update_memories(weights, momentum, keys, values, eta, alpha, cfg):
+def _update_memories(weights, momentum, keys, values, eta, log_alpha, cfg):
     """DGD over one chunk on a stack of memories (leading axis), each regressing the keys onto its own output on the
     values (E21). Stacking the memories keeps the compiled program one memory wide."""
 
@@ -103,7 +108,8 @@ def _update_memories(weights, momentum, keys, values, eta, alpha, cfg):
             keys,
             target,
             eta,
-            alpha,
+            None,
+            log_retention=log_alpha,
             residual=True,
             activation=cfg.activation,
             use_dgd=cfg.use_dgd,
@@ -126,20 +132,21 @@ def _one_sequence(x, q_static, weights, momentum, reduction, *, cfg: SelfModConf
         x_c, q_c = xs
         out = jax.vmap(lambda w_: fast_mlp.forward(w_, x_c, residual=True, activation=cfg.activation))(w)
         keys, values = l2_normalize(out[index["k"]]), out[index["v"]]
+        values = l2_normalize(values) if cfg.normalize_values else values
         queries = l2_normalize(out[index["q"]] if cfg.adaptive_q else q_c)
         eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
-        if cfg.use_weight_decay:
-            alpha = jax.nn.sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
+        if cfg.use_weight_decay:  # log α in log space: log(sigmoid(z)) would be log(0) = −inf for very negative z
+            log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
         else:
-            alpha = jnp.ones_like(eta)
-        carry = _update_memories(w, s, keys, values, eta, alpha, cfg)
-        return carry, (queries, keys, values, eta, alpha)
+            log_alpha = jnp.zeros_like(eta)
+        carry = _update_memories(w, s, keys, values, eta, log_alpha, cfg)
+        return carry, (queries, keys, values, eta, log_alpha)
 
     def memory_chunk(carry, xs):
         w, s = carry
-        queries, keys, values, eta, alpha = xs
+        queries, keys, values, eta, log_alpha = xs
         y = fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
-        return _update_memories(w, s, keys, values, eta, alpha, cfg), y
+        return _update_memories(w, s, keys, values, eta, log_alpha, cfg), y
 
     stacked = lambda tree, names: _stack([tree[name] for name in names]) if tree else {}
     (gen_w, gen_s), per_token = scan_chunks(

@@ -47,13 +47,13 @@ def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual
     return queries + out if residual else out
 
 
-def _titans_one_sequence(weights, momentum, q, k, v, theta, eta, alpha, *, options):
+def _titans_one_sequence(weights, momentum, q, k, v, theta, log_eta, log_keep, *, options):
     chunk_size, use_momentum, residual, activation, truncate_grad, remat_group = options
 
     def chunk_fn(carry, xs):
         w, s = carry
-        q_c, k_c, v_c, theta_c, eta_c, alpha_c = xs
-        coeffs = chunk_coefficients(jnp.log1p(-alpha_c), jnp.log(eta_c) if use_momentum else None)
+        q_c, k_c, v_c, theta_c, log_eta_c, log_keep_c = xs
+        coeffs = chunk_coefficients(log_keep_c, log_eta_c if use_momentum else None)
         factors = fast_mlp.grad_factors(w, k_c, v_c, residual=residual, activation=activation)
         steps = {name: -theta_c[:, None] * g for name, (_, g) in factors.items()}
         y = _read_memory(w, s, q_c, factors, steps, coeffs, residual=residual, activation=activation)
@@ -67,7 +67,7 @@ def _titans_one_sequence(weights, momentum, q, k, v, theta, eta, alpha, *, optio
         return (new_w, new_s), y
 
     (w_end, s_end), y = scan_chunks(
-        chunk_fn, (weights, momentum), (q, k, v, theta, eta, alpha), chunk_size, remat_group
+        chunk_fn, (weights, momentum), (q, k, v, theta, log_eta, log_keep), chunk_size, remat_group
     )
     return y, w_end, s_end
 
@@ -78,10 +78,12 @@ def titans_memory(
     k: jax.Array,
     v: jax.Array,
     theta: jax.Array,
-    eta: jax.Array,
-    alpha: jax.Array,
+    eta: jax.Array | None,
+    alpha: jax.Array | None,
     momentum: dict | None = None,
     *,
+    log_eta: jax.Array | None = None,
+    log_keep: jax.Array | None = None,
     chunk_size: int,
     use_momentum: bool = True,
     residual: bool = True,
@@ -96,6 +98,10 @@ def titans_memory(
       'w_out': [h, dv]} (2-layer, `residual` adds the input, needs dk == dv) or a SwiGLU dict (fast_mlp.py).
     q, k: [B, H, T, dk]; v: [B, H, T, dv] (normalise q, k before calling if wanted — T §4.4 does).
     theta (inner lr ≥ 0), eta (momentum decay in (0, 1]), alpha (forget gate in [0, 1)): [B, H, T].
+    log_eta = log η, log_keep = log(1 − α) [B, H, T]: the same gates in log space; give them *instead of* eta / alpha
+      (pass None there) for learned sigmoid gates, as jax.nn.log_sigmoid(z_η) and jax.nn.log_sigmoid(−z_α). Only log η
+      and log(1 − α) are used, so this is the same maths, but finite in value and gradient at any logit, where
+      log(σ(z)) / log1p(−σ(z)) are −inf (NaN gradient) once σ saturates in float32 (σ(z) = 1 for z ≳ 17).
     momentum: carried surprise S (same structure as weights); None = zeros. Ignored with use_momentum=False.
     chunk_size: gradients inside a chunk are taken at the chunk-start state; a trailing partial chunk is a chunk.
     truncate_grad: outer gradients flow through the decay of the carried state and through the in-chunk reads,
@@ -105,8 +111,13 @@ def titans_memory(
     """
     if q.ndim != 4 or k.shape[:3] != q.shape[:3] or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"q, k, v must be [B, H, T, d] with equal B, H, T; got {q.shape}, {k.shape}, {v.shape}")
-    for name, gate in (("theta", theta), ("eta", eta), ("alpha", alpha)):
-        if gate.shape != q.shape[:3]:
+    if (alpha is None) == (log_keep is None):
+        raise ValueError("give exactly one of alpha and log_keep")
+    if use_momentum and (eta is None) == (log_eta is None):
+        raise ValueError("give exactly one of eta and log_eta")
+    gates = (("theta", theta), ("eta", eta), ("alpha", alpha), ("log_eta", log_eta), ("log_keep", log_keep))
+    for name, gate in gates:
+        if gate is not None and gate.shape != q.shape[:3]:
             raise ValueError(f"{name} must have shape [B, H, T] = {q.shape[:3]}, got {gate.shape}")
     fast_mlp.memory_kind(weights)
     cast = lambda tree: jax.tree.map(lambda a: a.astype(accum_dtype), tree)
@@ -118,5 +129,14 @@ def titans_memory(
     options = (chunk_size, use_momentum, residual, activation, truncate_grad, remat_group)
     per_sequence = lambda w, s, *xs: _titans_one_sequence(w, s, *xs, options=options)
     batched = jax.vmap(jax.vmap(per_sequence))
-    y, w_end, s_end = batched(weights, momentum, *cast((q, k, v, theta, eta, alpha)))
-    return y.astype(q.dtype), w_end, (s_end if use_momentum else None)
+    out_dtype = q.dtype
+    q, k, v, theta = cast((q, k, v, theta))
+    log_keep = jnp.log1p(-alpha.astype(accum_dtype)) if log_keep is None else log_keep.astype(accum_dtype)
+    if not use_momentum:  # unused: never take log(η) here (log 0 would put NaN into the gradient)
+        log_eta = jnp.zeros_like(theta)
+    elif log_eta is None:
+        log_eta = jnp.log(eta.astype(accum_dtype))
+    else:
+        log_eta = log_eta.astype(accum_dtype)
+    y, w_end, s_end = batched(weights, momentum, q, k, v, theta, log_eta, log_keep)
+    return y.astype(out_dtype), w_end, (s_end if use_momentum else None)

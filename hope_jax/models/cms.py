@@ -9,10 +9,14 @@ optimiser rules can give it its own level (`level_param_regex`). Kinds, from `cm
 - outer (`'outer'`, P > 0): a plain MLP for the model; P is the period (in tokens) of its optimiser level
   (`outer_level_periods` lists them for tier configs; DESIGN D6, optax.MultiSteps in hope_jax/optim).
 - frozen in context (`'frozen'`, P = 0): a plain MLP updated every optimiser step (the Transformer FFN).
+- test-time trained (`'lm'`, P ≥ 2): per-sequence fast weights held in the state ({'lm_fast', 'lm_grad'}), constant
+  within a call; the model-level driver (models/lm_ttt.py) steps them on the LM loss of each finished chunk. Here the
+  level is the plain MLP on the carried weights.
 Variants (HOPE_SPEC §6.2): 'sequential' x ← x + f_i(norm_i(x)) in order; 'nested' the same chain, and each
 in-context level returns to its initial weights whenever the next slower in-context level updates (E31: its
 context ends); 'independent' x ← x + Σ_i a_i f_i(norm_i(x)) on the same input, a_i learned (init 1).
-The `lm` objective (test-time training on the LM loss of the finished chunk) is not implemented.
+In-context levels sow `cms_loss_before` / `cms_loss_after` (their own objective over the piece at the weights before
+and after it) as inner-loop diagnostics; `lm` levels' losses are sown by the driver.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from hope_jax.models import chunk_carry
 from hope_jax.models.config import compute_dtype
 from hope_jax.sharding import constrain
 
-IN_CONTEXT_OBJECTIVES = ("local",)
-OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, "outer", "frozen")
+IN_CONTEXT_OBJECTIVES = ("local",)  # updated inside the forward pass (chunk_carry)
+LM_OBJECTIVE = "lm"  # updated between chunks by models/lm_ttt.py
+OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE, "outer", "frozen")
 VARIANTS = ("sequential", "nested", "independent")
 
 
@@ -49,6 +54,16 @@ def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
             )
         if period < 0:
             raise ValueError(f"model.cms.periods[{i}] must be ≥ 0, got {period}")
+        if objective == LM_OBJECTIVE and period < 2:
+            raise ValueError(
+                f"model.cms level {i}: an 'lm' level needs a period ≥ 2 (a chunk of one token has no seen target), "
+                f"got {period}"
+            )
+    lm_lrs = tuple(cms_cfg.lm_lrs)
+    if lm_lrs and len(lm_lrs) != len(periods):
+        raise ValueError(f"model.cms.lm_lrs {lm_lrs} needs one entry per level ({len(periods)}) or none (inner_lr)")
+    if any(lr < 0 for lr in lm_lrs):
+        raise ValueError(f"model.cms.lm_lrs {lm_lrs} must be ≥ 0")
     if len(periods) != len(tuple(cms_cfg.hidden)):
         raise ValueError(f"model.cms.hidden {tuple(cms_cfg.hidden)} needs one entry per level ({len(periods)})")
 
@@ -56,6 +71,16 @@ def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
 def level_param_regex(index: int) -> str:
     """Regex (optim.rules syntax, full match) for every parameter of CMS level `index` in every block."""
     return rf".*cms/levels/{index}/.*"
+
+
+def lm_levels(cms_cfg: ml_collections.ConfigDict) -> tuple[tuple[int, int, float], ...]:
+    """(level index, period, inner learning rate) of every 'lm' level; lr from cms.lm_lrs, else cms.inner_lr."""
+    lrs = tuple(cms_cfg.lm_lrs) or (cms_cfg.inner_lr,) * len(cms_cfg.periods)
+    return tuple(
+        (i, period, float(lrs[i]))
+        for i, (period, objective) in enumerate(zip(cms_cfg.periods, cms_cfg.objectives, strict=True))
+        if objective == LM_OBJECTIVE
+    )
 
 
 def outer_level_periods(model_cfg: ml_collections.ConfigDict) -> dict[int, int]:
@@ -123,22 +148,52 @@ class CMS(nnx.Module):
 
     def init_state(self, batch_size: int, d_model: int) -> list:
         token = jax.ShapeDtypeStruct((d_model,), self.dtype)
-        return [
-            chunk_carry.init_carry(
-                self._initial(i, batch_size), {"x": token, "k": token, "v": token}, self.periods[i], batch_size
-            )
-            if self.in_context(i)
-            else {}
-            for i in range(len(self.levels))
-        ]
+
+        def level_state(i):
+            if self.in_context(i):
+                tokens = {"x": token, "k": token, "v": token}
+                return chunk_carry.init_carry(self._initial(i, batch_size), tokens, self.periods[i], batch_size)
+            if self.objectives[i] == LM_OBJECTIVE:
+                # The driver (models/lm_ttt.py) steps lm_fast; lm_grad sums a level's gradients over its period.
+                initial = self._initial(i, batch_size)
+                return {"lm_fast": initial, "lm_grad": jax.tree.map(jnp.zeros_like, initial)}
+            return {}
+
+        return [level_state(i) for i in range(len(self.levels))]
 
     def _initial(self, i: int, batch_size: int) -> dict:
         # Per-sequence fast weights: batch over the data-parallel axes (DESIGN D2).
         per_sequence = lambda a: constrain(jnp.broadcast_to(a, (batch_size, *a.shape)), ("batch",) + (None,) * a.ndim)
         return jax.tree.map(per_sequence, self.levels[i].weights())
 
+    def _lm_level(self, i, x_btd, state):
+        """An 'lm' level inside one call: the MLP on the carried per-sequence weights (the driver updates them)."""
+        level = self.levels[i]
+        if state is None:
+            state = {"lm_fast": self._initial(i, x_btd.shape[0])}
+            state["lm_grad"] = jax.tree.map(jnp.zeros_like, state["lm_fast"])
+        fast = state["lm_fast"]
+        per_sequence = jax.vmap(lambda x, g, u, d: swiglu(x, g, u, d))
+        weights = (fast[name].astype(self.dtype) for name in ("w_gate", "w_up", "w_down"))
+        return per_sequence(level.norm(x_btd), *weights), state
+
+    def _sow_local_fit(self, i, keys, values, start_fast, end_fast) -> None:
+        """Inner-loop diagnostics (DESIGN D11): the local objective ½‖f(k) − f(v)‖² (target at the same weights, as
+        the HOPE mixer reports its memory) over this piece, at the weights before and after it; no gradient."""
+
+        def fit(fast):
+            weights = jax.tree.map(lambda a: jax.lax.stop_gradient(a).astype(jnp.float32), fast)
+            mlp = jax.vmap(lambda w, x: swiglu(x, w["w_gate"], w["w_up"], w["w_down"]))
+            k, v = (jax.lax.stop_gradient(a).astype(jnp.float32) for a in (keys, values))
+            return 0.5 * jnp.mean(jnp.sum(jnp.square(mlp(weights, k) - mlp(weights, v)), axis=-1))
+
+        self.sow(nnx.Intermediate, "cms_loss_before", fit(start_fast))
+        self.sow(nnx.Intermediate, "cms_loss_after", fit(end_fast))
+
     def _level(self, i, x_btd, keys, values, state, position):
         level = self.levels[i]
+        if self.objectives[i] == LM_OBJECTIVE:
+            return self._lm_level(i, x_btd, state)
         if not self.in_context(i):
             return level.plain(x_btd), state
         period = self.periods[i]
@@ -158,6 +213,7 @@ class CMS(nnx.Module):
             chunk_fn, inputs, period, fast=self._initial(i, batch) if state is None else None,
             carry=state, remat=self.remat, reset=reset,
         )  # fmt: skip
+        self._sow_local_fit(i, keys, values, self._initial(i, batch) if state is None else state["fast"], carry["fast"])
         return y.astype(self.dtype), carry
 
     def __call__(self, x_btd, keys_btd, values_btd, state: list | None, position):
@@ -166,7 +222,7 @@ class CMS(nnx.Module):
         for i in range(len(self.levels)):
             # independent: x_btd is not updated inside the loop, so every level reads the block's input
             y, new_state = self._level(i, x_btd, keys_btd, values_btd, states[i], position)
-            new_states.append(new_state if self.in_context(i) else {})
+            new_states.append(new_state if self.in_context(i) or self.objectives[i] == LM_OBJECTIVE else {})
             if self.variant == "independent":
                 outputs.append(self.agg[i].astype(self.dtype) * y)
             else:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION_IMPLS = ("xla",)
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # hope_jax/layers/attention.py
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -36,7 +36,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.rope_theta = 10_000.0
     cfg.attention_window = 0  # 0: full causal attention; w > 0: each query sees itself and w−1 earlier tokens
     cfg.n_persistent_tokens = 0  # learned key/value slots every query sees (Titans persistent memory)
-    cfg.attention_impl = "xla"  # only 'xla' (einsum + softmax) exists
+    # 'xla' (einsum + fp32 softmax, runs everywhere) | 'cudnn' (flash attention; bf16, NVIDIA GPUs; fails elsewhere)
+    # | 'auto' (cuDNN where it can run, else xla with a warning). hope_jax/layers/attention.py
+    cfg.attention_impl = "xla"
     cfg.conv_window = 4  # causal depthwise conv on q/k/v inputs of the memory models (DESIGN D5)
     cfg.max_seq_len = 2048  # longest context: size of a full-attention KV cache
     cfg.remat = "none"  # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable' | 'nothing_saveable'
@@ -57,6 +59,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.memory.adaptive_v = True  # ablation 'w/o adaptive v'
     cfg.memory.adaptive_q = False  # HOPE_SPEC A2: q static by default; True adds M_q
     cfg.memory.eta_max = 1.0  # η_t = eta_max · sigmoid(w_ηᵀ M_η(x_t) + b_η)
+    # ℓ2-normalised values v_t (not in the paper, which is silent on it): with self-generated targets v̂ = M(v) a value
+    # longer than the unit key makes every memory's inner map expansive and the fast weights blow up (notes in
+    # memory/self_modifying.py SelfModConfig); False = E20 literally.
+    cfg.memory.normalize_values = True
     cfg.memory.eta_bias_init = 0.0  # b_η at initialisation: η ≈ eta_max / 2
     cfg.memory.alpha_bias_init = 5.0  # α_t = sigmoid(w_αᵀ M_α(x_t) + b_α); 5 gives α ≈ 0.993 at initialisation (A3)
     cfg.memory.truncate_bptt = False  # DESIGN D4: stop-gradient on inner updates (memories and CMS levels)
@@ -66,11 +72,13 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.cms = ml_collections.ConfigDict()
     cfg.cms.enabled = True  # ablation 'w/o CMS': a single plain SwiGLU of mlp_hidden units
     cfg.cms.periods = (16, 512, 0)  # tokens per update; 0 only for 'frozen'
-    cfg.cms.objectives = ("local", "local", "frozen")  # 'local' (in-context) | 'outer' | 'frozen' (models/cms.py)
+    cfg.cms.objectives = ("local", "local", "frozen")  # 'local' | 'lm' | 'outer' | 'frozen' (models/cms.py)
     cfg.cms.hidden = (1536, 1536, 1536)  # SwiGLU hidden units per level
     cfg.cms.inner_lr = 0.1  # in-context levels: DGD learning rate (0 = the plain MLP chain exactly)
     cfg.cms.inner_decay = 0.0  # in-context levels: retention 1 − inner_lr · inner_decay
     cfg.cms.dgd = True  # in-context levels: DGD (False: plain GD)
+    cfg.cms.lm_lrs = ()  # 'lm' levels' test-time-training step sizes, one per level; () = inner_lr for every level
+    cfg.cms.lm_second_order = False  # 'lm' levels: differentiate through the inner gradient (default: stop-gradient)
     cfg.cms.variant = "sequential"  # 'nested' | 'sequential' | 'independent' (HOPE_SPEC §6.2)
 
     # Titans baselines (HOPE_SPEC §2.7; T5 ablations as switches: memory_depth 1, conv, momentum, weight_decay,
@@ -119,6 +127,11 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"rotary positions need an even head_dim; d_model / n_heads = {head_dim(model_cfg)}")
     if model_cfg.attention_impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl = {model_cfg.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
+    if model_cfg.attention_impl == "cudnn" and model_cfg.compute_dtype == "float32":
+        raise ValueError(
+            "model.attention_impl='cudnn' needs model.compute_dtype='bfloat16' (cuDNN flash attention takes bf16/fp16); "
+            "use model.attention_impl='auto' to fall back to xla in float32"
+        )
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:

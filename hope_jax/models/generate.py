@@ -53,6 +53,13 @@ def _generate(graphdef, params, prompt_bt, rng, *, max_new_tokens, temperature, 
     logits_btv, state = model(prompt_bt, state)
     step_rngs = jax.random.split(rng, max_new_tokens)
     first = sample(logits_btv[:, -1], step_rngs[0])
+    rest_bn, _ = decode(graphdef, params, first, state, step_rngs[1:], sample)
+    return jnp.concatenate([first[:, None], rest_bn], axis=1)
+
+
+def decode(graphdef, params, token_b, state, step_rngs, sample):
+    """One token per step inside `lax.scan` from `token_b` and the state after it was chosen: returns
+    (int32[B, len(step_rngs)] next tokens, final state). Traced inside a jit (bench generate times it alone)."""
 
     def step(carry, step_rng):
         token_b, state = carry
@@ -62,8 +69,8 @@ def _generate(graphdef, params, prompt_bt, rng, *, max_new_tokens, temperature, 
         next_b = sample(logits_btv[:, -1], step_rng)
         return (next_b, state), next_b
 
-    _, rest_nb = jax.lax.scan(step, (first, state), step_rngs[1:])
-    return jnp.concatenate([first[:, None], rest_nb.T], axis=1)
+    (_, state), tokens_nb = jax.lax.scan(step, (token_b, state), step_rngs)
+    return tokens_nb.T, state
 
 
 def generate(

@@ -17,6 +17,7 @@ from hope_jax.layers import Attention, RMSNorm, SwiGLU, attention_flops_per_toke
 from hope_jax.models import flops
 from hope_jax.models.cms import CMS
 from hope_jax.models.config import compute_dtype, head_dim
+from hope_jax.models.lm_ttt import LMTestTimeTraining
 from hope_jax.models.registry import register
 from hope_jax.models.self_modifying import SelfModifyingMixer
 from hope_jax.models.stack import BlockStackLM
@@ -73,7 +74,7 @@ class HopeAttentionBlock(nnx.Module):
             model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg), window=model_cfg.attention_window,
             n_persistent=model_cfg.n_persistent_tokens, max_len=model_cfg.max_seq_len,
             rope_theta=model_cfg.rope_theta, init_std=model_cfg.init_std,
-            out_init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs,
+            out_init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs, impl=model_cfg.attention_impl,
         )  # fmt: skip
         self.channel = ChannelMixer(model_cfg, rngs=rngs)
 
@@ -108,7 +109,7 @@ TINY_CMS = {"periods": (4, 8, 0), "objectives": ("local", "local", "frozen"), "h
         },
     },
 )
-class HopeLM(BlockStackLM):
+class HopeLM(LMTestTimeTraining, BlockStackLM):
     block_class = HopeBlock
 
     @staticmethod
@@ -124,9 +125,13 @@ class HopeLM(BlockStackLM):
     "hope_attention",
     test_variants={
         "independent_window": {"cms": {**TINY_CMS, "variant": "independent"}, "attention_window": 6, "n_layers": 1},
+        # CMS `lm` objective (models/lm_ttt.py): two test-time-trained levels (periods 4 and 8) and a frozen one. On
+        # HOPE-Attention because the chunked TTT differentiates the whole model per chunk, which compiles ~4x faster
+        # without the self-modifying mixer (the driver is model-agnostic: it only runs the blocks' stateful path).
+        "lm": {"cms": {**TINY_CMS, "objectives": ("lm", "lm", "frozen"), "inner_lr": 0.5}, "n_layers": 1},
     },
 )
-class HopeAttentionLM(BlockStackLM):
+class HopeAttentionLM(LMTestTimeTraining, BlockStackLM):
     block_class = HopeAttentionBlock
 
     @staticmethod

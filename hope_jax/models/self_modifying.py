@@ -4,6 +4,8 @@
                                   ablation switches ask for
     self-modifying Titans on x_h (generators k, v, q, η, α and M_memory, each a 2-layer residual MLP trained in
     context by DGD on its own targets) ─► y_h ─► per-head RMSNorm ⊙ SiLU(x W_gate) ─► W_out
+Values are ℓ2-normalised like the keys (memory.normalize_values, our stabiliser: with self-generated targets a value
+longer than the unit key makes the inner maps expansive), and α reaches the DGD solver as log α (log_sigmoid).
 
 The chunked maths is memory/dgd.py and memory/fast_mlp.py. The orchestration below is memory/self_modifying.py's
 (generators first over chunks of `chunk_size_other`, then M_memory over chunks of `chunk_size_memory`), extended by
@@ -44,6 +46,7 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         use_weight_decay=mem.weight_decay,
         gated_delta_form=mem.gated_delta,
         eta_max=mem.eta_max,
+        normalize_values=mem.normalize_values,
         activation=mem.activation,
         remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
         truncate_grad=mem.truncate_bptt,
@@ -73,13 +76,13 @@ def mixer_period(mem_cfg: ml_collections.ConfigDict) -> int:
     return math.lcm(mem_cfg.chunk_size, mem_cfg.aux_chunk_size)
 
 
-def _update_stack(weights, momentum, keys, values, eta, alpha, cfg: SelfModConfig):
+def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig):
     """One chunk of DGD on a stack of memories, each regressing the keys onto its own output on the values (E21)."""
 
     def one_memory(w, s):
         target = fast_mlp.forward(w, values, residual=True, activation=cfg.activation)
         return dgd_chunk_update(
-            w, s if cfg.use_momentum else None, keys, target, eta, alpha,
+            w, s if cfg.use_momentum else None, keys, target, eta, None, log_retention=log_alpha,
             residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
             gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
         )  # fmt: skip
@@ -89,17 +92,21 @@ def _update_stack(weights, momentum, keys, values, eta, alpha, cfg: SelfModConfi
 
 
 def _generate(w, xs, reduction, index: dict, cfg: SelfModConfig):
-    """Per-token (q, k, v, η, α) of one chunk from the generators' chunk-start weights (stacked, leading axis)."""
+    """Per-token (q, k, v, η, log α) of one chunk from the generators' chunk-start weights (stacked, leading axis).
+
+    log α is computed in log space: log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α reached
+    z = −302 in the smoke run) and its gradient in the decay products is then NaN; log_sigmoid stays finite."""
     out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
     keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
     values = out[index["v"]] if "v" in index else xs["v"]
+    values = l2_normalize(values) if cfg.normalize_values else values
     queries = l2_normalize(out[index["q"]] if "q" in index else xs["q"])
     eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
     if "alpha" in index:
-        alpha = jax.nn.sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
+        log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
     else:
-        alpha = jnp.ones_like(eta)
-    return queries, keys, values, eta, alpha
+        log_alpha = jnp.zeros_like(eta)
+    return queries, keys, values, eta, log_alpha
 
 
 def _read_memory(w, queries, cfg: SelfModConfig):
@@ -121,10 +128,10 @@ def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfi
 
         def joint_chunk(carry, xs):
             gen_w, gen_s, mem_w, mem_s = carry
-            queries, keys, values, eta, alpha = _generate(gen_w, xs, reduction, index, cfg)
+            queries, keys, values, eta, log_alpha = _generate(gen_w, xs, reduction, index, cfg)
             y = _read_memory(mem_w, queries, cfg)
             joined = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v]), a, b)
-            new_w, new_s = _update_stack(joined(gen_w, mem_w), joined(gen_s, mem_s), keys, values, eta, alpha, cfg)
+            new_w, new_s = _update_stack(joined(gen_w, mem_w), joined(gen_s, mem_s), keys, values, eta, log_alpha, cfg)
             split = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)
             carry = (split(new_w, slice(n_gens)), split(new_s, slice(n_gens)))
             carry += (split(new_w, slice(n_gens, None)), split(new_s, slice(n_gens, None)))
@@ -140,8 +147,8 @@ def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfi
 
         def memory_chunk(carry, xs):
             w, s = carry
-            queries, keys, values, eta, alpha = xs
-            return _update_stack(w, s, keys, values, eta, alpha, cfg), _read_memory(w, queries, cfg)
+            queries, keys, values, eta, log_alpha = xs
+            return _update_stack(w, s, keys, values, eta, log_alpha, cfg), _read_memory(w, queries, cfg)
 
         (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start[:2], streams, cfg.chunk_size_other, 0)
         (mem_w, mem_s), y = scan_chunks(memory_chunk, start[2:], per_token, cfg.chunk_size_memory, 0)

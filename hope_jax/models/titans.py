@@ -3,7 +3,8 @@
 Every block is x ← x + mixer(RMSNorm(x)); x ← x + SwiGLU(RMSNorm(x)). The mixers:
 - LMM: the neural memory alone. q, k, v = per-head projections → causal depthwise conv (window 4) → SiLU, q and k
   ℓ2-normalised; per-head, per-token gates θ_t = θ_max·σ(x w_θ + b_θ) (inner lr), η_t = σ(x w_η + b_η) (momentum),
-  α_t = σ(x w_α + b_α) (forget); y_t = M_t(q_t); output = W_out(RMSNorm_head(y) ⊙ SiLU(x W_gate)) (T §4.4).
+  α_t = σ(x w_α + b_α) (forget), η and α handed to the memory as log η = log_sigmoid(z_η), log(1 − α) =
+  log_sigmoid(−z_α) (finite at any logit); y_t = M_t(q_t); output = W_out(RMSNorm_head(y) ⊙ SiLU(x W_gate)) (T §4.4).
 - MAG: sliding-window attention with the persistent slots (layers.Attention) ‖ the LMM memory on the same input;
   output = W_out(RMSNorm(attn) ⊙ σ(RMSNorm(memory))) (the normalised gate of T §4.2).
 - MAC: segments of `titans.segment_size` tokens. Per segment: h = M_{before}(q) read with the state before the
@@ -34,8 +35,8 @@ from hope_jax.layers import (
     RMSNorm,
     SwiGLU,
     apply_rotary,
+    attend,
     attention_flops_per_token,
-    masked_attention,
     normal_init,
 )
 from hope_jax.memory import fast_mlp
@@ -48,7 +49,7 @@ from hope_jax.models.stack import BlockStackLM
 from hope_jax.models.transformer import residual_out_std
 from hope_jax.sharding import constrain
 
-GATES = ("theta", "eta", "alpha")
+GATES = ("theta", "log_eta", "log_keep")  # θ, log η, log(1 − α): the gates in the form titans_memory takes them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,25 +126,37 @@ class Gates(nnx.Module):
         self.bias = nnx.Param(jnp.broadcast_to(biases[:, None], (3, model_cfg.n_heads)), out_sharding=(None, "heads"))
 
     def __call__(self, x_btd: jax.Array) -> dict:
+        """{'theta': θ, 'log_eta': log η, 'log_keep': log(1 − α)}, each [B, T, H]; η and α stay in log space
+        (log_sigmoid of ±logit), so a saturated gate gives a finite value and gradient (log σ would be −inf)."""
         pre = self.proj(x_btd) + self.bias[...]
+        zeros = jnp.zeros_like(pre[:, :, 0])
         gates = {
             "theta": self.theta_max * jax.nn.sigmoid(pre[:, :, 0]),
-            "eta": jax.nn.sigmoid(pre[:, :, 1]) if self.momentum else jnp.zeros_like(pre[:, :, 1]),
-            "alpha": jax.nn.sigmoid(pre[:, :, 2]) if self.weight_decay else jnp.zeros_like(pre[:, :, 2]),
+            "log_eta": jax.nn.log_sigmoid(pre[:, :, 1]) if self.momentum else zeros,  # unused without momentum
+            "log_keep": jax.nn.log_sigmoid(-pre[:, :, 2]) if self.weight_decay else zeros,  # α = 0
         }
         return gates
 
 
 def memory_call(fast: dict, tokens: dict, t: TitansOptions) -> tuple[jax.Array, dict]:
-    """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', 'theta', 'eta', 'alpha'}; y [B, T, H, d]."""
+    """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', *GATES}; y [B, T, H, d]."""
     heads_first = {name: jnp.swapaxes(a, 1, 2).astype(jnp.float32) for name, a in tokens.items()}
     y, w_end, s_end = titans_memory(
-        fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"],
-        jnp.maximum(heads_first["eta"], 1e-30), heads_first["alpha"], fast.get("s"),
+        fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"], None, None,
+        fast.get("s"), log_eta=heads_first["log_eta"], log_keep=heads_first["log_keep"],
         chunk_size=t.chunk_size, use_momentum=t.momentum, residual=t.memory_depth == 2,
         truncate_grad=t.truncate_grad, remat_group=0,
     )  # fmt: skip
     return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
+
+
+def memory_fit_bt(w: dict, k_bthd: jax.Array, v_bthd: jax.Array, residual: bool) -> jax.Array:
+    """float32[B, T]: the memory's own loss ½‖M(k_t) − v_t‖² per token (mean over heads) at fast weights w [B, H, ...].
+    Inner-loop diagnostics (DESIGN D11): no gradient flows through them."""
+    read = jax.vmap(jax.vmap(lambda w, u: fast_mlp.forward(w, u, residual=residual)))
+    heads_first = lambda a: jnp.swapaxes(jax.lax.stop_gradient(a), 1, 2).astype(jnp.float32)
+    errors = read(jax.lax.stop_gradient(w), heads_first(k_bthd)) - heads_first(v_bthd)  # [B, H, T, d]
+    return 0.5 * jnp.mean(jnp.sum(jnp.square(errors), axis=-1), axis=1)
 
 
 class QKVStream(nnx.Module):
@@ -205,11 +218,16 @@ class NeuralMemory(nnx.Module):
     def __call__(self, x_btd, state):
         (q, k, v), conv_state = self.qkv(x_btd, None if state is None else state["conv"])
         tokens = {"q": q, "k": k, "v": v, **self.gates(x_btd)}
+        start = self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else state["chunks"]["fast"]
         y, carry = chunk_carry.run_chunked(
             lambda fast, chunk: memory_call(fast, chunk, self.opts), tokens, self.opts.chunk_size,
-            fast=self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else None,
+            fast=start if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.opts.remat,
         )  # fmt: skip
+        # The memory's loss on this piece's keys and values at the weights before and after the piece.
+        residual = self.opts.memory_depth == 2
+        self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(memory_fit_bt(start["w"], k, v, residual)))
+        self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(memory_fit_bt(carry["fast"]["w"], k, v, residual)))
         return y.astype(self.dtype), {"conv": conv_state, "chunks": carry}
 
 
@@ -253,6 +271,7 @@ class MAGMixer(nnx.Module):
             n_persistent=model_cfg.n_persistent_tokens, max_len=model_cfg.max_seq_len,
             rope_theta=model_cfg.rope_theta, init_std=model_cfg.init_std,
             out_init_std=model_cfg.init_std, dtype=compute_dtype(model_cfg), rngs=rngs,
+            impl=model_cfg.attention_impl,
         )  # fmt: skip
         self.memory = NeuralMemory(model_cfg, rngs=rngs)
         self.combine = GatedCombine(model_cfg, rngs=rngs)
@@ -270,6 +289,7 @@ class MAGMixer(nnx.Module):
 class MACMixer(nnx.Module):
     def __init__(self, model_cfg, *, rngs: nnx.Rngs):
         self.opts, self.dtype = TitansOptions.from_config(model_cfg), compute_dtype(model_cfg)
+        self.attention_impl = model_cfg.attention_impl
         d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
         proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
         self.query = QKVStream(model_cfg, 1, 1, rngs=rngs)  # memory read query from x (E14)
@@ -320,19 +340,27 @@ class MACMixer(nnx.Module):
             )
             keys, values = jnp.concatenate([prefix(0), keys], 1), jnp.concatenate([prefix(1), values], 1)
             mask = jnp.concatenate([jnp.ones((seg, n_p), bool), mask], axis=1)
-        y = self.attn_out(masked_attention(rope(qx), keys, values, mask))
+        y = self.attn_out(attend(rope(qx), keys, values, impl=self.attention_impl, mask_ts=mask))
         wq, wk, wv = (self.write_qkv(y)[:, :, i] for i in range(3))
         tokens = {"q": l2_normalize(wq), "k": l2_normalize(wk), "v": wv, **self.gates(y)}
         read, new_fast = memory_call(fast, tokens, self.opts)
-        return self.combine(y, read.reshape(y.shape).astype(self.dtype)), new_fast
+        # Diagnostics per token: the memory's loss on the segment's writes before and after the segment.
+        residual = self.opts.memory_depth == 2
+        fit = {
+            "before": memory_fit_bt(fast["w"], tokens["k"], tokens["v"], residual),
+            "after": memory_fit_bt(new_fast["w"], tokens["k"], tokens["v"], residual),
+        }
+        return (self.combine(y, read.reshape(y.shape).astype(self.dtype)), fit), new_fast
 
     def __call__(self, x_btd, position, state):
         (q,), conv_state = self.query(x_btd, None if state is None else state["conv"])
-        out, carry = chunk_carry.run_chunked(
+        (out, fit), carry = chunk_carry.run_chunked(
             self._segment, {"x": x_btd, "q": q}, self.opts.segment_size,
             fast=self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.opts.remat,
         )  # fmt: skip
+        self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(fit["before"]))
+        self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(fit["after"]))
         return out, {"conv": conv_state, "chunks": carry}
 
 

@@ -39,6 +39,7 @@ class TransformerBlock(nnx.Module):
             out_init_std=out_std,
             dtype=dtype,
             rngs=rngs,
+            impl=model_cfg.attention_impl,
         )
         self.mlp_norm = RMSNorm(d_model, eps=model_cfg.norm_eps, dtype=dtype)
         self.mlp = SwiGLU(

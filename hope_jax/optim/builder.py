@@ -5,6 +5,7 @@ wrapped in optax.MultiSteps when its period is k > 1 steps: the level then chang
 k-th step, by the chain applied to the mean of the k clipped gradients."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from hope_jax.optim.config import resolve_level
@@ -33,16 +34,20 @@ def period_in_steps(level_name: str, period_tokens: int, tokens_per_step: int) -
 def matrix_or_adamw(matrix_tx: optax.GradientTransformation, level, *, stacked: bool):
     """Send matrix leaves to `matrix_tx` and every other leaf (biases, norms, conv taps of other ranks) to
     Adam."""
-    adam = optax.scale_by_adam(b1=level.b1, b2=level.b2, eps=level.eps)
+    adam = scale_by_adam(level)
     by_rank = lambda tree: jax.tree.map(lambda leaf: "matrix" if is_matrix(leaf, stacked) else "adam", tree)
     return optax.partition({"matrix": matrix_tx, "adam": adam}, by_rank)
+
+
+def scale_by_adam(level) -> optax.GradientTransformation:
+    return optax.scale_by_adam(b1=level.b1, b2=level.b2, eps=level.eps, mu_dtype=jnp.dtype(level.mu_dtype))
 
 
 def kind_transform(level) -> optax.GradientTransformation:
     """The level's preconditioner / momentum memory, producing a descent direction (before -lr)."""
     ns = dict(ns_steps=level.ns_steps, ns_coeffs=tuple(level.ns_coeffs), ns_eps=level.ns_eps)
     if level.kind == "adamw":
-        return optax.scale_by_adam(b1=level.b1, b2=level.b2, eps=level.eps)
+        return scale_by_adam(level)
     if level.kind == "muon":
         muon = scale_by_muon(
             momentum=level.muon_momentum, nesterov=level.muon_nesterov, scaling=level.muon_scaling, **ns

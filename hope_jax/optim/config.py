@@ -8,6 +8,7 @@ M3_MODES = ("paper", "ema")
 DEEP_MOMENTUM_VARIANTS = ("delta", "mlp")
 DEEP_MOMENTUM_OBJECTIVES = ("dot", "l2")
 MUON_SCALINGS = ("rms", "spectral", "none")
+MU_DTYPES = ("float32", "bfloat16")
 
 # Muon-literature quintic (Keller Jordan). HOPE_SPEC §8 makes the NS variant and step count configuration.
 QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -31,6 +32,9 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
             "b1": 0.9,  # AdamW (and the AdamW fallback of muon / m3 for non-matrix parameters)
             "b2": 0.95,
             "eps": 1e-8,
+            # dtype of Adam's first moment (adamw, and the Adam fallback of muon / m3): 'float32' | 'bfloat16'
+            # (optax mu_dtype; halves that buffer). The second moment stays float32 (bf16 loses small squares).
+            "mu_dtype": "float32",
             # this level steps every period_tokens tokens (optax.MultiSteps); 0: every step
             "period_tokens": 0,
             # Newton–Schulz (muon and m3): X <- a X + (b A + c A^2) X, A = X X^T, from X0 = G/||G||_F.
@@ -97,6 +101,7 @@ def resolve_level(name: str, level_cfg) -> ml_collections.ConfigDict:
         ("dm_variant", DEEP_MOMENTUM_VARIANTS),
         ("dm_objective", DEEP_MOMENTUM_OBJECTIVES),
         ("muon_scaling", MUON_SCALINGS),
+        ("mu_dtype", MU_DTYPES),
     ):
         if resolved[key] not in allowed:
             raise ValueError(f"optim.levels.{name}.{key} = {resolved[key]!r}; expected one of {allowed}")

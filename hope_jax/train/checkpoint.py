@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 
 import grain
 import jax
@@ -45,14 +46,46 @@ def config_hash(config) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+def checkpoint_directory(checkpoint_cfg, workdir: str) -> str:
+    """checkpoint.directory if set (a URL such as gs://bucket/run is passed to orbax untouched; a local path is made
+    absolute), else <workdir>/checkpoints."""
+    configured = checkpoint_cfg.directory
+    if not configured:
+        return os.path.join(os.path.abspath(workdir), "checkpoints")
+    if "://" in configured:
+        return configured
+    return os.path.abspath(os.path.expanduser(configured))
+
+
 class ConfigMismatchError(ValueError):
     pass
 
 
+def _code_defaults() -> dict[str, object]:
+    """Every config key at its default (configs/base.py), flattened."""
+    from configs import base  # the repository's config package; imported late, it imports hope_jax itself
+
+    return flatten_config(base.get_config())
+
+
 def check_compatible(saved_flat: dict, config, directory: str) -> None:
+    """Refuse a checkpoint whose run-defining config differs from `config`, naming the keys.
+
+    A key the checkpoint lacks (added to hope_jax after it was written) is accepted when its current value is the
+    code's default: the default is what the older code did, so the run continues unchanged.
+    """
     current = run_defining(flatten_config(config))
     saved = run_defining(saved_flat)
-    differing = sorted(k for k in set(current) | set(saved) if current.get(k, "<absent>") != saved.get(k, "<absent>"))
+    defaults = _code_defaults()
+    absent = object()
+
+    def differs(key: str) -> bool:
+        now, then = current.get(key, absent), saved.get(key, absent)
+        if then is absent and now is not absent and key in defaults and now == defaults[key]:
+            return False
+        return now != then
+
+    differing = sorted(k for k in set(current) | set(saved) if differs(k))
     if differing:
         details = "; ".join(
             f"{k}: checkpoint={saved.get(k, '<absent>')!r} now={current.get(k, '<absent>')!r}" for k in differing

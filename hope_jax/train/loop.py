@@ -12,9 +12,10 @@ import jax
 import numpy as np
 from clu import periodic_actions
 
-from data_pipeline.loader import check_vocab, make_loader
+from data_pipeline.loader import check_vocab
+from hope_jax.distributed import StopAgreement, barrier, process_loader, to_host
 from hope_jax.models.registry import flops_per_token
-from hope_jax.train.checkpoint import Checkpointer, config_hash
+from hope_jax.train.checkpoint import Checkpointer, checkpoint_directory, config_hash
 from hope_jax.train.metrics import MetricsLogger, peak_flops_per_device
 from hope_jax.train.state import create_train_state
 from hope_jax.train.trainer import build_trainer
@@ -81,15 +82,8 @@ def _log_memory_analysis(compiled) -> None:
 
 
 def _loader(config, split: str):
-    """This process's slice of a split, in batches of the configured shape."""
-    return make_loader(
-        config.data,
-        seq_len=config.train.seq_len,
-        global_batch_size=config.train.global_batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        split=split,
-    )
+    """This process's slice of a split, in batches of the configured shape (its reading shards: data.num_shards)."""
+    return process_loader(config, split)
 
 
 def evaluate(config, trainer, params) -> float:
@@ -126,7 +120,7 @@ def train(config, workdir: str) -> TrainResult:
     checkpointer = None
     if config.checkpoint.enabled:
         checkpointer = Checkpointer(
-            os.path.join(os.path.abspath(workdir), "checkpoints"),
+            checkpoint_directory(config.checkpoint, workdir),
             max_to_keep=config.checkpoint.max_to_keep,
             async_save=config.checkpoint.async_save,
         )
@@ -140,9 +134,10 @@ def train(config, workdir: str) -> TrainResult:
     compile_start = time.time()
     compiled_step = trainer.lower().compile()
     logging.info("train step compiled in %.1f s", time.time() - compile_start)
+    barrier("compiled")  # multi-process: every process starts step 1 together
     _log_memory_analysis(compiled_step)
 
-    metrics_logger = MetricsLogger(workdir, tensorboard=config.logging.tensorboard)
+    metrics_logger = MetricsLogger.from_config(workdir, config)
     metrics_logger.write_hparams({"config_hash": config_hash(config), "num_params": trainer.num_params})
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=config.train.num_steps, writer=metrics_logger.progress_writer(), every_secs=30
@@ -192,6 +187,7 @@ def train(config, workdir: str) -> TrainResult:
             )
             window_start, window_tokens = time.time(), 0.0
 
+    agreement = StopAgreement()  # multi-process: every process stops after the same step
     with _StopSignal() as stop:
         try:
             for step in range(start_step + 1, config.train.num_steps + 1):
@@ -209,7 +205,7 @@ def train(config, workdir: str) -> TrainResult:
                     eval_loss = evaluate(config, trainer, state.params)
                     metrics_logger.write_scalars(step, {"eval_loss": eval_loss})
                     logging.info("step %d: eval loss %.4f", step, eval_loss)
-                if stop.received:
+                if agreement.should_stop(step, stop.received):
                     if pending is not None:
                         absorb(*pending)
                         pending = None
@@ -236,5 +232,5 @@ def train(config, workdir: str) -> TrainResult:
         losses=losses,
         eval_loss=eval_loss,
         stopped_by_signal=stopped,
-        params=jax.device_get(state.params),
+        params=to_host(state.params),
     )

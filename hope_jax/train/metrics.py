@@ -1,11 +1,19 @@
 """Metric writers (DESIGN D11): clu's TensorBoard + logging writers, and a JSON-lines file flushed at every write so that
-a crash loses nothing. Only process 0 writes."""
+a crash loses nothing; optionally a Weights & Biases run (`logging.backend='wandb'`). Only process 0 writes.
+
+The JSON-lines file is always written. TensorBoard follows `logging.tensorboard`. With `logging.backend='wandb'` the same
+scalars also go to W&B: project `logging.wandb_project`, run name `logging.wandb_run_name` (empty: the workdir's name),
+mode `logging.wandb_mode` ('online'; 'offline' writes under <workdir>/wandb for a later `wandb sync`; 'disabled'). The
+`wandb` package is imported only then (it is not in requirements.txt: `pip install wandb`). The run id is kept in
+<workdir>/metrics/wandb_run_id, so a resumed training run continues the same W&B run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+import uuid
 from collections.abc import Mapping
 
 import jax
@@ -67,19 +75,91 @@ class JsonlWriter:
         self._file.close()
 
 
-class MetricsLogger:
-    """Fans scalars out to the JSON-lines file and (optionally) clu's TensorBoard writer; no-op on processes other than 0."""
+LOGGING_BACKENDS = ("clu", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
 
-    def __init__(self, workdir: str, *, tensorboard: bool) -> None:
+
+def validate_logging_config(logging_cfg) -> None:
+    if logging_cfg.backend not in LOGGING_BACKENDS:
+        raise ValueError(f"logging.backend = {logging_cfg.backend!r}; known: {', '.join(LOGGING_BACKENDS)}")
+    if logging_cfg.wandb_mode not in WANDB_MODES:
+        raise ValueError(f"logging.wandb_mode = {logging_cfg.wandb_mode!r}; known: {', '.join(WANDB_MODES)}")
+    if logging_cfg.backend == "wandb" and not logging_cfg.wandb_project:
+        raise ValueError("logging.backend='wandb' needs logging.wandb_project (the W&B project name)")
+
+
+class WandbWriter:
+    """Scalars and hyperparameters to one Weights & Biases run, resumed across restarts of the same workdir."""
+
+    def __init__(self, workdir: str, *, project: str, run_name: str, mode: str, config: Mapping[str, object]) -> None:
+        try:
+            import wandb
+        except ImportError as error:
+            raise ImportError("logging.backend='wandb' needs the wandb package: pip install wandb") from error
+        id_path = os.path.join(workdir, "metrics", "wandb_run_id")
+        if os.path.exists(id_path):
+            with open(id_path, encoding="utf-8") as file:
+                run_id = file.read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            os.makedirs(os.path.dirname(id_path), exist_ok=True)
+            with open(id_path, "w", encoding="utf-8") as file:
+                file.write(run_id + "\n")
+        self.run_id = run_id
+        self.run = wandb.init(
+            project=project,
+            name=run_name or os.path.basename(os.path.normpath(workdir)),
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=workdir,
+            config=dict(config),
+        )
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(dict(scalars), step=int(step))
+
+    def write_hparams(self, hparams: Mapping[str, object]) -> None:
+        self.run.config.update(dict(hparams), allow_val_change=True)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricsLogger:
+    """Fans scalars out to the JSON-lines file, (optionally) clu's TensorBoard writer and (optionally) W&B; no-op on
+    processes other than 0."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool, wandb_settings: Mapping[str, object] | None = None) -> None:
+        """wandb_settings: None (no W&B) or WandbWriter's keyword arguments (project, run_name, mode, config)."""
         self.active = jax.process_index() == 0
         self.jsonl_path = os.path.join(workdir, "metrics", "metrics.jsonl")
         self.clu_writer = None
+        self.wandb_writer = None
         self.jsonl = JsonlWriter(self.jsonl_path) if self.active else None
         if self.active and tensorboard:
             _hide_accelerators_from_tensorflow()
             from clu import metric_writers
 
             self.clu_writer = metric_writers.create_default_writer(os.path.join(workdir, "metrics"), asynchronous=True)
+        if self.active and wandb_settings is not None:
+            self.wandb_writer = WandbWriter(workdir, **wandb_settings)
+
+    @classmethod
+    def from_config(cls, workdir: str, config) -> MetricsLogger:
+        logging_cfg = config.logging
+        validate_logging_config(logging_cfg)
+        wandb_settings = None
+        if logging_cfg.backend == "wandb":
+            from hope_jax.train.checkpoint import flatten_config
+
+            wandb_settings = {
+                "project": logging_cfg.wandb_project,
+                "run_name": logging_cfg.wandb_run_name,
+                "mode": logging_cfg.wandb_mode,
+                "config": flatten_config(config),
+            }
+        return cls(workdir, tensorboard=logging_cfg.tensorboard, wandb_settings=wandb_settings)
 
     def write_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
         if not self.active:
@@ -88,11 +168,15 @@ class MetricsLogger:
         self.jsonl.write_scalars(step, values)
         if self.clu_writer is not None:
             self.clu_writer.write_scalars(step, values)
+        if self.wandb_writer is not None:
+            self.wandb_writer.write_scalars(step, values)
 
     def write_hparams(self, hparams: Mapping[str, object]) -> None:
         if not self.active:
             return
         self.jsonl.write_hparams(hparams)
+        if self.wandb_writer is not None:
+            self.wandb_writer.write_hparams(hparams)
 
     def progress_writer(self):
         """The writer clu's ReportProgress reports steps/s to (None when TensorBoard is off)."""
@@ -105,3 +189,5 @@ class MetricsLogger:
         if self.clu_writer is not None:
             self.clu_writer.flush()
             self.clu_writer.close()
+        if self.wandb_writer is not None:
+            self.wandb_writer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from hope_jax import sharding as shd
+from hope_jax.train.metrics import validate_logging_config
 
 
 def _chunk_like_keys(node, prefix: str = "model."):
@@ -18,6 +19,7 @@ def _chunk_like_keys(node, prefix: str = "model."):
 
 
 def validate_config(config, num_devices: int) -> None:
+    validate_logging_config(config.logging)
     train = config.train
     if train.seq_len <= 0 or train.global_batch_size <= 0 or train.num_steps < 0:
         raise ValueError(

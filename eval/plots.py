@@ -1,0 +1,67 @@
+"""PNG plots of the evaluation commands (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _length_label(length: int) -> str:
+    return f"{length // 1024}K" if length >= 1024 and length % 1024 == 0 else str(length)
+
+
+def depth_length_heatmap(
+    path: str | pathlib.Path,
+    depths: Sequence[float],
+    lengths: Sequence[int],
+    scores: Sequence[Sequence[float | None]],
+    *,
+    title: str,
+) -> pathlib.Path:
+    """Score per (depth row, length column) in [0, 1], the number written in each cell; missing cells are blank."""
+    path = pathlib.Path(path)
+    grid = [[float("nan") if value is None else value for value in row] for row in scores]
+    figure, axes = plt.subplots(figsize=(max(5.0, 2.0 + 0.9 * len(lengths)), max(3.0, 1.2 + 0.45 * len(depths))))
+    image = axes.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(lengths)), [_length_label(length) for length in lengths])
+    axes.set_yticks(range(len(depths)), [f"{depth:g}%" for depth in depths])
+    axes.set_xlabel("context length (tokens)")
+    axes.set_ylabel("needle depth")
+    axes.set_title(title, fontsize=10)
+    for row, values in enumerate(scores):
+        for column, value in enumerate(values):
+            if value is not None:
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    figure.colorbar(image, ax=axes, label="score")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def loss_by_position(
+    path: str | pathlib.Path,
+    bin_edges: Sequence[int],
+    bin_losses: Sequence[float],
+    *,
+    train_seq_len: int,
+    title: str,
+) -> pathlib.Path:
+    """Mean token loss per position bin (len(bin_edges) = len(bin_losses) + 1), the training sequence length marked."""
+    path = pathlib.Path(path)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.stairs(bin_losses, bin_edges, baseline=None, linewidth=1.5)
+    axes.axvline(train_seq_len, color="grey", linestyle="--", label=f"training length {train_seq_len}")
+    axes.set_xlabel("token position")
+    axes.set_ylabel("loss (nats/token)")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,214 @@
+"""CMS levels with the `lm` objective: chunked test-time training on the language-model loss (DESIGN D6).
+
+A level with objective 'lm' and period P keeps per-sequence fast weights in the model state (cms.py: {'lm_fast',
+'lm_grad'}), constant within a chunk of P tokens. At the end of every chunk the level takes one inner step on the
+LM loss of that chunk, evaluated at the chunk-start weights:
+
+    ℓ_c(W) = (1 / n_pairs) Σ_{t, t+1 ∈ chunk c} −log p_W(x_{t+1} | x_{≤t}),      n_pairs = P − 1 per sequence
+    W ← (1 − η·decay) W − η ∇_W ℓ_c(W)        (η = cms.lm_lrs[i] or cms.inner_lr, decay = cms.inner_decay)
+
+Only predictions whose target lies inside the finished chunk count ("only targets already seen"), so the update
+after a chunk uses only that chunk's tokens and the model stays causal: the model's own tokens are its targets, and
+`__call__(tokens, state)` does the test-time training itself (no separate wrapper, and the train step, evaluation and
+generation need nothing new). The retention is tied to the learning rate as for the `local` levels, so η = 0 leaves
+the weights bit-identical and the level is exactly the plain MLP. There is no DGD transition: DGD's x̂x̂ᵀ term is the
+preconditioner of a per-layer regression on that layer's inputs, which the LM loss is not.
+
+Driver: the sequence is cut at multiples of G = gcd of the lm periods (absolute positions). For each G-chunk the whole
+model runs from the state at the chunk start (every other layer's fast weights, caches and chunk carries; lm weights
+constant), the chunk's summed in-chunk NLL is differentiated w.r.t. every lm level's weights, and each level adds the
+gradient to its accumulator; a level whose period divides the chunk's end position steps and clears it. For P = G
+this is exactly the gradient of the chunk's loss at the chunk-start weights. For P > G (several lm levels) the update
+is the sum of its G-sub-chunks' gradients at its (constant) chunk-start weights, each taken with the state entering
+the sub-chunk held fixed, and the P/G − 1 predictions that cross sub-chunk boundaries are not counted (n_pairs =
+(P/G)(G − 1)): the exact gradient would differentiate through the faster levels' own inner steps.
+
+Gradients through the inner step: first-order by default (the inner gradient is stop-gradient'ed, so the outer
+gradient reaches the level's initial weights through the retention term and through every chunk's forward pass);
+`cms.lm_second_order = True` differentiates through the inner gradient (a Hessian-vector product per chunk).
+
+Pieces: the carried state is {'position', 'inner': the model state at the last G boundary, 'pending': the ≤ G − 1
+tokens since it, 'count'}; a piece is processed as [pending ; piece] from that boundary (the pending tokens' outputs
+are discarded), the buffer padded to whole G-chunks and each chunk's new state kept only if the chunk is complete —
+the chunk_carry.py rule one level up. Generation therefore re-runs up to G − 1 tokens through the model per step.
+Cost in training: the inner gradient is one more backward pass through the model per chunk; every layer takes its
+carried-state path, which for a layer of chunk size C runs ⌈(C − 1 + G)/C⌉ chunks per G tokens.
+
+Diagnostics: the mean lm loss of the finished chunks at their chunk-start weights is sown as `lm_loss`; whatever the
+layers sow per chunk is averaged over the chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax import lax
+
+from hope_jax.models.cms import lm_levels
+
+
+@dataclasses.dataclass(frozen=True)
+class TTTSpec:
+    levels: tuple[tuple[int, int, float], ...]  # (CMS level index, period, inner lr)
+    n_layers: int
+    granularity: int  # G = gcd of the periods
+    decay: float
+    second_order: bool
+
+
+def ttt_spec(model_cfg: ml_collections.ConfigDict) -> TTTSpec | None:
+    """The lm test-time-training settings of a HOPE-family config; None when it has no 'lm' level."""
+    if not model_cfg.cms.enabled:
+        return None
+    levels = lm_levels(model_cfg.cms)
+    if not levels:
+        return None
+    return TTTSpec(
+        levels=levels,
+        n_layers=model_cfg.n_layers,
+        granularity=math.gcd(*(period for _, period, _ in levels)),
+        decay=float(model_cfg.cms.inner_decay),
+        second_order=bool(model_cfg.cms.lm_second_order),
+    )
+
+
+def in_chunk_nll(logits_bgv: jax.Array, tokens_bg: jax.Array) -> jax.Array:
+    """float32[B]: summed NLL of the chunk's predictions whose targets are inside the chunk (G − 1 per sequence)."""
+    logits = logits_bgv[:, :-1].astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, tokens_bg[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_logit, axis=-1)
+
+
+def get_fast(inner: dict, spec: TTTSpec) -> list:
+    """Every lm level's fast weights, [layer][level], from the model state (blocks keep the CMS state under 'cms')."""
+    return [[inner["layers"][layer]["cms"][i]["lm_fast"] for i, _, _ in spec.levels] for layer in range(spec.n_layers)]
+
+
+def _map_levels(inner: dict, spec: TTTSpec, fn) -> dict:
+    """A copy of the state with level state s of (layer, level k) replaced by fn(layer, k, s)."""
+    layers = []
+    for layer, layer_state in enumerate(inner["layers"]):
+        cms_states = list(layer_state["cms"])
+        for k, (i, _, _) in enumerate(spec.levels):
+            cms_states[i] = fn(layer, k, cms_states[i])
+        layers.append({**layer_state, "cms": cms_states})
+    return {**inner, "layers": layers}
+
+
+def set_fast(inner: dict, spec: TTTSpec, fast: list) -> dict:
+    return _map_levels(inner, spec, lambda layer, k, s: {**s, "lm_fast": fast[layer][k]})
+
+
+def inner_step(inner: dict, spec: TTTSpec, grads: list, end_position: jax.Array) -> dict:
+    """Adds this G-chunk's gradients to each level's accumulator; a level whose period divides `end_position` (the
+    absolute position after the chunk) takes W ← (1 − η·decay) W − η·acc / n_pairs and clears the accumulator."""
+
+    def step(layer, k, state):
+        _, period, lr = spec.levels[k]
+        n_pairs = (period // spec.granularity) * (spec.granularity - 1)
+        acc = jax.tree.map(jnp.add, state["lm_grad"], grads[layer][k])
+        stepped = jax.tree.map(lambda w, g: (1.0 - lr * spec.decay) * w - (lr / n_pairs) * g, state["lm_fast"], acc)
+        now = end_position % period == 0
+        return {
+            "lm_fast": jax.tree.map(lambda new, old: jnp.where(now, new, old), stepped, state["lm_fast"]),
+            "lm_grad": jax.tree.map(lambda a: jnp.where(now, jnp.zeros_like(a), a), acc),
+        }
+
+    return _map_levels(inner, spec, step)
+
+
+def init_ttt_state(inner: dict, spec: TTTSpec, batch_size: int) -> dict:
+    return {
+        "position": inner["position"],
+        "inner": inner,
+        "pending": jnp.zeros((batch_size, spec.granularity - 1), jnp.int32),
+        "count": jnp.zeros((), jnp.int32),
+    }
+
+
+def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, spec: TTTSpec):
+    """Test-time-trained forward pass: (logits [B, L, V], new state).
+
+    forward(module, tokens_bt, inner_state) -> (logits, inner_state) is the model's plain stateful forward pass (lm
+    weights constant); state None is a fresh sequence (model.init_state is used, so pieces == whole).
+    """
+    batch, length = tokens_bt.shape
+    g = spec.granularity
+    fresh = state is None
+    if fresh:
+        state = model.init_state(batch)
+    count = 0 if fresh else state["count"]
+    n_chunks = -(-length // g) if fresh else -(-(g - 1 + length) // g)
+    padded_len = n_chunks * g + g  # room for the next pending slice at any boundary
+    buffer = jnp.zeros((batch, padded_len), jnp.int32)
+    if not fresh:
+        buffer = lax.dynamic_update_slice_in_dim(buffer, state["pending"], 0, axis=1)
+    buffer = lax.dynamic_update_slice_in_dim(buffer, tokens_bt.astype(jnp.int32), count, axis=1)
+    filled = count + length
+    chunks = jnp.moveaxis(buffer[:, : n_chunks * g].reshape(batch, n_chunks, g), 1, 0)
+
+    nnx.pop(model, nnx.Intermediate)  # re-sown below, averaged over the chunks
+    graphdef, variables = nnx.split(model)
+
+    def chunk_step(inner, xs):
+        index, chunk_bg = xs
+
+        def chunk_loss(fast):
+            module = nnx.merge(graphdef, variables)
+            logits, new_inner = forward(module, chunk_bg, set_fast(inner, spec, fast))
+            nll_b = in_chunk_nll(logits, chunk_bg)
+            return jnp.sum(nll_b), (logits, new_inner, nll_b, nnx.state(module, nnx.Intermediate))
+
+        (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(
+            get_fast(inner, spec)
+        )
+        if not spec.second_order:
+            grads = lax.stop_gradient(grads)
+        new_inner = inner_step(new_inner, spec, grads, inner["position"] + g)
+        complete = (index + 1) * g <= filled
+        new_inner = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_inner, inner)
+        return new_inner, (logits, nll_b, complete, sown)
+
+    inner, (logits, nll_cb, complete_c, sown) = lax.scan(chunk_step, state["inner"], (jnp.arange(n_chunks), chunks))
+    logits = jnp.moveaxis(logits, 0, 1).reshape(batch, n_chunks * g, -1)
+    logits = lax.dynamic_slice_in_dim(logits, count, length, axis=1)
+
+    if jax.tree.leaves(sown):
+        nnx.update(model, sown)
+    weight = complete_c.astype(jnp.float32)
+    mean_loss = jnp.sum(jnp.mean(nll_cb, axis=1) * weight) / (jnp.maximum(jnp.sum(weight), 1.0) * (g - 1))
+    model.sow(nnx.Intermediate, "lm_loss", lax.stop_gradient(mean_loss))
+
+    boundary = (filled // g) * g
+    new_state = {
+        "position": state["position"] + length,
+        "inner": inner,
+        "pending": lax.dynamic_slice_in_dim(buffer, boundary, g - 1, axis=1),
+        "count": jnp.asarray(filled % g, jnp.int32),
+    }
+    return logits, new_state
+
+
+class LMTestTimeTraining:
+    """Mixin for a BlockStackLM whose blocks hold a CMS (HOPE, HOPE-Attention): with any 'lm' level, `__call__` runs
+    the chunked test-time training above; otherwise the model is unchanged. Put it before BlockStackLM in the bases."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        super().__init__(model_cfg, rngs=rngs)
+        self.ttt = ttt_spec(model_cfg)
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> Any:
+        inner = super().init_state(batch_size, max_len)
+        return inner if self.ttt is None else init_ttt_state(inner, self.ttt, batch_size)
+
+    def __call__(self, tokens_bt: jax.Array, state: Any = None):
+        if self.ttt is None:
+            return super().__call__(tokens_bt, state)
+        plain = super(LMTestTimeTraining, type(self)).__call__
+        return run(self, plain, tokens_bt, state, self.ttt)

@@ -1,0 +1,92 @@
+"""`python -m hope_jax.bench train` and `generate` on tiny configs: the rows they report, not their speed."""
+
+import json
+
+import pytest
+
+from hope_jax.bench import __main__ as dispatcher
+from hope_jax.bench import generate as bench_generate
+from hope_jax.bench import train as bench_train
+
+TINY = [
+    "model.vocab_size=64",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "model.mlp_hidden=48",
+    "model.max_seq_len=64",
+    "model.memory.chunk_size=8",
+    "model.memory.aux_chunk_size=8",
+    "model.cms.periods=(4, 0)",  # one in-context level and one frozen: the cheapest HOPE to compile
+    "model.cms.objectives=('local', 'frozen')",
+    "model.cms.hidden=(16, 16)",
+]
+SETS = [f"--set={item}" for item in TINY]
+
+
+@pytest.fixture(scope="module")
+def train_rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = [
+        "--config=configs/smoke.py", "--variants=transformer,hope", "--seq_lens=16,32", "--tokens_per_step=64",
+        "--devices=1", "--warmup=1", "--steps=1", "--repeats=2", "--match_params=hope",
+        f"--json={out / 'train.json'}", f"--plot={out / 'train.png'}", f"--profile={out / 'trace'}", *SETS,
+    ]  # fmt: skip
+    rows = bench_train.main(argv)
+    return rows, json.loads((out / "train.json").read_text()), out
+
+
+def test_train_rows_cover_every_variant_and_length(train_rows):
+    rows, written, out = train_rows
+    assert [(r["variant"], r["seq_len"]) for r in rows] == [
+        ("transformer", 16), ("hope", 16), ("transformer", 32), ("hope", 32)
+    ]  # fmt: skip
+    assert written["rows"] == json.loads(json.dumps(rows))
+    assert written["info"]["devices"] == 1 and written["info"]["matmul_flops_per_s"] > 0
+    assert (out / "train.png").stat().st_size > 0
+    for row in rows:
+        assert row["batch"] * row["seq_len"] == row["tokens_per_step"] == 64  # tokens per step fixed
+        assert row["tokens_per_s"] > 0 and len(row["step_times_s"]) == 2
+        assert row["tokens_per_s"] == pytest.approx(64 / min(row["step_times_s"]))
+        assert row["mfu"] == pytest.approx(
+            row["tokens_per_s"] * row["flops_per_token"]["total"] / row["matmul_flops_per_s"]
+        )
+        assert row["memory"]["peak_bytes"] > row["memory"]["temp_bytes"] > 0
+        assert row["loss"] is not None and row["loss"] > 0
+        top = row["profile"]["top_ops_ms_count"]
+        assert top and all(ms >= 0 and count > 0 for _, ms, count in top)
+        assert list((out / "trace" / f"{row['variant']}_{row['seq_len']}").rglob("*perfetto_trace.json.gz"))
+
+
+def test_train_parameter_matching_and_reference_ratio(train_rows):
+    rows, _, _ = train_rows
+    hope, transformer = (next(r for r in rows if r["variant"] == v) for v in ("hope", "transformer"))
+    # mlp_hidden moves in steps of 32 units, 3·d_model·32 parameters each
+    assert abs(hope["params"] - transformer["params"]) <= 3 * 32 * 32 / 2
+    assert transformer["vs_reference"] == 1.0
+    assert hope["vs_reference"] == pytest.approx(hope["tokens_per_s"] / transformer["tokens_per_s"])
+    assert hope["flops_per_token"]["inner"] > 0 == transformer["flops_per_token"]["inner"]
+
+
+@pytest.fixture(scope="module")
+def generate_rows():
+    argv = ["--config=configs/smoke.py", "--variants=transformer,hope", "--contexts=8,24", "--new_tokens=3",
+            "--repeats=1", *SETS]  # fmt: skip
+    return bench_generate.main(argv)
+
+
+def test_generate_memory_per_token(generate_rows):
+    by = {(r["variant"], r["context"]): r for r in generate_rows}
+    assert all(r["tokens_per_s"] > 0 and r["new_tokens"] == 3 for r in generate_rows)
+    # recurrent state: constant in the context length
+    assert by["hope", 8]["state_bytes"] == by["hope", 24]["state_bytes"] > 0
+    assert by["hope", 8]["memory_per_token_bytes"] == by["hope", 24]["memory_per_token_bytes"]
+    # KV cache: (context + new) slots × 2 (k, v) × d_model floats per layer, one layer
+    for context in (8, 24):
+        cache = by["transformer", context]["state_bytes"] - 4  # minus the int32 position
+        assert cache == (context + 3) * 2 * 32 * 4
+    assert by["transformer", 24]["memory_per_token_bytes"] > by["transformer", 8]["memory_per_token_bytes"]
+
+
+def test_dispatcher_lists_the_subcommands():
+    assert {"train", "generate", "inner", "data"} <= set(dispatcher.available_subcommands())

@@ -1,0 +1,63 @@
+"""eval/common.py: a run reloaded from its workdir equals the trained model; scoring and streaming are exact."""
+
+import json
+
+import numpy as np
+import pytest
+
+from eval import common
+
+
+@pytest.fixture(scope="module")
+def hope_run(tiny_hope_run_workdir):
+    return common.load_run(tiny_hope_run_workdir)
+
+
+def test_load_run_restores_config_and_parameters(tiny_hope_run_workdir, hope_run):
+    from hope_jax.train.loop import train  # noqa: F401  (the fixture trained with it)
+
+    assert hope_run.step == 2
+    assert hope_run.config.model.name == "hope"
+    assert hope_run.config.model.cms.periods == (4, 8, 0)
+    assert hope_run.config.train.seq_len == 32
+    assert hope_run.tokenizer.vocab_size <= hope_run.config.model.vocab_size
+    with pytest.raises(common.RunLoadError, match="no checkpoint for step 7"):
+        common.load_run(tiny_hope_run_workdir, step=7)
+
+
+def test_load_run_names_a_missing_directory(tmp_path):
+    with pytest.raises(common.RunLoadError, match=str(tmp_path / "checkpoints")):
+        common.load_run(str(tmp_path))
+
+
+def test_streaming_in_segments_equals_one_pass(hope_run):
+    tokens = np.random.default_rng(0).integers(3, 150, size=(2, 41))
+    whole, argmax_whole, _ = common.next_token_scores(hope_run, tokens)
+    streamed, argmax_streamed, _ = common.next_token_scores(hope_run, tokens, segment_len=12)
+    assert whole.shape == (2, 40)
+    np.testing.assert_allclose(streamed, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(argmax_streamed, argmax_whole)
+
+
+def test_loglikelihoods_equal_the_sum_of_token_logprobs(hope_run):
+    rng = np.random.default_rng(1)
+    context, continuation = rng.integers(3, 150, 9).tolist(), rng.integers(3, 150, 4).tolist()
+    other = (rng.integers(3, 150, 5).tolist(), rng.integers(3, 150, 2).tolist())
+    (total, greedy), (other_total, _) = common.loglikelihoods(hope_run, [(context, continuation), other])
+    logprobs, argmax, _ = common.next_token_scores(hope_run, np.array([context + continuation]))
+    assert total == pytest.approx(float(logprobs[0, 8:].sum()), rel=1e-6)
+    assert greedy == bool(np.array_equal(argmax[0, 8:], continuation))
+    assert np.isfinite(other_total) and other_total < 0
+    with pytest.raises(ValueError, match="non-empty"):
+        common.loglikelihoods(hope_run, [([], [5])])
+
+
+def test_write_results_records_provenance(tmp_path, hope_run):
+    path = common.write_results(hope_run, "unit", {"n": 1}, {"score": np.float32(0.5)}, output_dir=str(tmp_path))
+    record = json.loads(path.read_text())
+    assert path.parent == tmp_path / hope_run.name
+    assert record["checkpoint_step"] == 2
+    assert record["config_hash"] == hope_run.config_hash
+    assert record["results"] == {"score": 0.5}
+    assert record["args"] == {"n": 1}
+    assert record["code_version"]
