@@ -38,8 +38,9 @@ def _tiny_run_config(model_name: str):
     config.model.n_heads = 2
     config.model.mlp_hidden = 64
     if model_name == "hope":
+        # One in-context CMS level and a frozen one: the cheapest HOPE to compile that still carries every kind of state.
         config.model.memory.update(TINY_MEMORY)
-        config.model.cms.update(TINY_CMS)
+        config.model.cms.update({**TINY_CMS, "periods": (4, 0), "objectives": ("local", "frozen"), "hidden": (32, 32)})
     config.train.num_steps = 2
     config.train.seq_len = 32
     config.train.global_batch_size = 8
@@ -66,5 +67,5 @@ def tiny_run_workdir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_hope_run_workdir(tmp_path_factory) -> str:
-    """The same for a tiny HOPE (chunk 8, CMS periods 4 / 8 / 0)."""
+    """The same for a tiny HOPE (chunk 8, CMS periods 4 / 0)."""
     return _trained_tiny_run(tmp_path_factory, "hope")
