@@ -1,5 +1,6 @@
 """What every evaluation command shares: a run loaded from its workdir, batched scoring and generation through the
-stateful model API, common flags, and the results file (DESIGN D12).
+stateful model API, common flags, the command entry point (`command_main`, `evaluate_from_flags`, `run_command`), and
+the results file (DESIGN D12).
 
 A run is evaluated with its own configuration: the checkpoint's metadata holds the flattened config it was trained
 with, and `load_run` rebuilds the ConfigDict from configs/base.py plus those values, then restores only the model
@@ -15,7 +16,8 @@ import json
 import os
 import pathlib
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import flags
+from absl import app, flags
 from etils import epath
 from flax import nnx
 
@@ -192,7 +194,9 @@ def _batches_of_equal_length(lengths: Sequence[int], batch_size: int) -> list[li
     for index, length in enumerate(lengths):
         by_length.setdefault(length, []).append(index)
     return [
-        indices[i : i + batch_size] for _, indices in sorted(by_length.items()) for i in range(0, len(indices), batch_size)
+        indices[i : i + batch_size]
+        for _, indices in sorted(by_length.items())
+        for i in range(0, len(indices), batch_size)
     ]
 
 
@@ -317,6 +321,54 @@ def load_run_from_flags(fv: flags.FlagValues) -> Run:
     return load_run(fv.workdir, fv.step, checkpoint_dir=fv.checkpoint_dir)
 
 
+def evaluate_from_flags(fv: flags.FlagValues, evaluate: Callable[..., Any], *args, **kwargs):
+    """`evaluate(run, *args, output_dir=--output_dir, record_args={workdir, step}, **kwargs)` on the run the common flags
+    name: the shared part of every command's run_from_flags."""
+    run = load_run_from_flags(fv)
+    return evaluate(
+        run, *args, output_dir=fv.output_dir, record_args={"workdir": fv.workdir, "step": fv.step}, **kwargs
+    )
+
+
+def command_main(
+    define_flags: Callable[[flags.FlagValues], None],
+    run_from_flags: Callable[[flags.FlagValues], tuple[dict, pathlib.Path]],
+    format_results: Callable[[dict], str],
+) -> None:
+    """The `python -m eval.<command>` entry point: the command's flags on absl's global FlagValues, parsed by app.run;
+    then run_from_flags, the results summary and the path of the results file printed.
+
+    --help lists the key flags of the main module only; the common flags (and eval/grid.py's) are defined in other
+    modules, so every flag define_flags adds is made a key flag of the main module.
+    """
+
+    def main(argv: Sequence[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        results, path = run_from_flags(flags.FLAGS)
+        print(format_results(results))
+        print(f"wrote {path}")
+
+    known = set(flags.FLAGS)
+    define_flags(flags.FLAGS)
+    for name in sorted(set(flags.FLAGS) - known):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    app.run(main)
+
+
+def run_command(
+    define_flags: Callable[[flags.FlagValues], None],
+    run_from_flags: Callable[[flags.FlagValues], tuple[dict, pathlib.Path]],
+    argv: Sequence[str],
+) -> tuple[dict, pathlib.Path]:
+    """A command run in this process with a FlagValues of its own (argv[0] is the program name), as tests and notebooks
+    run it: several commands' flags can live in one process. Returns run_from_flags's (results, path)."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fv(list(argv))
+    return run_from_flags(fv)
+
+
 def code_version() -> str:
     """The git commit of the working tree (with '+dirty' when it has local changes), or 'unknown' outside git."""
     try:
@@ -335,29 +387,45 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def results_stem(run: Run, command: str, *, output_dir: str = "eval", now: datetime.datetime | None = None) -> pathlib.Path:
-    """<output_dir>/<run>/<command>-<UTC timestamp>: the results file without its suffix (plots share the stem)."""
+def results_stem(
+    run: Run, command: str, *, output_dir: str = "eval", now: datetime.datetime | None = None
+) -> pathlib.Path:
+    """<output_dir>/<run>/<command>-<UTC timestamp>: the results file without its suffix (plots share the stem). The
+    folder is created: plots are written before the results file."""
     now = now or datetime.datetime.now(datetime.UTC)
-    return pathlib.Path(output_dir) / run.name / f"{command}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+    stem = pathlib.Path(output_dir) / run.name / f"{command}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return stem
+
+
+def plot_title(run: Run, what: str) -> str:
+    """The title of a plot of one run's results: "<what> — <run name>[ step N]"."""
+    return f"{what} — {run.name}" + (f" step {run.step}" if run.step is not None else "")
 
 
 def write_results(
     run: Run,
     command: str,
-    args: dict,
+    args: Any,
     results: dict,
     *,
     output_dir: str = "eval",
     plots: dict[str, str] | None = None,
     stem: pathlib.Path | None = None,
+    record_args: dict | None = None,
 ) -> pathlib.Path:
-    """Write the results JSON (arguments, config hash, checkpoint step, code version, results) and return its path."""
+    """Write the results JSON (arguments, config hash, checkpoint step, code version, results) and return its path.
+
+    `args`: a dict or the command's arguments dataclass; `record_args` (workdir, step) are recorded with them.
+    """
     stem = stem or results_stem(run, command, output_dir=output_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if dataclasses.is_dataclass(args):
+        args = dataclasses.asdict(args)
     record = {
         "command": command,
         "run": run.name,
-        "args": args,
+        "args": {**args, **(record_args or {})},
         "config_hash": run.config_hash,
         "model": run.config.model.name,
         "checkpoint_step": run.step,

@@ -262,7 +262,6 @@ def run_continual(run: common.Run, args: ContinualArgs, *, output_dir: str = "ev
     segments = read_manifest(args.manifest)
     results = evaluate_continual(run, segments, args)
     stem = common.results_stem(run, COMMAND, output_dir=output_dir)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in segments]
     title = f"continual ({args.mode}{', carried' if args.carry_state else ', reset'}) — {run.name}"
     written = {
@@ -271,9 +270,8 @@ def run_continual(run: common.Run, args: ContinualArgs, *, output_dir: str = "ev
         "loss_curves": plot_curves(pathlib.Path(f"{stem}-loss_curves.png"), results["loss"]["matrix"],
                                    results["loss"]["baseline"], names, title=title),
     }  # fmt: skip
-    all_args = {**dataclasses.asdict(args), **(record_args or {})}
     path = common.write_results(
-        run, COMMAND, all_args, results, output_dir=output_dir, plots={k: str(v) for k, v in written.items()}, stem=stem
+        run, COMMAND, args, results, plots={k: str(v) for k, v in written.items()}, stem=stem, record_args=record_args
     )
     return results, path
 
@@ -302,23 +300,19 @@ def run_from_flags(fv: flags.FlagValues):
         lm_levels=[int(v) for v in fv.lm_levels], lm_lrs=[float(v) for v in fv.lm_lrs], lm_period=fv.lm_period,
         segment_len=fv.segment_len, max_tokens=fv.max_tokens,
     )  # fmt: skip
-    run = common.load_run_from_flags(fv)
-    return run_continual(run, args, output_dir=fv.output_dir, record_args={"workdir": fv.workdir, "step": fv.step})
+    return common.evaluate_from_flags(fv, run_continual, args)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    results, path = run_from_flags(flags.FLAGS)
+def format_table(results: dict) -> str:
+    lines = []
     for score in ("loss", "accuracy"):
         r = results[score]
-        print(
+        lines.append(
             f"{score}: final average {r['final_average']:.4f}, backward transfer {r['backward_transfer']:+.4f}, "
             f"average forgetting {r['average_forgetting']:+.4f}, forward transfer {r['forward_transfer']:+.4f}"
         )
-    print(f"wrote {path}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    common.command_main(define_flags, run_from_flags, format_table)

@@ -20,35 +20,25 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from eval import common, haystack, plots, ruler, scoring
+from eval import common, grid, haystack, ruler, scoring
 
 COMMAND = "niah"
-DEFAULT_LENGTHS = ["1K", "2K", "4K", "8K", "16K", "32K"]
-DEFAULT_DEPTHS = ["0", "25", "50", "75", "100"]
 
 
-@dataclasses.dataclass
-class NiahArgs:
+@dataclasses.dataclass(kw_only=True)
+class NiahArgs(grid.GridArgs):
     tasks: list[str]
-    lengths: list[int]
-    depths: list[float]  # percent
-    num_samples: int = 10
     max_new_tokens: int = 128  # RULER's tokens_to_generate for NIAH
-    seed: int = 0
     haystack_file: str | None = None
-    segment_len: int = 4096
-    batch_size: int = 8
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.tasks if name not in ruler.TASKS]
         if unknown:
             raise ValueError(f"unknown NIAH task(s) {unknown}; known: {', '.join(ruler.TASKS)}")
-        if self.num_samples < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_samples and max_new_tokens must be positive")
-        for name in ("tasks", "lengths", "depths"):
-            haystack.require_distinct(name, getattr(self, name))
+        haystack.require_distinct("tasks", self.tasks)
+        super().__post_init__()
 
 
 class Haystacks:
@@ -115,45 +105,27 @@ def build_cell_prompts(
     return items
 
 
-def _task_summary(records: list[dict]) -> dict:
-    rows, columns, grid = scoring.cell_means(records, "depth", "length")
-    return {
-        "score": float(np.mean([record["score"] for record in records])),
-        "by_length": scoring.mean_by(records, "length"),
-        "by_depth": scoring.mean_by(records, "depth"),
-        "grid": {"depths": rows, "lengths": columns, "scores": grid},
-        "samples": records,
-    }
-
-
 def run_niah(run: common.Run, args: NiahArgs, *, output_dir: str = "eval", record_args: dict | None = None):
     """Evaluate every task × length × depth × sample; write the results JSON and the heatmaps. Returns (results, path)."""
     haystack_sentences = haystack.file_sentences(args.haystack_file) if args.haystack_file else None
     haystacks = Haystacks(run.tokenizer, seed=args.seed, essay_sentences=haystack_sentences)
-    records: dict[str, list[dict]] = {name: [] for name in args.tasks}
-    for length in args.lengths:
+
+    def prompts_of_length(length: int) -> list[dict]:
         # Every prompt of one length has the same number of tokens: all tasks share batches and one compiled shape.
-        items = [
+        return [
             item
             for name in args.tasks
             for item in build_cell_prompts(ruler.TASKS[name], haystacks, length=length, depths=args.depths, args=args)
         ]
-        logging.info("niah: length %d, %d prompts of %d tokens", length, len(items), len(items[0]["ids"]))
-        outputs = common.greedy_generate(
-            run,
-            [item["ids"] for item in items],
-            args.max_new_tokens,
-            batch_size=args.batch_size,
-            segment_len=args.segment_len,
-        )
-        for item, generated in zip(items, outputs, strict=True):
-            prediction = scoring.decode_generated(run.tokenizer, generated)
-            record = {key: value for key, value in item.items() if key != "ids"}
-            record["prediction"] = prediction
-            record["score"] = scoring.string_match_all(prediction, item["answers"])
-            records[item["task"]].append(record)
+
+    def ruler_score(prediction: str, item: dict) -> float:
+        return scoring.string_match_all(prediction, item["answers"])
+
+    records: dict[str, list[dict]] = {name: [] for name in args.tasks}
+    for record in grid.answer_and_score(run, args, prompts_of_length, ruler_score, command=COMMAND):
+        records[record["task"]].append(record)
     results = {
-        "tasks": {name: _task_summary(records[name]) for name in args.tasks},
+        "tasks": {name: grid.summary(records[name]) for name in args.tasks},
     }
     results["average"] = float(np.mean([summary["score"] for summary in results["tasks"].values()]))
     results["average_by_length"] = {
@@ -161,53 +133,26 @@ def run_niah(run: common.Run, args: NiahArgs, *, output_dir: str = "eval", recor
         for length in sorted(args.lengths)
     }
     stem = common.results_stem(run, COMMAND, output_dir=output_dir)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     plot_paths = {}
     for name, summary in results["tasks"].items():
-        grid = summary["grid"]
-        path = plots.depth_length_heatmap(
-            pathlib.Path(f"{stem}-{name}.png"),
-            grid["depths"],
-            grid["lengths"],
-            grid["scores"],
-            title=f"{name} — {run.name}" + (f" step {run.step}" if run.step is not None else ""),
-        )
+        path = grid.heatmap(pathlib.Path(f"{stem}-{name}.png"), summary, title=common.plot_title(run, name))
         plot_paths[name] = str(path)
-    all_args = {**dataclasses.asdict(args), **(record_args or {})}
-    path = common.write_results(run, COMMAND, all_args, results, output_dir=output_dir, plots=plot_paths, stem=stem)
+    path = common.write_results(run, COMMAND, args, results, plots=plot_paths, stem=stem, record_args=record_args)
     return results, path
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     fv = flag_values
-    common.define_common_flags(fv)
+    grid.define_grid_flags(fv, max_new_tokens=128, needle="Needle", cell="(task, length, depth)")
     flags.DEFINE_list("tasks", list(ruler.TASKS), f"NIAH tasks, from: {', '.join(ruler.TASKS)}.", flag_values=fv)
-    flags.DEFINE_list("lengths", DEFAULT_LENGTHS, "Context lengths in tokens (K = 1024).", flag_values=fv)
-    flags.DEFINE_list("depths", DEFAULT_DEPTHS, "Needle depths in percent of the haystack.", flag_values=fv)
-    flags.DEFINE_integer("num_samples", 10, "Samples per (task, length, depth) cell.", flag_values=fv)
-    flags.DEFINE_integer(
-        "max_new_tokens", 128, "Greedy tokens generated per prompt (counted in the length).", flag_values=fv
-    )
     flags.DEFINE_string(
         "haystack_file", None, "Text file whose sentences replace the generated essay haystack.", flag_values=fv
     )
-    flags.DEFINE_integer("segment_len", 4096, "Prompts are prefilled in segments of this many tokens.", flag_values=fv)
 
 
 def run_from_flags(fv: flags.FlagValues):
-    args = NiahArgs(
-        tasks=list(fv.tasks),
-        lengths=haystack.parse_lengths(fv.lengths),
-        depths=haystack.parse_depths(fv.depths),
-        num_samples=fv.num_samples,
-        max_new_tokens=fv.max_new_tokens,
-        seed=fv.seed,
-        haystack_file=fv.haystack_file,
-        segment_len=fv.segment_len,
-        batch_size=fv.batch_size,
-    )
-    run = common.load_run_from_flags(fv)
-    return run_niah(run, args, output_dir=fv.output_dir, record_args={"workdir": fv.workdir, "step": fv.step})
+    args = NiahArgs(tasks=list(fv.tasks), haystack_file=fv.haystack_file, **grid.grid_kwargs(fv))
+    return common.evaluate_from_flags(fv, run_niah, args)
 
 
 def format_table(results: dict) -> str:
@@ -222,14 +167,5 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    results, path = run_from_flags(flags.FLAGS)
-    print(format_table(results))
-    print(f"wrote {path}")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    common.command_main(define_flags, run_from_flags, format_table)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from eval import common, haystack, plots, scoring
+from eval import common, grid, haystack, scoring
 
 COMMAND = "passkey"
 TASK_DESCRIPTION = (
@@ -32,21 +31,9 @@ INFORMATION_LINE = "The pass key is {passkey}. Remember it. {passkey} is the pas
 QUESTION = "\nWhat is the pass key? The pass key is"
 
 
-@dataclasses.dataclass
-class PasskeyArgs:
-    lengths: list[int]
-    depths: list[float]  # percent
-    num_samples: int = 10
+@dataclasses.dataclass(kw_only=True)
+class PasskeyArgs(grid.GridArgs):
     max_new_tokens: int = 10
-    seed: int = 0
-    segment_len: int = 4096
-    batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_samples and max_new_tokens must be positive")
-        haystack.require_distinct("lengths", self.lengths)
-        haystack.require_distinct("depths", self.depths)
 
 
 def passkey_of(seed: int, sample_index: int) -> str:
@@ -92,84 +79,37 @@ def build_prompts(tokenizer, *, length: int, args: PasskeyArgs) -> list[dict]:
 
 def run_passkey(run: common.Run, args: PasskeyArgs, *, output_dir: str = "eval", record_args: dict | None = None):
     """Evaluate every length × depth × sample; write the results JSON and the heatmap. Returns (results, path)."""
-    records = []
-    for length in args.lengths:
-        items = build_prompts(run.tokenizer, length=length, args=args)
-        logging.info("passkey: length %d, %d prompts of %d tokens", length, len(items), len(items[0]["ids"]))
-        outputs = common.greedy_generate(
-            run,
-            [item["ids"] for item in items],
-            args.max_new_tokens,
-            batch_size=args.batch_size,
-            segment_len=args.segment_len,
-        )
-        for item, generated in zip(items, outputs, strict=True):
-            prediction = scoring.decode_generated(run.tokenizer, generated)
-            record = {key: value for key, value in item.items() if key != "ids"}
-            record["prediction"] = prediction
-            record["score"] = float(scoring.passkey_match(prediction, item["passkey"]))
-            records.append(record)
-    rows, columns, grid = scoring.cell_means(records, "depth", "length")
-    results = {
-        "accuracy": float(np.mean([record["score"] for record in records])),
-        "by_length": scoring.mean_by(records, "length"),
-        "by_depth": scoring.mean_by(records, "depth"),
-        "grid": {"depths": rows, "lengths": columns, "scores": grid},
-        "samples": records,
-    }
+
+    def prompts_of_length(length: int) -> list[dict]:
+        return build_prompts(run.tokenizer, length=length, args=args)
+
+    def exact_match(prediction: str, item: dict) -> float:
+        return float(scoring.passkey_match(prediction, item["passkey"]))
+
+    records = grid.answer_and_score(run, args, prompts_of_length, exact_match, command=COMMAND)
+    results = grid.summary(records, overall="accuracy")
     stem = common.results_stem(run, COMMAND, output_dir=output_dir)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    heatmap = plots.depth_length_heatmap(
-        pathlib.Path(f"{stem}-heatmap.png"),
-        rows,
-        columns,
-        grid,
-        title=f"passkey — {run.name}" + (f" step {run.step}" if run.step is not None else ""),
-    )
-    all_args = {**dataclasses.asdict(args), **(record_args or {})}
+    heatmap = grid.heatmap(pathlib.Path(f"{stem}-heatmap.png"), results, title=common.plot_title(run, "passkey"))
     path = common.write_results(
-        run, COMMAND, all_args, results, output_dir=output_dir, plots={"heatmap": str(heatmap)}, stem=stem
+        run, COMMAND, args, results, plots={"heatmap": str(heatmap)}, stem=stem, record_args=record_args
     )
     return results, path
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    fv = flag_values
-    common.define_common_flags(fv)
-    flags.DEFINE_list(
-        "lengths", ["1K", "2K", "4K", "8K", "16K", "32K"], "Lengths in tokens (K = 1024).", flag_values=fv
-    )
-    flags.DEFINE_list("depths", ["0", "25", "50", "75", "100"], "Passkey depths in percent.", flag_values=fv)
-    flags.DEFINE_integer("num_samples", 10, "Samples per (length, depth) cell.", flag_values=fv)
-    flags.DEFINE_integer("max_new_tokens", 10, "Greedy tokens generated (counted in the length).", flag_values=fv)
-    flags.DEFINE_integer("segment_len", 4096, "Prompts are prefilled in segments of this many tokens.", flag_values=fv)
+    grid.define_grid_flags(flag_values, max_new_tokens=10, needle="Passkey", cell="(length, depth)")
 
 
 def run_from_flags(fv: flags.FlagValues):
-    args = PasskeyArgs(
-        lengths=haystack.parse_lengths(fv.lengths),
-        depths=haystack.parse_depths(fv.depths),
-        num_samples=fv.num_samples,
-        max_new_tokens=fv.max_new_tokens,
-        seed=fv.seed,
-        segment_len=fv.segment_len,
-        batch_size=fv.batch_size,
-    )
-    run = common.load_run_from_flags(fv)
-    return run_passkey(run, args, output_dir=fv.output_dir, record_args={"workdir": fv.workdir, "step": fv.step})
+    return common.evaluate_from_flags(fv, run_passkey, PasskeyArgs(**grid.grid_kwargs(fv)))
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    results, path = run_from_flags(flags.FLAGS)
-    print("length  accuracy")
-    for length, accuracy in results["by_length"].items():
-        print(f"{length:>6}  {accuracy:.3f}")
-    print(f"all     {results['accuracy']:.3f}")
-    print(f"wrote {path}")
+def format_table(results: dict) -> str:
+    lines = ["length  accuracy"]
+    lines += [f"{length:>6}  {accuracy:.3f}" for length, accuracy in results["by_length"].items()]
+    lines.append(f"all     {results['accuracy']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    common.command_main(define_flags, run_from_flags, format_table)

@@ -23,7 +23,7 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from eval import common, plots
 
@@ -121,17 +121,15 @@ def run_perplexity(run: common.Run, args: PerplexityArgs, *, output_dir: str = "
         "by_position": curve,
     }
     stem = common.results_stem(run, COMMAND, output_dir=output_dir)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     plot = plots.loss_by_position(
         pathlib.Path(f"{stem}-loss_by_position.png"),
         [*curve["bin_start"], curve["bin_end"][-1]],
         curve["mean_loss"],
         train_seq_len=train_len,
-        title=f"loss by position — {run.name}" + (f" step {run.step}" if run.step is not None else ""),
+        title=common.plot_title(run, "loss by position"),
     )
-    all_args = {**dataclasses.asdict(args), **(record_args or {})}
     path = common.write_results(
-        run, COMMAND, all_args, results, output_dir=output_dir, plots={"loss_by_position": str(plot)}, stem=stem
+        run, COMMAND, args, results, plots={"loss_by_position": str(plot)}, stem=stem, record_args=record_args
     )
     return results, path
 
@@ -151,23 +149,19 @@ def run_from_flags(fv: flags.FlagValues):
     args = PerplexityArgs(
         files=list(fv.files or []), segment_len=fv.segment_len, max_tokens=fv.max_tokens, num_bins=fv.num_bins
     )
-    run = common.load_run_from_flags(fv)
-    return run_perplexity(run, args, output_dir=fv.output_dir, record_args={"workdir": fv.workdir, "step": fv.step})
+    return common.evaluate_from_flags(fv, run_perplexity, args)
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    results, path = run_from_flags(flags.FLAGS)
+def format_table(results: dict) -> str:
+    lines = []
     for name, summary in {**results["files"], "total": results["total"]}.items():
         word = summary["word_perplexity"]
-        print(
+        lines.append(
             f"{name}: {summary['tokens']} tokens, token ppl {summary['token_perplexity']:.3f}, "
             f"word ppl {word if word is None else f'{word:.3f}'}"
         )
-    print(f"wrote {path}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    common.command_main(define_flags, run_from_flags, format_table)

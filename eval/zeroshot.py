@@ -25,7 +25,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from eval import common
 from eval.tasks.zeroshot_tasks import TASKS, MultipleChoiceDoc, TargetDoc, Task, get_task, read_docs
@@ -141,7 +141,7 @@ def run_zeroshot(
     batch_size: int = 8,
     pad_multiple: int = DEFAULT_PAD_MULTIPLE,
     output_dir: str = "eval",
-    args: dict | None = None,
+    record_args: dict | None = None,
 ) -> tuple[dict, pathlib.Path]:
     """Evaluate `run` on the named tasks and write the results file; returns (results, path)."""
     tasks = [get_task(name) for name in task_names]  # unknown names fail before any scoring
@@ -150,8 +150,7 @@ def run_zeroshot(
     docs_by_task = {task.name: read_docs(task, task_file(data_dir, task.name), limit=limit) for task in tasks}
     loglikelihood = model_loglikelihood_fn(run, batch_size=batch_size, pad_multiple=pad_multiple)
     results = {task.name: evaluate_task(task, docs_by_task[task.name], loglikelihood) for task in tasks}
-    record_args = dict(args or {})
-    record_args.update(
+    args = dict(
         tasks=list(task_names),
         data_dir=str(data_dir),
         limit=limit,
@@ -162,7 +161,7 @@ def run_zeroshot(
             for name in task_names
         },
     )
-    path = common.write_results(run, "zeroshot", record_args, results, output_dir=output_dir)
+    path = common.write_results(run, "zeroshot", args, results, output_dir=output_dir, record_args=record_args)
     return results, path
 
 
@@ -191,27 +190,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run_from_flags(fv: flags.FlagValues) -> tuple[dict, pathlib.Path]:
-    run = common.load_run_from_flags(fv)
-    return run_zeroshot(
-        run,
-        fv.tasks,
-        fv.data_dir,
-        limit=fv.limit,
-        batch_size=fv.batch_size,
-        pad_multiple=fv.pad_multiple,
-        output_dir=fv.output_dir,
-        args={"workdir": fv.workdir, "step": fv.step},
+    return common.evaluate_from_flags(
+        fv, run_zeroshot, fv.tasks, fv.data_dir, limit=fv.limit, batch_size=fv.batch_size, pad_multiple=fv.pad_multiple
     )
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    results, path = run_from_flags(flags.FLAGS)
-    print(format_table(results))
-    print(f"wrote {path}")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    common.command_main(define_flags, run_from_flags, format_table)

@@ -29,10 +29,14 @@ import pytest  # noqa: E402
 
 
 def _tiny_run_config(model_name: str):
-    from configs import smoke
     from hope_jax.models.hope import TINY_CMS, TINY_MEMORY
+    from tests.test_main_e2e import tiny_smoke_config
 
-    config = smoke.get_config()
+    config = tiny_smoke_config()
+    # The evaluation fixtures read only the final checkpoint: no intermediate one, no evaluation pass, one data axis.
+    config.checkpoint.every_steps = 0
+    config.eval.num_batches = 0
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
     config.model.name = model_name
     config.model.d_model = 32
     config.model.n_heads = 2
@@ -41,13 +45,6 @@ def _tiny_run_config(model_name: str):
         # One in-context CMS level and a frozen one: the cheapest HOPE to compile that still carries every kind of state.
         config.model.memory.update(TINY_MEMORY)
         config.model.cms.update({**TINY_CMS, "periods": (4, 0), "objectives": ("local", "frozen"), "hidden": (32, 32)})
-    config.train.num_steps = 2
-    config.train.seq_len = 32
-    config.train.global_batch_size = 8
-    config.checkpoint.every_steps = 0
-    config.eval.every_steps = 0
-    config.eval.num_batches = 0
-    config.logging.tensorboard = False
     return config
 
 
@@ -69,3 +66,11 @@ def tiny_run_workdir(tmp_path_factory) -> str:
 def tiny_hope_run_workdir(tmp_path_factory) -> str:
     """The same for a tiny HOPE (chunk 8, CMS periods 4 / 0)."""
     return _trained_tiny_run(tmp_path_factory, "hope")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_workdir):
+    """The tiny Transformer++ run loaded for evaluation (eval.common.Run), once per test module."""
+    from eval import common
+
+    return common.load_run(tiny_run_workdir)

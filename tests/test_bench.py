@@ -1,10 +1,12 @@
-"""`python -m hope_jax.bench train` and `generate` on tiny configs: the rows they report, not their speed."""
+"""`python -m hope_jax.bench train`, `generate` and `attention` on tiny shapes: the rows they report, not their speed."""
 
 import json
 
 import pytest
 
 from hope_jax.bench import __main__ as dispatcher
+from hope_jax.bench import _common as common
+from hope_jax.bench import attention as bench_attention
 from hope_jax.bench import generate as bench_generate
 from hope_jax.bench import train as bench_train
 
@@ -89,4 +91,33 @@ def test_generate_memory_per_token(generate_rows):
 
 
 def test_dispatcher_lists_the_subcommands():
-    assert {"train", "generate", "inner", "data"} <= set(dispatcher.available_subcommands())
+    assert {"train", "generate", "attention", "inner", "data"} <= set(dispatcher.available_subcommands())
+
+
+def test_variant_labels_run_one_model_under_two_names():
+    base = common.load_config("configs/smoke.py")
+    overrides = common.parse_overrides(["flash:model.attention_impl=auto", "model.n_layers=1"])
+    configs = bench_train.variant_configs(base, ["transformer", "flash=transformer"], overrides, None)
+    assert list(configs) == ["transformer", "flash"]
+    assert configs["flash"].model.name == configs["transformer"].model.name == "transformer"
+    assert (configs["transformer"].model.attention_impl, configs["flash"].model.attention_impl) == ("xla", "auto")
+    assert configs["flash"].model.n_layers == configs["transformer"].model.n_layers == 1
+    with pytest.raises(SystemExit, match="'transformer' appears twice"):
+        bench_train.variant_configs(base, ["transformer", "transformer"], [], None)
+
+
+def test_attention_rows_compare_with_float32_and_report_refusals(tmp_path):
+    """float32 xla attention is our masked attention (errors at float32 rounding); cuDNN off a GPU is a row with the
+    reason, not a crash."""
+    argv = ["--impls=xla,cudnn", "--seq_lens=16,32", "--tokens=64", "--heads=2", "--head_dim=8", "--dtype=float32",
+            "--window=5", "--repeats=1", f"--json={tmp_path / 'attention.json'}"]  # fmt: skip
+    rows = bench_attention.main(argv)
+    written = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert [(r["impl"], r["seq_len"], r["batch"]) for r in written] == [
+        ("xla", 16, 4), ("cudnn", 16, 4), ("xla", 32, 2), ("cudnn", 32, 2)
+    ]  # fmt: skip
+    for row in rows[0::2]:
+        assert row["error"] == "" and row["max_err_out"] < 1e-5 and row["max_err_grad"] < 1e-5
+        assert row["step_s"] > 0 and row["vs_reference"] == 1.0 and row["memory"]["temp_bytes"] > 0
+    for row in rows[1::2]:
+        assert "model.attention_impl='cudnn' cannot run here" in row["error"] and "step_s" not in row

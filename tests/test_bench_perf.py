@@ -7,8 +7,16 @@ import pytest
 import scipy.linalg
 
 from hope_jax.memory import reference
+from hope_jax.memory.chunking import PREFIX_SUM_MIN, segment_products
 from hope_jax.memory.cms import cms_local
-from hope_jax.memory.recurrence import SOLVE_BLOCK, unit_lower_inverse, unit_lower_solve
+from hope_jax.memory.recurrence import (
+    SOLVE_BLOCK,
+    chunk_coefficients,
+    chunk_end_state,
+    chunk_end_state_in_blocks,
+    unit_lower_inverse,
+    unit_lower_solve,
+)
 
 
 def unit_lower(size, seed=0, scale=0.3):
@@ -37,7 +45,7 @@ def test_blocked_solve_gradients_match_the_inverse_path():
 
 
 def test_cms_level_with_a_period_above_the_solve_block_matches_the_per_token_reference():
-    """A CMS mid level (period ≫ SOLVE_BLOCK) takes the blocked path; the per-token reference never solves."""
+    """A CMS mid level (period ≫ SOLVE_BLOCK) runs its chunks in sub-chunks; the per-token reference never solves."""
     period, length, d, hidden = SOLVE_BLOCK + 36, 2 * SOLVE_BLOCK + 72 + 10, 4, 8
     rng = np.random.default_rng(3)
     normal = lambda *shape, scale=1.0: jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
@@ -53,3 +61,64 @@ def test_cms_level_with_a_period_above_the_solve_block_matches_the_per_token_ref
     for name in w_end:
         np.testing.assert_allclose(w_end[name], w_ref[name], rtol=1e-4, atol=1e-4)
         assert np.abs(w_end[name] - weights[name]).max() > 1e-3
+
+
+def dgd_chunk_inputs(size, d_in=5, d_out=3, seed=4):
+    """Per-token inputs of one DGD chunk: unit-norm x, steps, log retention / momentum, β ≤ ½ (the DGD bound at η ≤ 1)."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    x = rng.normal(size=(size, d_in))
+    return {
+        "w0": f32(rng.normal(size=(d_in, d_out))),
+        "s0": f32(rng.normal(size=(d_in, d_out)) * 0.1),
+        "x": f32(x / np.linalg.norm(x, axis=-1, keepdims=True)),
+        "step": f32(rng.normal(size=(size, d_out)) * 0.1),
+        "log_retain": f32(np.log(rng.uniform(0.9, 1.0, size))),
+        "log_momentum": f32(np.log(rng.uniform(0.5, 0.95, size))),
+        "beta": f32(rng.uniform(0.0, 0.5, size)),
+    }
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+@pytest.mark.parametrize(("size", "block"), [(100, 16), (96, 32), (7, 16)])
+def test_end_state_in_sub_chunks_is_the_one_chunk_end_state(size, block, momentum):
+    """Sub-chunks (full ones scanned, a shorter tail) reach the same end state as one solve over the whole chunk."""
+    c = dgd_chunk_inputs(size)
+    log_momentum, s0 = (c["log_momentum"], c["s0"]) if momentum else (None, None)
+    whole = chunk_end_state(
+        c["w0"], s0, c["x"], c["step"], chunk_coefficients(c["log_retain"], log_momentum), beta=c["beta"]
+    )
+    blocked = chunk_end_state_in_blocks(
+        c["w0"], s0, c["x"], c["step"], c["log_retain"], log_momentum, beta=c["beta"], block=block
+    )
+    for got, expected in zip(blocked, whole, strict=True):
+        if expected is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
+            assert np.abs(expected - c["w0"]).max() > 1e-2  # the chunk really moved the weights
+
+
+def test_end_state_in_sub_chunks_has_the_one_chunk_gradients():
+    c = dgd_chunk_inputs(40)
+    args = (c["w0"], c["s0"], c["x"], c["step"], c["log_retain"], c["log_momentum"], c["beta"])
+
+    def loss(end_state):
+        return lambda *a: jnp.sum(jnp.sin(end_state(*a)[0]))
+
+    whole = lambda w0, s0, x, step, lr, lm, beta: chunk_end_state(
+        w0, s0, x, step, chunk_coefficients(lr, lm), beta=beta
+    )
+    blocked = lambda *a: chunk_end_state_in_blocks(*a[:6], beta=a[6], block=16)
+    expected = jax.grad(loss(whole), argnums=range(7))(*args)
+    got = jax.grad(loss(blocked), argnums=range(7))(*args)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_segment_products_prefix_sum_path_is_the_cumulative_sum():
+    """Above PREFIX_SUM_MIN the masked cumulative sum is a parallel prefix sum: same products as the direct one."""
+    size = PREFIX_SUM_MIN + 37
+    log_a = np.log(np.random.default_rng(5).uniform(0.5, 1.0, size))
+    expected = np.tril(np.exp(np.cumsum(log_a)[:, None] - np.cumsum(log_a)[None, :]))
+    np.testing.assert_allclose(segment_products(jnp.asarray(log_a, jnp.float32)), expected, rtol=1e-5, atol=1e-7)

@@ -36,19 +36,22 @@ def test_expand_hostlist(nodelist, hosts):
     assert expand_hostlist(nodelist) == hosts
 
 
-def slurm_step_env(**extra):
-    env = {
-        "SLURM_JOB_ID": "4242",
+def slurm_job_env(job_id: str, nodelist: str, **extra: str) -> dict[str, str]:
+    """What sbatch exports to a job (its id and nodes), plus `extra`; a job step adds the SLURM_STEP_* variables."""
+    return {"SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": nodelist, **extra}
+
+
+def slurm_step_env(**extra: str) -> dict[str, str]:
+    """Task 1 of a job step of 2 tasks, one on each of gpu01 and gpu02 (plus `extra`, which may override any of it)."""
+    step = {
         "SLURM_STEP_NODELIST": "gpu[01-02]",
-        "SLURM_JOB_NODELIST": "gpu[01-02]",
         "SLURM_STEP_NUM_NODES": "2",
         "SLURM_STEP_NUM_TASKS": "2",
         "SLURM_NTASKS": "2",
         "SLURM_PROCID": "1",
         "SLURM_LOCALID": "0",
     }
-    env.update(extra)
-    return env
+    return slurm_job_env("4242", "gpu[01-02]", **{**step, **extra})
 
 
 def test_slurm_one_process_per_node_owns_all_local_gpus(monkeypatch):
@@ -154,15 +157,24 @@ def test_shard_count_must_divide_processes_and_batch():
         distributed.data_shards(loader_config(num_shards=16), 2)
 
 
-def run_slurm_dry_run(*args, **env):
-    completed = subprocess.run(
-        ["bash", "launch/slurm.sh", "--dry-run", *args],
+SLURM_SCRIPT = ("bash", "launch/slurm.sh")
+BARE_PATH = "/usr/bin:/bin"  # no scontrol / nvidia-smi: the script's own fallbacks
+
+
+def run_slurm_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """launch/slurm.sh with only `env` in its environment (and BARE_PATH unless env sets PATH)."""
+    return subprocess.run(
+        [*SLURM_SCRIPT, *args],
         cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", **env},  # no scontrol / nvidia-smi: the script's own fallbacks
+        env={"PATH": BARE_PATH, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def run_slurm_dry_run(*args: str, env: dict[str, str]) -> list[str]:
+    completed = run_slurm_script("--dry-run", *args, env=env)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.splitlines()
 
@@ -174,11 +186,13 @@ def test_slurm_dry_run_prints_the_environment_and_srun_command():
         "--gpu=h100",
         "--",
         "--config.train.num_steps=10",
-        SLURM_JOB_ID="4242",
-        SLURM_JOB_NODELIST="gpu[01-02]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_GPUS_ON_NODE="8",
-        SLURM_SUBMIT_DIR=REPO,  # sbatch runs a spool copy of the script: the repository is the submit directory
+        env=slurm_job_env(
+            "4242",
+            "gpu[01-02]",
+            SLURM_JOB_NUM_NODES="2",
+            SLURM_GPUS_ON_NODE="8",
+            SLURM_SUBMIT_DIR=REPO,  # sbatch runs a spool copy of the script: the repository is the submit directory
+        ),
     )
     assert lines == [
         "# hope_jax on Slurm: job 4242, 2 node(s), 1 process(es) per node, gpu profile h100",
@@ -204,13 +218,15 @@ def test_slurm_dry_run_one_process_per_gpu_and_user_settings_win():
         "--gpu=a100",
         "--per-gpu",
         "--port=29500",
-        SLURM_JOB_ID="7",
-        SLURM_JOB_NODELIST="a-[7,9-10]-ib,b3",
-        SLURM_NNODES="4",
-        SLURM_GPUS_PER_NODE="a100:4",
-        SLURM_CPUS_ON_NODE="32",
-        XLA_FLAGS="--xla_dump_to=/tmp/dump",
-        CUDA_DEVICE_MAX_CONNECTIONS="8",
+        env=slurm_job_env(
+            "7",
+            "a-[7,9-10]-ib,b3",
+            SLURM_NNODES="4",
+            SLURM_GPUS_PER_NODE="a100:4",
+            SLURM_CPUS_ON_NODE="32",
+            XLA_FLAGS="--xla_dump_to=/tmp/dump",
+            CUDA_DEVICE_MAX_CONNECTIONS="8",
+        ),
     )
     assert "export MASTER_ADDR=a-7-ib" in lines and "export MASTER_PORT=29500" in lines
     assert "export CUDA_DEVICE_MAX_CONNECTIONS=8" in lines
@@ -224,17 +240,12 @@ def test_slurm_dry_run_one_process_per_gpu_and_user_settings_win():
 
 
 def test_slurm_script_outside_an_allocation():
-    def run(*args):
-        return subprocess.run(
-            ["bash", "launch/slurm.sh", *args], cwd=REPO, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True
-        )
-
-    missing = run("--workdir=/w", "--dry-run")
+    missing = run_slurm_script("--workdir=/w", "--dry-run")
     assert missing.returncode == 2 and "--config=FILE (or a config as first argument) is required" in missing.stderr
-    not_submitted = run("configs/target.py")
+    not_submitted = run_slurm_script("configs/target.py")
     assert not_submitted.returncode == 2 and "submit it with sbatch" in not_submitted.stderr
     # A dry run before submitting: the #SBATCH defaults (2 nodes) and the default workdir runs/<config name>.
-    preview = run("--dry-run", "configs/pilot.py:transformer")
+    preview = run_slurm_script("--dry-run", "configs/pilot.py:transformer")
     assert preview.returncode == 0, preview.stderr
     assert preview.stdout.splitlines()[-1] == (
         "srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 python -m hope_jax.main "
@@ -349,15 +360,11 @@ def test_slurm_time_limit_signal_checkpoints_then_requeues(tmp_path):
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {
-        "PATH": f"{bin_dir}:/usr/bin:/bin",
-        "FAKE_LOG": str(tmp_path),
-        "SLURM_JOB_ID": "99",
-        "SLURM_JOB_NODELIST": "node-[a-b]",
-        "SLURM_JOB_NUM_NODES": "2",
-    }
+    env = slurm_job_env(
+        "99", "node-[a-b]", SLURM_JOB_NUM_NODES="2", PATH=f"{bin_dir}:{BARE_PATH}", FAKE_LOG=str(tmp_path)
+    )
     job = subprocess.Popen(
-        ["bash", "launch/slurm.sh", "configs/mid.py", "/w", "--gpu=none"],
+        [*SLURM_SCRIPT, "configs/mid.py", "/w", "--gpu=none"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

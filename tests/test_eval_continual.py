@@ -79,7 +79,7 @@ def test_flags_parse_into_args():
 
 
 @pytest.fixture(scope="module")
-def tiny_run():
+def random_hope_attention_run():
     config = smoke.get_config()
     config.model.update(name="hope_attention", d_model=16, n_heads=2, n_layers=1, mlp_hidden=32, max_seq_len=64)
     config.model.cms.update(periods=(4, 0), objectives=("local", "frozen"), hidden=(16, 16))
@@ -87,11 +87,11 @@ def tiny_run():
     return common.random_run(config, seed=0)
 
 
-def test_continual_end_to_end_with_lm_test_time_training(tiny_run, tmp_path):
+def test_continual_end_to_end_with_lm_test_time_training(random_hope_attention_run, tmp_path):
     manifest = tmp_path / "segments.json"
     manifest.write_text(json.dumps({"segments": _write_segments(tmp_path, 5)}))
     args = continual.ContinualArgs(manifest=str(manifest), mode="lm", lm_levels=[1], lm_lrs=[0.5], lm_period=4)
-    results, path = continual.run_continual(tiny_run, args, output_dir=str(tmp_path / "out"))
+    results, path = continual.run_continual(random_hope_attention_run, args, output_dir=str(tmp_path / "out"))
     record = json.loads(path.read_text())
     assert record["command"] == "continual" and record["args"]["mode"] == "lm"
     for plot in record["plots"].values():

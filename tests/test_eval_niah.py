@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-from absl import flags
 
 from configs import smoke
 from data_pipeline.builtin_corpus import BuiltinTokenizer
@@ -248,11 +247,6 @@ def test_haystack_file_replaces_the_essay(tmp_path):
 # ---------------------------------------------------------------- a real (tiny, 2-step) model, end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_run_workdir):
-    return common.load_run(tiny_run_workdir)
-
-
 def test_streamed_prefill_generates_what_one_pass_generates(tiny_run):
     prompts = np.random.default_rng(0).integers(3, 150, size=(2, 25)).tolist()
     whole = common.greedy_generate(tiny_run, prompts, 6)
@@ -261,9 +255,9 @@ def test_streamed_prefill_generates_what_one_pass_generates(tiny_run):
 
 
 def test_niah_command_end_to_end(tiny_run_workdir, tmp_path):
-    fv = flags.FlagValues()
-    niah.define_flags(fv)
-    fv(
+    results, path = common.run_command(
+        niah.define_flags,
+        niah.run_from_flags,
         [
             "niah",
             f"--workdir={tiny_run_workdir}",
@@ -272,9 +266,8 @@ def test_niah_command_end_to_end(tiny_run_workdir, tmp_path):
             "--depths=0,100",
             "--num_samples=1",
             "--max_new_tokens=6",
-        ]
+        ],
     )
-    results, path = niah.run_from_flags(fv)
     record = json.loads(path.read_text())
     assert path.parent == tmp_path / pathlib.Path(tiny_run_workdir).name
     assert record["checkpoint_step"] == 2 and record["config_hash"] and record["code_version"]

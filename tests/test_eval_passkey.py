@@ -4,10 +4,9 @@ import json
 import pathlib
 
 import pytest
-from absl import flags
 
 from data_pipeline.builtin_corpus import BuiltinTokenizer
-from eval import passkey, scoring
+from eval import common, passkey, scoring
 
 
 def test_passkey_exact_match_on_hand_made_outputs():
@@ -37,9 +36,9 @@ def test_prompts_have_the_exact_length_and_hold_the_information_line():
 
 
 def test_passkey_command_end_to_end(tiny_run_workdir, tmp_path):
-    fv = flags.FlagValues()
-    passkey.define_flags(fv)
-    fv(
+    results, path = common.run_command(
+        passkey.define_flags,
+        passkey.run_from_flags,
         [
             "passkey",
             f"--workdir={tiny_run_workdir}",
@@ -48,9 +47,8 @@ def test_passkey_command_end_to_end(tiny_run_workdir, tmp_path):
             "--depths=0,50,100",
             "--num_samples=2",
             "--max_new_tokens=4",
-        ]
+        ],
     )
-    results, path = passkey.run_from_flags(fv)
     record = json.loads(path.read_text())
     assert record["command"] == "passkey" and record["checkpoint_step"] == 2
     assert len(results["samples"]) == 2 * 3 * 2

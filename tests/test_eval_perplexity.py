@@ -7,15 +7,9 @@ import pathlib
 
 import numpy as np
 import pytest
-from absl import flags
 
 from data_pipeline.builtin_corpus import generate_document
 from eval import common, perplexity
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_run_workdir):
-    return common.load_run(tiny_run_workdir)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +49,9 @@ def test_summaries_and_bins():
 
 
 def test_perplexity_command_end_to_end(tiny_run, tiny_run_workdir, text_files, tmp_path):
-    fv = flags.FlagValues()
-    perplexity.define_flags(fv)
-    fv(
+    results, path = common.run_command(
+        perplexity.define_flags,
+        perplexity.run_from_flags,
         [
             "perplexity",
             f"--workdir={tiny_run_workdir}",
@@ -65,9 +59,8 @@ def test_perplexity_command_end_to_end(tiny_run, tiny_run_workdir, text_files, t
             f"--files={','.join(text_files)}",
             "--segment_len=16",
             "--num_bins=8",
-        ]
+        ],
     )
-    results, path = perplexity.run_from_flags(fv)
     record = json.loads(path.read_text())
     assert record["command"] == "perplexity" and record["checkpoint_step"] == 2
     texts = [pathlib.Path(name).read_text() for name in text_files]

@@ -12,9 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
-from eval import zeroshot
+from eval import common, zeroshot
 from eval.tasks import zeroshot_tasks
 from eval.tasks.zeroshot_tasks import TASKS, MultipleChoiceDoc, TaskDataError, get_task, read_docs
 
@@ -209,28 +208,18 @@ def test_importing_the_lm_eval_adapter_does_not_import_lm_eval():
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_run_workdir):
-    from eval import common
-
-    return common.load_run(tiny_run_workdir)
-
-
 def test_zeroshot_command_end_to_end_on_a_tiny_trained_model(tmp_path, tiny_run_workdir, tiny_run):
-    from eval import common
-
-    fv = flags.FlagValues()
-    zeroshot.define_flags(fv)
-    fv(
+    results, path = common.run_command(
+        zeroshot.define_flags,
+        zeroshot.run_from_flags,
         [
             "zeroshot",
             f"--workdir={tiny_run_workdir}",
             f"--data_dir={FIXTURES}",
             f"--output_dir={tmp_path}",
             "--batch_size=4",
-        ]
+        ],
     )
-    results, path = zeroshot.run_from_flags(fv)
     record = json.loads(path.read_text())
     assert path.parent == tmp_path / tiny_run.name and path.name.startswith("zeroshot-")
     assert record["checkpoint_step"] == tiny_run.step == 2 and record["config_hash"] == tiny_run.config_hash

@@ -114,11 +114,6 @@ def test_harness_task_configs_build_our_requests_and_metrics(task_manager):
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_run_workdir):
-    return common.load_run(tiny_run_workdir)
-
-
 def test_hope_jax_model_through_simple_evaluate_matches_eval_zeroshot(task_manager, tiny_run_workdir, tiny_run):
     lm_eval_adapter.register()
     out = lm_eval.simple_evaluate(

@@ -15,8 +15,10 @@ on the same device at the start of the same run. Memory: the compiled step's mem
 temporaries − donated), and on GPU/TPU the allocator's peak.
 
 A variant is a registered model name (`--variants=transformer,hope,titans_lmm`), applied as model.name on top of the
-config; `--set=[variant:]key=value` overrides config keys for all variants or one; `--match_params=hope` widens
-model.mlp_hidden of the SwiGLU models so that their parameter count matches that variant's.
+config, or `label=model` to run one model twice under two names (`--variants=transformer,flash=transformer
+--set=flash:model.attention_impl=cudnn`); `--set=[variant:]key=value` overrides config keys for all variants or one;
+`--match_params=hope` widens model.mlp_hidden of the SwiGLU models so that their parameter count matches that
+variant's.
 """
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ def variant_configs(base, variants, overrides, match_params: str | None):
     """{variant: config} with model.name set, overrides applied and (optionally) parameter counts matched."""
     configs = {}
     for variant in variants:
-        config = common.apply_overrides(base, [(None, "model.name", variant)], variant)
-        configs[variant] = common.apply_overrides(config, overrides, variant)
+        label, _, model_name = variant.rpartition("=")  # 'label=model' runs one model twice under two names
+        label = label or model_name
+        if label in configs:
+            raise SystemExit(f"variant {label!r} appears twice in --variants; name one 'other_label={model_name}'")
+        config = common.apply_overrides(base, [(None, "model.name", model_name)], label)
+        configs[label] = common.apply_overrides(config, overrides, label)
     if match_params:
         if match_params not in configs:
             raise SystemExit(f"--match_params={match_params} is not one of the variants {variants}")
@@ -105,6 +111,7 @@ def measure_seq_len(configs, seq_len, tokens_per_step, devices, *, warmup, steps
         config = common.apply_overrides(config, [(None, "train.seq_len", seq_len)], variant)
         config.train.global_batch_size = batch
         runners[variant] = StepRunner(config, devices)
+        print(f"# compiled {variant} seq {seq_len}: {runners[variant].compile_s:.1f} s", flush=True)
         for _ in range(warmup):
             runners[variant].run(1)
     times = {variant: [] for variant in runners}
@@ -184,7 +191,9 @@ def parse_args(argv):
         prog="python -m hope_jax.bench train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="config file, path[:arg] (as hope_jax.main --config)")
-    parser.add_argument("--variants", default="transformer,hope", help="comma-separated registered model names")
+    parser.add_argument(
+        "--variants", default="transformer,hope", help="comma-separated registered model names, or label=model"
+    )
     parser.add_argument("--seq_lens", default="1024,2048", help="comma-separated sequence lengths")
     parser.add_argument("--tokens_per_step", type=int, default=8192, help="batch = tokens_per_step / seq_len")
     parser.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
@@ -202,16 +211,19 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    variants = args.variants.split(",")
+    configs = variant_configs(
+        common.load_config(args.config), args.variants.split(","), common.parse_overrides(args.set),
+        args.match_params or None,
+    )  # fmt: skip
+    variants = list(configs)
     seq_lens = [int(s) for s in args.seq_lens.split(",")]
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
-    base = common.load_config(args.config)
-    configs = variant_configs(base, variants, common.parse_overrides(args.set), args.match_params or None)
-    matmul_peak = common.matmul_flops_per_s()
+    matmul_peak = common.matmul_flops_per_s(configs[args.reference or variants[0]].model.compute_dtype)
     info = {
         **common.device_description(),
         "devices": len(devices),
         "matmul_flops_per_s": matmul_peak,
+        "matmul_dtype": configs[args.reference or variants[0]].model.compute_dtype,
         "command": "python -m hope_jax.bench train " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     print(

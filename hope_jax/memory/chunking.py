@@ -37,17 +37,27 @@ def l2_normalize_scale(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+# segment_products switches to a parallel prefix sum above this many tokens (see there).
+PREFIX_SUM_MIN = 64
+
+
 def segment_products(log_a: jax.Array) -> jax.Array:
     """[C] log factors -> [C, C] lower-triangular matrix P[t, i] = Π_{l=i+1..t} a_l (P[t, t] = 1, 0 above the diagonal).
 
     Built as a masked cumulative sum over a broadcast copy instead of as differences of one cumulative sum, so that
-    no ratio of two tiny products is ever formed (HOPE_SPEC Appendix B.3).
+    no ratio of two tiny products is ever formed (HOPE_SPEC Appendix B.3). The cumulative sum is a parallel prefix
+    sum (log2 C levels of adds): jnp.cumsum lowers to a reduce-window that XLA's CPU backend runs in O(C) per output
+    entry, O(C³) for this [C, C] matrix — at a CMS period of 512 that was ~1.7 ms forward and ~2.8 ms backward per
+    call, the largest cost of the period-512 level (bench notes). Small chunks keep jnp.cumsum.
     """
     c = log_a.shape[0]
     rows = jnp.arange(c)[:, None]  # l (summed) / t (result)
     cols = jnp.arange(c)[None, :]  # i
     terms = jnp.where(rows > cols, jnp.broadcast_to(log_a[:, None], (c, c)), 0.0)
-    sums = jnp.cumsum(terms, axis=0)
+    if c > PREFIX_SUM_MIN:
+        sums = lax.associative_scan(jnp.add, terms, axis=0)
+    else:  # at chunk sizes like 16 the reduce-window is one cheap op, the prefix sum ~30 small ones
+        sums = jnp.cumsum(terms, axis=0)
     return jnp.where(rows >= cols, jnp.exp(sums), 0.0)
 
 

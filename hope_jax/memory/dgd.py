@@ -10,7 +10,8 @@ gradient of ½‖f(k_t) − target_t‖² at the chunk-start weights W_s, rescal
     A15 flag:       g_t − x̂_t W_s in place of g_t (the gated-delta form: the −η' x̂ᵀx̂ W term appears once, not twice)
     A4 alternative: dgd_layers='first' keeps the x̂x̂ᵀ term on first layers only (a_t alone on the others).
 
-Solved per chunk by recurrence.chunk_end_state (Appendix B), never token by token.
+Solved per chunk by recurrence.chunk_end_state (Appendix B), never token by token; chunks longer than SOLVE_BLOCK
+(a CMS mid level, C = 512) as consecutive sub-chunks (recurrence.chunk_end_state_in_blocks), which is exact.
 """
 
 import math
@@ -21,7 +22,7 @@ import numpy as np
 
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize_scale, mm
-from hope_jax.memory.recurrence import chunk_coefficients, chunk_end_state
+from hope_jax.memory.recurrence import SOLVE_BLOCK, chunk_coefficients, chunk_end_state, chunk_end_state_in_blocks
 
 FIRST_LAYERS = frozenset({"w", "w_in", "w_gate", "w_up"})
 DGD_LAYER_CHOICES = ("all", "first")
@@ -61,7 +62,9 @@ def dgd_chunk_update(
     log_momentum = None
     if momentum is not None:
         log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)
-    coeffs = chunk_coefficients(log_retention, log_momentum)
+    # One solve per chunk up to SOLVE_BLOCK tokens (coefficients shared by every weight matrix); longer chunks run
+    # the same recurrence in sub-chunks (each group computes its sub-chunks' coefficients).
+    coeffs = chunk_coefficients(log_retention, log_momentum) if keys.shape[0] <= SOLVE_BLOCK else None
     new_weights, new_momentum = {}, {}
     for names in _shared_input_groups(factors):
         # Matrices reading the same input (SwiGLU's w_gate and w_up both read the keys) share x̂, the Gram matrix, the
@@ -84,16 +87,17 @@ def dgd_chunk_update(
                 beta = step_size
         else:
             step_size = lr
-        w_end, s_end = chunk_end_state(
-            w0,
-            None if momentum is None else join([momentum[name] for name in names]),
-            x_hat,
-            -step_size[:, None] * g,
-            coeffs,
-            beta=beta,
-            truncate_grad=truncate_grad,
-            x_w0=x_w * inv_norm,  # x̂ W_s = (x W_s)/‖x‖, already computed by the forward pass
-        )
+        s0 = None if momentum is None else join([momentum[name] for name in names])
+        step = -step_size[:, None] * g
+        if coeffs is None:
+            w_end, s_end = chunk_end_state_in_blocks(
+                w0, s0, x_hat, step, log_retention, log_momentum, beta=beta, truncate_grad=truncate_grad
+            )
+        else:
+            w_end, s_end = chunk_end_state(
+                w0, s0, x_hat, step, coeffs, beta=beta, truncate_grad=truncate_grad,
+                x_w0=x_w * inv_norm,  # x̂ W_s = (x W_s)/‖x‖, already computed by the forward pass
+            )  # fmt: skip
         offsets = np.cumsum([weights[name].shape[-1] for name in names])[:-1].tolist()
         new_weights.update(zip(names, jnp.split(w_end, offsets, axis=-1), strict=True))
         if momentum is not None:

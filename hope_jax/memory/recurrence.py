@@ -160,3 +160,41 @@ def chunk_end_state(
     if truncate_grad:
         momentum_update = lax.stop_gradient(momentum_update)
     return w_end, coeffs.momentum_from_start[last] * s0 + momentum_update
+
+
+def chunk_end_state_in_blocks(
+    w0: jax.Array,
+    s0: jax.Array | None,
+    x: jax.Array,
+    step: jax.Array,
+    log_retain: jax.Array,
+    log_momentum: jax.Array | None,
+    beta: jax.Array | None = None,
+    truncate_grad: bool = False,
+    block: int = SOLVE_BLOCK,
+) -> tuple[jax.Array, jax.Array | None]:
+    """chunk_end_state for a chunk of any length C, as consecutive sub-chunks of at most `block` tokens.
+
+    The recurrence is token-sequential and its per-token inputs (x, ĝ, a, ε, β) are all known before the chunk (the
+    gradients are taken at the chunk-START weights), so running it sub-chunk after sub-chunk gives the same end state
+    as one C-token solve. The cost is what changes: one C-token solve is O(C²·d) per matrix (Gram matrix, decay
+    matrices, the triangular system), sub-chunks O(C·block·d) + O(C·d²/block) — at a CMS period of 512 with block 64
+    about 4× fewer FLOPs, and none of the O(C³) terms of segment products or an inverse at C = 512.
+    log_retain, log_momentum (None = momentum off), beta: [C] per token, as chunk_coefficients / chunk_end_state.
+    """
+    size = x.shape[0]
+    per_token = {"x": x, "step": step, "log_retain": log_retain}
+    per_token.update({k: v for k, v in (("log_momentum", log_momentum), ("beta", beta)) if v is not None})
+
+    def sub_chunk(state, part):
+        coeffs = chunk_coefficients(part["log_retain"], part.get("log_momentum"))
+        return chunk_end_state(*state, part["x"], part["step"], coeffs, part.get("beta"), truncate_grad), None
+
+    state = (w0, s0)
+    n_full = size // block
+    if n_full:
+        whole = jax.tree.map(lambda a: a[: n_full * block].reshape(n_full, block, *a.shape[1:]), per_token)
+        state, _ = lax.scan(sub_chunk, state, whole)
+    if size % block:
+        state, _ = sub_chunk(state, jax.tree.map(lambda a: a[n_full * block :], per_token))
+    return state

@@ -15,6 +15,13 @@ and the piece are written into one zero-padded buffer of whole chunks at a dynam
 keeps each chunk's update only if the chunk is complete (`jnp.where`), and the outputs are sliced back out. Padding
 after the last real token influences only outputs and updates that are discarded (every layer here is causal).
 
+A one-token piece (decoding) takes a fast path instead: the chunk update runs under `lax.cond` only when the token
+completes the chunk (once per P tokens), and the token is written into its pending slot. Its output comes from the
+token alone at the chunk-start weights, O(1) per token, where the caller declares `outputs_from_chunk_start` (the
+token's output depends only on those weights and its own inputs: CMS levels, the self-modifying mixer with equal
+chunk sizes); otherwise (the Titans dual form and MAC segments read the chunk's earlier tokens) from one P-token
+chunk [pending ; token ; padding], O(P) per token, instead of the general path's two-chunk buffer.
+
 A fresh sequence (`carry=None`) is the training path: the piece starts on a boundary, so the chunking is static —
 whole chunks are scanned unpadded and a trailing partial chunk is one shorter call whose update is dropped.
 """
@@ -60,6 +67,7 @@ def run_chunked(
     carry: dict | None,
     remat: bool = False,
     reset: tuple[int, PyTree, jax.Array] | None = None,
+    outputs_from_chunk_start: bool = False,
 ) -> tuple[PyTree, dict]:
     """Runs `fn(fast, chunk_inputs) -> (chunk_outputs, new_fast)` over whole chunks of P tokens.
 
@@ -69,10 +77,15 @@ def run_chunked(
     the fast weights at chunk boundaries.
     reset: (Q, initial fast, absolute position of the piece's first token): after the update of a chunk ending at
     a multiple of Q tokens, the fast weights return to `initial` (nested CMS, HOPE_SPEC E31).
+    outputs_from_chunk_start: the caller's declaration that fn's output for a token depends only on the chunk-start
+    fast weights and that token's own inputs (not on the chunk's earlier tokens); lets a one-token piece be computed
+    from the token alone (module docstring). Leave False when unsure: the result is then right either way.
     """
     length = jax.tree.leaves(inputs)[0].shape[1]
     if carry is None:
         return _run_fresh(fn, inputs, period, fast, remat, reset)
+    if length == 1 and period > 1:
+        return _run_token(fn, inputs, period, carry, remat, reset, outputs_from_chunk_start)
     fast, pending, count = carry["fast"], carry["pending"], carry["count"]
     n_chunks = math.ceil((period - 1 + length) / period)
     padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
@@ -102,6 +115,50 @@ def run_chunked(
     boundary = (filled // period) * period
     new_pending = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, boundary, period - 1, axis=1), combined)
     return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(filled % period, jnp.int32)}
+
+
+def _run_token(
+    fn: ChunkFn, inputs: PyTree, period: int, carry: dict, remat: bool, reset, outputs_from_chunk_start: bool
+) -> tuple[PyTree, dict]:
+    """A one-token piece with a carry (decoding): equal to the general path, with the chunk update computed only
+    when this token completes the chunk (count + 1 == P) and no buffer longer than one chunk."""
+    fast, pending, count = carry["fast"], carry["pending"], carry["count"]
+    fn = jax.checkpoint(fn) if remat else fn
+    completes = count + 1 == period
+
+    def whole_chunk():  # [pending ; token ; zeros]: the token at offset `count`, every layer being causal
+        place = lambda old, new: lax.dynamic_update_slice_in_dim(
+            _time_pad(old.astype(new.dtype), period), new, count, 1
+        )
+        return jax.tree.map(place, pending, inputs)
+
+    def updated(new_fast):
+        if reset is not None:  # the chunk ends P − count tokens after this token's position reset[2]
+            new_fast = _apply_reset(reset, new_fast, position_of_end=reset[2] - count + period)
+        return new_fast
+
+    if outputs_from_chunk_start:
+        outputs = fn(fast, inputs)[0]  # its update (of a one-token chunk) is unused and never computed under jit
+        fast = lax.cond(completes, lambda: updated(fn(fast, whole_chunk())[1]), lambda: fast)
+    else:
+
+        def update_branch():
+            chunk_outputs, new_fast = fn(fast, whole_chunk())
+            return chunk_outputs, updated(new_fast)
+
+        def keep_branch():  # the same outputs; the unused update is dead code inside this branch
+            return fn(fast, whole_chunk())[0], fast
+
+        chunk_outputs, fast = lax.cond(completes, update_branch, keep_branch)
+        outputs = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, count, 1, axis=1), chunk_outputs)
+
+    def write(old, new):  # the general path's pending slots: the token at `count`, all zeros once the chunk is done
+        written = lax.dynamic_update_slice_in_dim(old.astype(new.dtype), new, count, axis=1)
+        return jnp.where(completes, jnp.zeros_like(written), written)
+
+    new_pending = jax.tree.map(write, pending, inputs)
+    new_count = jnp.where(completes, 0, count + 1).astype(jnp.int32)
+    return outputs, {"fast": fast, "pending": new_pending, "count": new_count}
 
 
 def _split_chunks(a: jax.Array, period: int) -> jax.Array:

@@ -211,7 +211,7 @@ class CMS(nnx.Module):
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
         y, carry = chunk_carry.run_chunked(
             chunk_fn, inputs, period, fast=self._initial(i, batch) if state is None else None,
-            carry=state, remat=self.remat, reset=reset,
+            carry=state, remat=self.remat, reset=reset, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
         )  # fmt: skip
         self._sow_local_fit(i, keys, values, self._initial(i, batch) if state is None else state["fast"], carry["fast"])
         return y.astype(self.dtype), carry

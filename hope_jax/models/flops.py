@@ -5,7 +5,7 @@ LM head). inner: the in-context learning on top of that — per fast-weight matr
 of C tokens, per token: the target read and the gradient factors at the chunk-start weights, the chunk-end update
 and (DGD) the C×C Gram matrix, right-hand side and triangular solve, or (Titans dual form) the in-chunk reads:
 
-    DGD:    3 × (2·6·d_in·d_out + 2·C·(d_in + d_out))
+    DGD:    3 × (2·6·d_in·d_out + 2·min(C, 64)·(d_in + d_out))   (longer chunks are solved in sub-chunks of 64)
     Titans: 3 × (2·5·d_in·d_out + 2·2·C·(d_in + d_out))
 
 An approximation of what the code computes (elementwise work and the ℓ2 norms are left out).
@@ -24,7 +24,11 @@ def embedding_head(model_cfg: ml_collections.ConfigDict) -> float:
 
 
 def dgd_matrix(d_in: int, d_out: int, chunk: int) -> float:
-    return 3.0 * (12.0 * d_in * d_out + 2.0 * chunk * (d_in + d_out))
+    # Chunks longer than SOLVE_BLOCK are solved as sub-chunks of SOLVE_BLOCK tokens (recurrence.
+    # chunk_end_state_in_blocks), so the C-dependent term stops growing there.
+    from hope_jax.memory.recurrence import SOLVE_BLOCK
+
+    return 3.0 * (12.0 * d_in * d_out + 2.0 * min(chunk, SOLVE_BLOCK) * (d_in + d_out))
 
 
 def titans_matrix(d_in: int, d_out: int, chunk: int) -> float:

@@ -284,6 +284,9 @@ class SelfModifyingMixer(nnx.Module):
         (y, keys, values), carry = chunk_carry.run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.remat,
+            # Equal chunk sizes: every memory reads its chunk-start weights (joint_chunk); unequal ones update inside
+            # the period (lcm), so a token's output depends on the period's earlier tokens.
+            outputs_from_chunk_start=self.cfg.chunk_size_other == self.cfg.chunk_size_memory,
         )  # fmt: skip
         start_fast = self.initial_fast(batch) if state is None else state["chunks"]["fast"]
         self._sow_memory_fit(start_fast["memory"], carry["fast"]["memory"], keys, values)
