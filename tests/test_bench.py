@@ -31,7 +31,7 @@ def train_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = [
         "--config=configs/smoke.py", "--variants=transformer,hope", "--seq_lens=16,32", "--tokens_per_step=64",
-        "--devices=1", "--warmup=1", "--steps=1", "--repeats=2", "--match_params=hope",
+        "--devices=1", "--warmup=1", "--steps=1", "--repeats=2", "--match_params=hope", "--interleave=all",
         f"--json={out / 'train.json'}", f"--plot={out / 'train.png'}", f"--profile={out / 'trace'}", *SETS,
     ]  # fmt: skip
     rows = bench_train.main(argv)
@@ -58,6 +58,13 @@ def test_train_rows_cover_every_variant_and_length(train_rows):
         top = row["profile"]["top_ops_ms_count"]
         assert top and all(ms >= 0 and count > 0 for _, ms, count in top)
         assert list((out / "trace" / f"{row['variant']}_{row['seq_len']}").rglob("*perfetto_trace.json.gz"))
+
+
+def test_interleaving_groups_rows_by_length_or_all_together():
+    """The fixture runs --interleave=all (rows come back in the table's order); the default groups by length."""
+    by_length = bench_train.interleaved_groups(["t", "h"], [16, 32], "variants")
+    assert by_length == [[("t", 16), ("h", 16)], [("t", 32), ("h", 32)]]
+    assert bench_train.interleaved_groups(["t", "h"], [16, 32], "all") == [[("t", 16), ("h", 16), ("t", 32), ("h", 32)]]
 
 
 def test_train_parameter_matching_and_reference_ratio(train_rows):

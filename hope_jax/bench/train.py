@@ -102,26 +102,29 @@ class StepRunner:
         return common.timed(steps_fn) / steps
 
 
-def measure_seq_len(configs, seq_len, tokens_per_step, devices, *, warmup, steps, repeats, profile="") -> dict:
-    """Interleaved timing of every variant at one sequence length; {variant: row}. With `profile` (a directory) one
-    more step of each variant is traced there and its op kinds by time are added to the row."""
-    batch = max(tokens_per_step // seq_len, len(devices))
+def measure_group(configs, keys, tokens_per_step, devices, *, warmup, steps, repeats, profile="") -> list[dict]:
+    """Interleaved timing of the (variant, sequence length) rows in `keys`: every row is compiled and warmed up, then
+    each of `repeats` rounds times every row once, so a load change on a shared machine hits all of them alike. One
+    row dict per key. With `profile` (a directory) one more step of each row is traced there and its op kinds by
+    time are added to the row."""
     runners = {}
-    for variant, config in configs.items():
-        config = common.apply_overrides(config, [(None, "train.seq_len", seq_len)], variant)
+    for variant, seq_len in keys:
+        batch = max(tokens_per_step // seq_len, len(devices))
+        config = common.apply_overrides(configs[variant], [(None, "train.seq_len", seq_len)], variant)
         config.train.global_batch_size = batch
-        runners[variant] = StepRunner(config, devices)
-        print(f"# compiled {variant} seq {seq_len}: {runners[variant].compile_s:.1f} s", flush=True)
+        runners[variant, seq_len] = StepRunner(config, devices)
+        print(f"# compiled {variant} seq {seq_len}: {runners[variant, seq_len].compile_s:.1f} s", flush=True)
         for _ in range(warmup):
-            runners[variant].run(1)
-    times = {variant: [] for variant in runners}
+            runners[variant, seq_len].run(1)
+    times = {key: [] for key in runners}
     for _ in range(repeats):
-        for variant, runner in runners.items():
-            times[variant].append(runner.run(steps))
-    rows = {}
-    for variant, runner in runners.items():
-        summary = common.summarise(times[variant])
-        rows[variant] = {
+        for key, runner in runners.items():
+            times[key].append(runner.run(steps))
+    rows = []
+    for (variant, seq_len), runner in runners.items():
+        summary = common.summarise(times[variant, seq_len])
+        batch, _ = runner.trainer.batch_shape
+        row = {
             "variant": variant,
             "model": configs[variant].model.name,
             "params": runner.trainer.num_params,
@@ -130,7 +133,7 @@ def measure_seq_len(configs, seq_len, tokens_per_step, devices, *, warmup, steps
             "tokens_per_step": batch * seq_len,
             "step_s": summary["best_s"],
             "step_median_s": summary["median_s"],
-            "step_times_s": times[variant],
+            "step_times_s": times[variant, seq_len],
             "tokens_per_s": batch * seq_len / summary["best_s"],
             "flops_per_token": flops_per_token(configs[variant].model, seq_len),
             "compile_s": runner.compile_s,
@@ -140,12 +143,22 @@ def measure_seq_len(configs, seq_len, tokens_per_step, devices, *, warmup, steps
         if profile:
             trace_dir = f"{profile}/{variant}_{seq_len}"
             top = common.profile_step(lambda runner=runner: runner.run(1), trace_dir)
-            rows[variant]["profile"] = {"trace_dir": trace_dir, "top_ops_ms_count": top}
+            row["profile"] = {"trace_dir": trace_dir, "top_ops_ms_count": top}
             print(
                 f"# profile {variant} seq {seq_len} ({trace_dir}): " + ", ".join(f"{k} {ms:.0f} ms" for k, ms, _ in top)
             )
+        print(f"# measured {variant} seq {seq_len}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+        rows.append(row)
     del runners
     return rows
+
+
+def interleaved_groups(variants, seq_lens, interleave: str) -> list[list[tuple[str, int]]]:
+    """The (variant, sequence length) rows timed together: per sequence length ('variants'; only one length's steps
+    are alive at a time) or all at once ('all'; ratios ACROSS sequence lengths then share the same conditions too)."""
+    if interleave == "variants":
+        return [[(variant, seq_len) for variant in variants] for seq_len in seq_lens]
+    return [[(variant, seq_len) for seq_len in seq_lens for variant in variants]]
 
 
 def finish_rows(rows, matmul_peak: float, n_devices: int, reference: str | None) -> list[dict]:
@@ -200,6 +213,11 @@ def parse_args(argv):
     parser.add_argument("--set", action="append", default=[], help="[variant:]dotted.key=value (repeatable)")
     parser.add_argument("--match_params", default="", help="variant whose parameter count the SwiGLU models match")
     parser.add_argument("--reference", default="", help="variant the 'vs ref' ratios divide by (default: first)")
+    parser.add_argument(
+        "--interleave", choices=("variants", "all"), default="variants",
+        help="time the variants of one sequence length together (default), or every row together (steadier ratios "
+        "across sequence lengths; keeps every compiled step alive at once)",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--steps", type=int, default=2, help="steps per timed round")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (interleaved across variants)")
@@ -232,14 +250,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         flush=True,
     )
     rows = []
-    for seq_len in seq_lens:
-        measured = measure_seq_len(
-            configs, seq_len, args.tokens_per_step, devices, warmup=args.warmup, steps=args.steps,
-            repeats=args.repeats, profile=args.profile,
-        )  # fmt: skip
-        rows.extend(measured.values())
-        for row in measured.values():
-            print(f"# measured {row['variant']} seq {seq_len}: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+    for keys in interleaved_groups(variants, seq_lens, args.interleave):
+        rows.extend(
+            measure_group(
+                configs,
+                keys,
+                args.tokens_per_step,
+                devices,
+                warmup=args.warmup,
+                steps=args.steps,
+                repeats=args.repeats,
+                profile=args.profile,
+            )  # fmt: skip
+        )
+    rows.sort(key=lambda row: (seq_lens.index(row["seq_len"]), variants.index(row["variant"])))
     rows = finish_rows(rows, matmul_peak, len(devices), args.reference or variants[0])
     print(common.markdown_table(COLUMNS, rows))
     if args.json:
