@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from hope_jax.bench import _common as common
-from hope_jax.layers.attention import AttentionImplError, attend, attention_mask, masked_attention
+from hope_jax.layers.attention import AttentionImplError, attend
 
 COLUMNS = (
     ("impl", "{impl}"),
@@ -46,8 +46,9 @@ def _inputs(batch: int, seq_len: int, heads: int, head_dim: int, dtype) -> tuple
     return q, k, v, cotangent
 
 
-def _loss_and_grads(impl: str, window: int):
-    """(q, k, v, cotangent) -> (output, (dq, dk, dv)): one forward and its backward against a fixed cotangent."""
+def _forward_and_step(impl: str, window: int):
+    """(forward (q, k, v) -> output, step (q, k, v, cotangent) -> (output, (dq, dk, dv))): one forward and its
+    backward against a fixed cotangent, through the models' own entry point."""
 
     def forward(q, k, v):
         return attend(q, k, v, impl=impl, window=window)
@@ -59,15 +60,6 @@ def _loss_and_grads(impl: str, window: int):
     return forward, step
 
 
-def _reference(q, k, v, cotangent, window: int):
-    """Our masked attention in float32 on the same (already rounded) inputs."""
-    positions = jnp.arange(q.shape[1], dtype=jnp.int32)
-    mask = attention_mask(positions, positions, window)
-    f32 = [a.astype(jnp.float32) for a in (q, k, v, cotangent)]
-    out, pullback = jax.vjp(lambda q, k, v: masked_attention(q, k, v, mask), *f32[:3])
-    return out, pullback(f32[3])
-
-
 def _max_err(a, b) -> float:
     return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
 
@@ -76,7 +68,7 @@ def measure(impl: str, seq_len: int, batch: int, heads: int, head_dim: int, dtyp
     row = {"impl": impl, "seq_len": seq_len, "batch": batch, "heads": heads, "head_dim": head_dim}
     row["dtype"], row["window"], row["error"] = jnp.dtype(dtype).name, window, ""
     q, k, v, cotangent = _inputs(batch, seq_len, heads, head_dim, dtype)
-    forward, step = _loss_and_grads(impl, window)
+    forward, step = _forward_and_step(impl, window)
     try:
         compiled_step = jax.jit(step).lower(q, k, v, cotangent).compile()
         compiled_forward = jax.jit(forward).lower(q, k, v).compile()
@@ -84,7 +76,10 @@ def measure(impl: str, seq_len: int, batch: int, heads: int, head_dim: int, dtyp
     except (AttentionImplError, RuntimeError, NotImplementedError, ValueError) as error:  # cuDNN refusals
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
         return row
-    ref_out, ref_grads = jax.jit(_reference, static_argnums=4)(q, k, v, cotangent, window)
+    # The reference: our own (xla) attention in float32 on the same, already rounded inputs.
+    ref_out, ref_grads = jax.jit(_forward_and_step("xla", window)[1])(
+        *(a.astype(jnp.float32) for a in (q, k, v, cotangent))
+    )
     row["max_err_out"] = _max_err(out, ref_out)
     row["max_err_grad"] = max(_max_err(g, r) for g, r in zip(grads, ref_grads, strict=True))
     row["step_s"] = min(common.timed(lambda: compiled_step(q, k, v, cotangent)) for _ in range(repeats))

@@ -58,6 +58,11 @@ def _time_pad(a: jax.Array, length: int) -> jax.Array:
     return jnp.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
 
 
+def _place(pending: jax.Array, piece: jax.Array, count: jax.Array, length: int) -> jax.Array:
+    """The pending slots zero-padded to `length` tokens with the piece written from slot `count` on."""
+    return lax.dynamic_update_slice_in_dim(_time_pad(pending.astype(piece.dtype), length), piece, count, axis=1)
+
+
 def run_chunked(
     fn: ChunkFn,
     inputs: PyTree,
@@ -90,11 +95,7 @@ def run_chunked(
     n_chunks = math.ceil((period - 1 + length) / period)
     padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
 
-    def place(old, new):
-        buffer = _time_pad(old.astype(new.dtype), padded_len)
-        return lax.dynamic_update_slice_in_dim(buffer, new, count, axis=1)
-
-    combined = jax.tree.map(place, pending, inputs)
+    combined = jax.tree.map(lambda old, new: _place(old, new, count, padded_len), pending, inputs)
     chunks = jax.tree.map(lambda a: _split_chunks(a[:, : n_chunks * period], period), combined)
     filled = count + length
 
@@ -127,10 +128,7 @@ def _run_token(
     completes = count + 1 == period
 
     def whole_chunk():  # [pending ; token ; zeros]: the token at offset `count`, every layer being causal
-        place = lambda old, new: lax.dynamic_update_slice_in_dim(
-            _time_pad(old.astype(new.dtype), period), new, count, 1
-        )
-        return jax.tree.map(place, pending, inputs)
+        return jax.tree.map(lambda old, new: _place(old, new, count, period), pending, inputs)
 
     def updated(new_fast):
         if reset is not None:  # the chunk ends P − count tokens after this token's position reset[2]
