@@ -11,6 +11,7 @@ from hope_jax.memory.chunking import PREFIX_SUM_MIN, segment_products
 from hope_jax.memory.cms import cms_local
 from hope_jax.memory.recurrence import (
     SOLVE_BLOCK,
+    _levelwise_inverse,
     chunk_coefficients,
     chunk_end_state,
     chunk_end_state_in_blocks,
@@ -22,6 +23,22 @@ from hope_jax.memory.recurrence import (
 def unit_lower(size, seed=0, scale=0.3):
     rng = np.random.default_rng(seed)
     return np.tril(rng.normal(size=(size, size)) * scale / np.sqrt(size), -1) + np.eye(size)
+
+
+@pytest.mark.parametrize("size", [16, 13])
+def test_solve_and_inverse_vjps_are_the_autodiff_gradients(size):
+    """unit_lower_solve (inverse path) and unit_lower_inverse carry hand-written VJPs; they must equal autodiff through
+    the level-wise construction they replace, for the system, the right-hand side and everything upstream."""
+    a = jnp.asarray(unit_lower(size, scale=2.0), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(3).normal(size=(size, 6)), jnp.float32)
+    weights = jnp.asarray(np.random.default_rng(4).normal(size=(size, 6)), jnp.float32)
+    loss = lambda solve: lambda a, b: jnp.sum(weights * jnp.sin(solve(jnp.tanh(a) + jnp.eye(size), b)))
+    autodiff = jax.grad(loss(lambda a, b: _levelwise_inverse(a) @ b), argnums=(0, 1))(a, b)
+    for solve in (unit_lower_solve, lambda a, b: unit_lower_inverse(a) @ b):
+        got = jax.grad(loss(solve), argnums=(0, 1))(a, b)
+        for g, expected in zip(got, autodiff, strict=True):
+            assert float(jnp.max(jnp.abs(expected))) > 0.1
+            np.testing.assert_allclose(g, expected, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize(("size", "block"), [(40, 16), (48, 16), (SOLVE_BLOCK + 36, SOLVE_BLOCK), (20, 64)])

@@ -21,13 +21,25 @@ from jax import lax
 from hope_jax.memory.chunking import mm, segment_products, shift_rows_down
 
 
-def unit_lower_inverse(a: jax.Array) -> jax.Array:
-    """Inverse of a unit-lower-triangular [C, C] matrix by level-wise block inversion, log2(C) batched matmul steps.
+# Blocks up to this size are multiplied as broadcast products summed in one fused loop: as dot thunks, the 2×2 and
+# 4×4 products of the first inversion levels cost more in dispatch than in arithmetic (bench notes, fourth session).
+SMALL_BLOCK_PRODUCT = 4
+
+
+def _block_mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Batched product of [n, p, q] and [n, q, r] blocks; tiny blocks as one fused multiply-and-sum."""
+    if a.shape[-1] <= SMALL_BLOCK_PRODUCT:
+        return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+    return mm(a, b)
+
+
+def _levelwise_inverse(a: jax.Array) -> jax.Array:
+    """Inverse of a unit-lower-triangular [C, C] matrix by level-wise block inversion, log2(C) batched product steps.
 
     [[A11, 0], [A21, A22]]⁻¹ = [[X1, 0], [−X2 A21 X1, X2]] applied to all diagonal blocks of one size at once,
-    starting from 1×1 blocks (= 1). Matmul-shaped and cheap to differentiate, unlike a batched triangular solve
-    (whose CPU backward compiled for minutes inside vmap+scan), and as stable as the recursive triangular inverse.
-    A size that is not a power of two is padded with an identity block, whose inverse is itself.
+    starting from 1×1 blocks (= 1). Matmul-shaped, and as stable as the recursive triangular inverse. Only the
+    strictly lower triangle of `a` is read. A size that is not a power of two is padded with an identity block, whose
+    inverse is itself.
     """
     size = a.shape[-1]
     padded = 1 << max(size - 1, 0).bit_length()
@@ -41,13 +53,60 @@ def unit_lower_inverse(a: jax.Array) -> jax.Array:
         pairs = jnp.arange(n_pairs)
         lower_left = tiled[pairs, block:, pairs, :block]  # [n_pairs, block, block]
         upper, lower = inverse[0::2], inverse[1::2]
-        corner = -mm(mm(lower, lower_left), upper)
+        # 1×1 diagonal blocks are 1: the corner is −A21 itself.
+        corner = -lower_left if block == 1 else -_block_mm(_block_mm(lower, lower_left), upper)
         zeros = jnp.zeros_like(corner)
         inverse = jnp.concatenate(
             [jnp.concatenate([upper, zeros], axis=2), jnp.concatenate([corner, lower], axis=2)], axis=1
         )
         block *= 2
     return inverse[0, :size, :size]
+
+
+def _strictly_lower(m: jax.Array) -> jax.Array:
+    return jnp.tril(m, -1)
+
+
+# Both functions below carry their own VJPs. Differentiating through the level-wise construction replays its
+# gathers, concatenations and small products backwards; with the inverse Y = A⁻¹ at hand the gradients are two
+# matmuls (a solve's backward is another solve with Aᵀ). Only A's strictly lower triangle is an input (the unit
+# diagonal is implied), so its gradient is masked to that triangle.
+@jax.custom_vjp
+def unit_lower_inverse(a: jax.Array) -> jax.Array:
+    """Inverse of a unit-lower-triangular [C, C] matrix (_levelwise_inverse), with the VJP ∂A = −Yᵀ ∂Y Yᵀ."""
+    return _levelwise_inverse(a)
+
+
+def _inverse_fwd(a):
+    inverse = _levelwise_inverse(a)
+    return inverse, inverse
+
+
+def _inverse_bwd(inverse, grad):
+    return (_strictly_lower(-mm(mm(inverse.T, grad), inverse.T)),)
+
+
+unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
+
+
+@jax.custom_vjp
+def _solve_by_inverse(a: jax.Array, b: jax.Array) -> jax.Array:
+    return mm(_levelwise_inverse(a), b)
+
+
+def _solve_fwd(a, b):
+    inverse = _levelwise_inverse(a)
+    x = mm(inverse, b)
+    return x, (inverse, x)
+
+
+def _solve_bwd(residuals, grad):
+    inverse, x = residuals
+    grad_b = mm(inverse.T, grad)  # Aᵀ ∂b = ∂x
+    return _strictly_lower(-mm(grad_b, x.T)), grad_b
+
+
+_solve_by_inverse.defvjp(_solve_fwd, _solve_bwd)
 
 
 # Systems larger than this are solved blockwise (unit_lower_solve): the full inverse costs ~⅔C³, blocked forward
@@ -57,14 +116,15 @@ SOLVE_BLOCK = 64
 
 
 def unit_lower_solve(a: jax.Array, b: jax.Array, block: int = SOLVE_BLOCK) -> jax.Array:
-    """a⁻¹ b for unit-lower-triangular a [C, C] and b [C, n], as matmuls only (see unit_lower_inverse).
+    """a⁻¹ b for unit-lower-triangular a [C, C] (strictly lower triangle read) and b [C, n], as matmuls only.
 
-    C ≤ block: the full inverse. Larger: the diagonal blocks are inverted (batched) and the block rows solved by
-    forward substitution, x_j = A_jj⁻¹ (b_j − A_j,<j x_<j) — the same solution, without the O(C³) inverse.
+    C ≤ block: the full inverse (with the solve's own VJP). Larger: the diagonal blocks are inverted (batched) and
+    the block rows solved by forward substitution, x_j = A_jj⁻¹ (b_j − A_j,<j x_<j) — the same solution, without
+    the O(C³) inverse.
     """
     size = a.shape[-1]
     if size <= block:
-        return mm(unit_lower_inverse(a), b)
+        return _solve_by_inverse(a, b)
     n_blocks = -(-size // block)
     padded = n_blocks * block
     if padded != size:  # identity rows/columns: the padded unknowns are the (zero) padded right-hand side
