@@ -13,10 +13,13 @@ import pytest
 from flax import nnx
 
 import hope_jax  # noqa: F401
+from hope_jax.layers import swiglu
+from hope_jax.memory import fast_mlp
 from hope_jax.memory.self_modifying import SelfModConfig, init_self_modifying_state, self_modifying_titans
 from hope_jax.models import apply_overrides, build_model, count_params, default_model_config, flops_per_token
-from hope_jax.models.cms import level_param_regex, outer_level_periods
-from hope_jax.models.self_modifying import generator_names, self_modifying_sequence
+from hope_jax.models.cms import CMS, level_param_regex, outer_level_periods
+from hope_jax.models.config import validate_model_config
+from hope_jax.models.self_modifying import SelfModifyingMixer, generator_names, self_modifying_sequence
 from hope_jax.optim.labels import param_paths
 
 BASE = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
@@ -268,3 +271,46 @@ def test_flops_report_inner_loop_separately():
     assert without_cms["inner"] < flops["inner"]
     assert flops["total"] == flops["dense"] + flops["inner"]
     assert count_params(cfg) == sum(int(np.prod(s)) for s in shapes_by_path(cfg).values())
+
+
+def test_fit_diagnostics_are_means_over_every_stride_th_token():
+    """model.memory.diagnostics_stride: the mixer's memory_loss_before and the CMS levels' cms_loss_before are the
+    fits over tokens 0, n, 2n, … of the piece at the weights before it (recomputed here from the returned keys and
+    values); the stride changes the diagnostics only, never the outputs."""
+    stride, batch = 3, 2
+    x = jax.random.normal(jax.random.key(1), (batch, SEQ, BASE["d_model"]), jnp.float32)
+    sown, outputs = {}, {}
+    for n in (stride, 1):
+        cfg = make_cfg(HOPE, {"memory": {"diagnostics_stride": n}})
+        mixer = SelfModifyingMixer(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+        cms = CMS(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+        y, _, keys, values = mixer(x, None)
+        z, _ = cms(y, keys, values, None, 0)
+        outputs[n] = (y, z)
+        sown[n] = {
+            **nnx.to_pure_dict(nnx.pop(mixer, nnx.Intermediate)),
+            **nnx.to_pure_dict(nnx.pop(cms, nnx.Intermediate)),
+        }
+    np.testing.assert_array_equal(outputs[stride][1], outputs[1][1])
+
+    heads = cfg.n_heads
+    per_head = lambda a: a[:, ::stride].reshape(batch, -1, heads, a.shape[-1] // heads)
+    memory = mixer.memories["memory"].value()
+    read = jax.vmap(lambda w, a: fast_mlp.forward(w, a, residual=True, activation=cfg.memory.activation), (0, 1), 1)
+    k, v = per_head(keys), per_head(values)
+    mixer_fit = 0.5 * jnp.mean(
+        jnp.sum(jnp.square(jax.vmap(read, (None, 0))(memory, k) - jax.vmap(read, (None, 0))(memory, v)), -1)
+    )
+    level = cms.levels[0].weights()
+    mlp = lambda a: swiglu(a[:, ::stride], level["w_gate"], level["w_up"], level["w_down"])
+    cms_fit = 0.5 * jnp.mean(jnp.sum(jnp.square(mlp(keys) - mlp(values)), -1))
+    (got_mixer,) = sown[stride]["memory_loss_before"]
+    got_cms = sown[stride]["cms_loss_before"][0]
+    np.testing.assert_allclose(got_mixer, mixer_fit, rtol=1e-5)
+    np.testing.assert_allclose(got_cms, cms_fit, rtol=1e-5)
+    assert abs(float(sown[1]["memory_loss_before"][0]) - float(got_mixer)) > 1e-6 * float(got_mixer)
+
+
+def test_bad_diagnostics_stride_is_named():
+    with pytest.raises(ValueError, match="model.memory.diagnostics_stride must be ≥ 1, got 0"):
+        validate_model_config(make_cfg(HOPE, {"memory": {"diagnostics_stride": 0}}))

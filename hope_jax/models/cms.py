@@ -116,6 +116,7 @@ class CMS(nnx.Module):
         self.variant, self.inner_lr, self.inner_decay = cms.variant, cms.inner_lr, cms.inner_decay
         self.use_dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
         self.remat = model_cfg.memory.remat_chunks
+        self.diagnostics_stride = model_cfg.memory.diagnostics_stride
         self.levels = nnx.List(
             [
                 CMSLevel(
@@ -179,7 +180,9 @@ class CMS(nnx.Module):
 
     def _sow_local_fit(self, i, keys, values, start_fast, end_fast) -> None:
         """Inner-loop diagnostics (DESIGN D11): the local objective ½‖f(k) − f(v)‖² (target at the same weights, as
-        the HOPE mixer reports its memory) over this piece, at the weights before and after it; no gradient."""
+        the HOPE mixer reports its memory) over this piece (every model.memory.diagnostics_stride-th token), at the weights
+        before and after it; no gradient."""
+        keys, values = (a[:, :: self.diagnostics_stride] for a in (keys, values))
 
         def fit(fast):
             weights = jax.tree.map(lambda a: jax.lax.stop_gradient(a).astype(jnp.float32), fast)

@@ -67,6 +67,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.memory.alpha_bias_init = 5.0  # α_t = sigmoid(w_αᵀ M_α(x_t) + b_α); 5 gives α ≈ 0.993 at initialisation (A3)
     cfg.memory.truncate_bptt = False  # DESIGN D4: stop-gradient on inner updates (memories and CMS levels)
     cfg.memory.remat_chunks = True  # recompute each chunk period in the backward pass (memories and CMS levels)
+    # HOPE's inner-loop fit diagnostics (memory_loss_* of the mixer, cms_loss_* of the CMS levels; DESIGN D11) are
+    # means over every n-th token of the piece (tokens 0, n, 2n, …); 1 = every token. Each fit reads the memory twice
+    # over the whole piece, without gradient: at n = 1 they took ~5% of a HOPE train step on CPU (bench notes).
+    cfg.memory.diagnostics_stride = 8
 
     # Continuum Memory System (DESIGN D6): one entry per level, highest frequency first (the order is the chain's).
     cfg.cms = ml_collections.ConfigDict()
@@ -115,12 +119,15 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
     """Fail early, naming the key, on values no model can run with (DESIGN D13)."""
     compute_dtype(model_cfg)
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len", "conv_window")
+
     for key in positive:
         if model_cfg[key] < 1:
             raise ValueError(f"model.{key} must be ≥ 1, got {model_cfg[key]}")
     for key in ("attention_window", "n_persistent_tokens"):
         if model_cfg[key] < 0:
             raise ValueError(f"model.{key} must be ≥ 0, got {model_cfg[key]}")
+    if model_cfg.memory.diagnostics_stride < 1:
+        raise ValueError(f"model.memory.diagnostics_stride must be ≥ 1, got {model_cfg.memory.diagnostics_stride}")
     if model_cfg.d_model % model_cfg.n_heads:
         raise ValueError(f"model.d_model = {model_cfg.d_model} is not divisible by model.n_heads = {model_cfg.n_heads}")
     if head_dim(model_cfg) % 2:

@@ -185,6 +185,7 @@ class SelfModifyingMixer(nnx.Module):
         self.streams = static_streams(mem)
         self.period = mixer_period(mem)
         self.remat = mem.remat_chunks
+        self.diagnostics_stride = mem.diagnostics_stride
         d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
         self.n_heads, self.head_dim = heads, hd
         proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
@@ -240,8 +241,9 @@ class SelfModifyingMixer(nnx.Module):
 
     def _sow_memory_fit(self, start_memory: dict, end_memory: dict, keys_bthd, values_bthd) -> None:
         """Inner-loop diagnostics (DESIGN D11): M_memory's own objective ½‖M(k) − M(v)‖² (E21's self-generated target)
-        over this piece's keys and values, at the weights before the piece and after it. Diagnostics only: no gradient
-        flows through them."""
+        over this piece's keys and values (every model.memory.diagnostics_stride-th token), at the weights before the
+        piece and after it. Diagnostics only: no gradient flows through them."""
+        keys_bthd, values_bthd = (a[:, :: self.diagnostics_stride] for a in (keys_bthd, values_bthd))
 
         def fit(memory):  # leaves [B, H, 1, ...]
             weights = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:, :, 0]), memory)
