@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from hope_jax.memory import reference
+from hope_jax.memory import fast_mlp, reference
 from hope_jax.memory.chunking import PREFIX_SUM_MIN, segment_products
 from hope_jax.memory.cms import cms_local
 from hope_jax.memory.recurrence import (
@@ -139,3 +139,21 @@ def test_segment_products_prefix_sum_path_is_the_cumulative_sum():
     log_a = np.log(np.random.default_rng(5).uniform(0.5, 1.0, size))
     expected = np.tril(np.exp(np.cumsum(log_a)[:, None] - np.cumsum(log_a)[None, :]))
     np.testing.assert_allclose(segment_products(jnp.asarray(log_a, jnp.float32)), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "swiglu"])
+def test_one_pass_over_stacked_blocks_is_one_pass_per_block(kind):
+    """fast_mlp.forward_parts_of_blocks (the chunk updates' keys, values and inputs read in one pass) returns, block
+    by block, every intermediate that forward_parts returns for that block alone."""
+    rng = np.random.default_rng(5)
+    normal = lambda *shape: jnp.asarray(rng.normal(size=shape) * 0.5, jnp.float32)
+    names = {"linear": ("w",), "mlp": ("w_in", "w_out"), "swiglu": ("w_gate", "w_up", "w_down")}[kind]
+    weights = {name: normal(6, 6) for name in names}
+    blocks = (normal(4, 6), normal(3, 6), normal(5, 6))
+    stacked = fast_mlp.forward_parts_of_blocks(weights, blocks, residual=True, activation="gelu")
+    assert len(stacked) == len(blocks)
+    for block, parts in zip(blocks, stacked, strict=True):
+        alone = fast_mlp.forward_parts(weights, block, residual=True, activation="gelu")
+        assert parts.keys() == alone.keys() and "out" in parts
+        for name in alone:
+            np.testing.assert_allclose(parts[name], alone[name], rtol=1e-6, atol=1e-6)

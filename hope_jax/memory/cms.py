@@ -59,8 +59,11 @@ def cms_local(
     def one_sequence(w, x, k, v):
         def chunk_fn(w, xs):
             x_c, k_c, v_c = xs
-            y = level_forward(w, x_c, activation)
-            target = level_forward(w, v_c, activation)
+            # The output, the target and the inner gradient's forward pass all read the chunk-start weights.
+            key_parts, target_parts, out_parts = fast_mlp.forward_parts_of_blocks(
+                w, (k_c, v_c, x_c), residual=False, activation=activation
+            )
+            y, target = out_parts["out"], target_parts["out"]
             ones = jnp.ones(x_c.shape[:1], accum_dtype)
             w, _ = dgd_chunk_update(
                 w,
@@ -73,6 +76,7 @@ def cms_local(
                 activation=activation,
                 use_dgd=use_dgd,
                 truncate_grad=truncate_grad,
+                key_parts=key_parts,
             )
             return w, y
 

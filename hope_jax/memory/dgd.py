@@ -44,6 +44,7 @@ def dgd_chunk_update(
     gated_delta: bool = False,
     momentum_decay: float = 0.9,
     truncate_grad: bool = False,
+    key_parts: dict | None = None,
 ) -> tuple[dict, dict | None]:
     """End-of-chunk (weights, momentum) after the chunk's tokens; keys [C, d_in], targets [C, d_out], lr/retention [C].
 
@@ -51,6 +52,7 @@ def dgd_chunk_update(
     momentum None = momentum off. Give exactly one of `retention` and `log_retention`: a learned gate should come as
     its log computed in log space (e.g. jax.nn.log_sigmoid of the logit), because log(sigmoid(z)) underflows to
     log(0) = −inf for z ≲ −104 in float32 and its gradient 1/α is then inf × 0 = NaN in the decay products.
+    key_parts: fast_mlp.forward_parts(weights, keys) when the caller computed it with other reads of the same weights.
     """
     if dgd_layers not in DGD_LAYER_CHOICES:
         raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
@@ -58,7 +60,9 @@ def dgd_chunk_update(
         raise ValueError("give exactly one of retention and log_retention")
     if log_retention is None:
         log_retention = jnp.log(retention)
-    factors = fast_mlp.grad_factors_and_products(weights, keys, targets, residual=residual, activation=activation)
+    factors = fast_mlp.grad_factors_and_products(
+        weights, keys, targets, residual=residual, activation=activation, key_parts=key_parts
+    )
     log_momentum = None
     if momentum is not None:
         log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)

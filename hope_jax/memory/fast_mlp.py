@@ -10,10 +10,11 @@ gradients below carry no factor 2 and θ / η mean the step on the ½-loss). Eve
 weight matrix: ∂ℓ_t/∂W = X[t]ᵀ G[t] with X the layer's input and G the gradient at the layer's output (E8–E9).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hope_jax.memory.chunking import mm
 
@@ -53,16 +54,47 @@ def activation_with_derivative(name: str, z: jax.Array) -> tuple[jax.Array, jax.
     return jax.jvp(activation_fn(name), (z,), (jnp.ones_like(z),))
 
 
-def forward(weights: dict, x: jax.Array, *, residual: bool = True, activation: str = "silu") -> jax.Array:
-    """Reads the memory: rows x [n, d_in] -> [n, d_out]."""
+def forward_parts(weights: dict, x: jax.Array, *, residual: bool = True, activation: str = "silu") -> dict:
+    """The memory's read of rows x [n, d_in] with every intermediate the inner gradient needs: {'out': [n, d_out]}
+    plus, per kind, 'pre', 'hidden', 'slope', 'product' = hidden @ w_out (mlp) or 'gate_pre', 'up', 'gate',
+    'gate_slope', 'hidden' (swiglu)."""
     kind = memory_kind(weights)
     if kind == "linear":
-        return mm(x, weights["w"])
+        return {"out": mm(x, weights["w"])}
     if kind == "swiglu":
-        hidden = jax.nn.silu(mm(x, weights["w_gate"])) * mm(x, weights["w_up"])
-        return mm(hidden, weights["w_down"])
-    out = mm(activation_fn(activation)(mm(x, weights["w_in"])), weights["w_out"])
-    return x + out if residual else out
+        gate_pre = mm(x, weights["w_gate"])
+        up = mm(x, weights["w_up"])
+        gate, gate_slope = activation_with_derivative("silu", gate_pre)
+        hidden = gate * up
+        return {"gate_pre": gate_pre, "up": up, "gate": gate, "gate_slope": gate_slope, "hidden": hidden,
+                "out": mm(hidden, weights["w_down"])}  # fmt: skip
+    pre = mm(x, weights["w_in"])
+    hidden, slope = activation_with_derivative(activation, pre)
+    product = mm(hidden, weights["w_out"])
+    return {
+        "pre": pre,
+        "hidden": hidden,
+        "slope": slope,
+        "product": product,
+        "out": x + product if residual else product,
+    }
+
+
+def forward_parts_of_blocks(
+    weights: dict, blocks: Sequence[jax.Array], *, residual: bool = True, activation: str = "silu"
+) -> list[dict]:
+    """forward_parts of several row blocks [n_i, d_in] at the same weights, computed as ONE pass over their stacked
+    rows and split back: one matmul per weight matrix instead of one per block (the chunk updates read the same
+    weights on their keys, values and inputs; on small chunks the per-op cost, not the arithmetic, dominates)."""
+    parts = forward_parts(weights, jnp.concatenate(blocks, axis=0), residual=residual, activation=activation)
+    offsets = np.cumsum([block.shape[0] for block in blocks])[:-1].tolist()
+    split = {name: jnp.split(value, offsets, axis=0) for name, value in parts.items()}
+    return [{name: pieces[i] for name, pieces in split.items()} for i in range(len(blocks))]
+
+
+def forward(weights: dict, x: jax.Array, *, residual: bool = True, activation: str = "silu") -> jax.Array:
+    """Reads the memory: rows x [n, d_in] -> [n, d_out]."""
+    return forward_parts(weights, x, residual=residual, activation=activation)["out"]
 
 
 def grad_factors(
@@ -78,32 +110,32 @@ def grad_factors(
 
 
 def grad_factors_and_products(
-    weights: dict, keys: jax.Array, targets: jax.Array, *, residual: bool = True, activation: str = "silu"
+    weights: dict,
+    keys: jax.Array,
+    targets: jax.Array,
+    *,
+    residual: bool = True,
+    activation: str = "silu",
+    key_parts: dict | None = None,
 ) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
     """grad_factors plus each layer's product X @ weights[name] [n, d_out_W], which the forward pass computes anyway
-    and DGD's transition needs again (dgd.py)."""
+    and DGD's transition needs again (dgd.py). key_parts: forward_parts(weights, keys) when the caller has it."""
     kind = memory_kind(weights)
+    parts = forward_parts(weights, keys, residual=residual, activation=activation) if key_parts is None else key_parts
+    err = parts["out"] - targets
     if kind == "linear":
-        product = mm(keys, weights["w"])
-        return {"w": (keys, product - targets, product)}
+        return {"w": (keys, err, parts["out"])}
     if kind == "swiglu":
-        gate_pre = mm(keys, weights["w_gate"])
-        up = mm(keys, weights["w_up"])
-        gate, gate_slope = activation_with_derivative("silu", gate_pre)
-        hidden = gate * up
-        pred = mm(hidden, weights["w_down"])
-        err = pred - targets
         err_hidden = mm(err, weights["w_down"].T)
         return {
-            "w_gate": (keys, err_hidden * up * gate_slope, gate_pre),
-            "w_up": (keys, err_hidden * gate, up),
-            "w_down": (hidden, err, pred),
+            "w_gate": (keys, err_hidden * parts["up"] * parts["gate_slope"], parts["gate_pre"]),
+            "w_up": (keys, err_hidden * parts["gate"], parts["up"]),
+            "w_down": (parts["hidden"], err, parts["out"]),
         }
-    pre = mm(keys, weights["w_in"])
-    hidden, slope = activation_with_derivative(activation, pre)
-    pred = mm(hidden, weights["w_out"])
-    err = (keys + pred if residual else pred) - targets
-    return {"w_in": (keys, mm(err, weights["w_out"].T) * slope, pre), "w_out": (hidden, err, pred)}
+    return {
+        "w_in": (keys, mm(err, weights["w_out"].T) * parts["slope"], parts["pre"]),
+        "w_out": (parts["hidden"], err, parts["product"]),
+    }
 
 
 def inner_loss(weights: dict, key: jax.Array, target: jax.Array, *, residual: bool = True, activation: str = "silu"):

@@ -80,11 +80,15 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
     """One chunk of DGD on a stack of memories, each regressing the keys onto its own output on the values (E21)."""
 
     def one_memory(w, s):
-        target = fast_mlp.forward(w, values, residual=True, activation=cfg.activation)
+        # The target M(v) and the inner gradient's forward pass M(k) read the same weights: one pass over both.
+        key_parts, target_parts = fast_mlp.forward_parts_of_blocks(
+            w, (keys, values), residual=True, activation=cfg.activation
+        )
         return dgd_chunk_update(
-            w, s if cfg.use_momentum else None, keys, target, eta, None, log_retention=log_alpha,
+            w, s if cfg.use_momentum else None, keys, target_parts["out"], eta, None, log_retention=log_alpha,
             residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
             gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
+            key_parts=key_parts,
         )  # fmt: skip
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
