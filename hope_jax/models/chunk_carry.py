@@ -109,7 +109,7 @@ def run_chunked(
         return new_fast, outputs
 
     if remat:
-        step = jax.checkpoint(step)
+        step = jax.checkpoint(step, prevent_cse=False)  # scanned: see _run_fresh
     fast, outputs = lax.scan(step, fast, (jnp.arange(n_chunks), chunks))
     outputs = jax.tree.map(_merge_chunks, outputs)
     outputs = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, count, length, axis=1), outputs)
@@ -195,7 +195,9 @@ def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bo
             return new_fast, outputs
 
         if remat:
-            step = jax.checkpoint(step)
+            # Inside lax.scan the CSE barriers of jax.checkpoint are unnecessary (the scan body cannot be merged with
+            # its recomputation) and they hinder XLA's fusion; a single chunk is a plain call and keeps them.
+            step = jax.checkpoint(step, prevent_cse=n_full == 1)
         whole = jax.tree.map(lambda a: _split_chunks(a[:, : n_full * period], period), inputs)
         if n_full == 1:  # a plain call, so that an unused end state is not computed at all
             fast, outputs = step(fast, (jnp.zeros((), jnp.int32), jax.tree.map(lambda a: a[0], whole)))
