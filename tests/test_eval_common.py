@@ -41,13 +41,14 @@ def test_streaming_in_segments_equals_one_pass(hope_run):
 
 def test_loglikelihoods_equal_the_sum_of_token_logprobs(hope_run):
     rng = np.random.default_rng(1)
-    context, continuation = rng.integers(3, 150, 9).tolist(), rng.integers(3, 150, 4).tolist()
-    other = (rng.integers(3, 150, 6).tolist(), rng.integers(3, 150, 7).tolist())  # same length: one batch, one compile
+    context, continuation = rng.integers(3, 150, 30).tolist(), rng.integers(3, 150, 11).tolist()
+    other = (rng.integers(3, 150, 25).tolist(), rng.integers(3, 150, 16).tolist())
+    # Both 41 tokens: one batch of shape [2, 41], the one-pass shape of the streaming test, so no new compile.
     (total, greedy), (other_total, _) = common.loglikelihoods(hope_run, [(context, continuation), other])
     logprobs, argmax, _ = common.next_token_scores(hope_run, np.array([context + continuation, sum(other, [])]))
-    assert total == pytest.approx(float(logprobs[0, 8:].sum()), rel=1e-6)
-    assert greedy == bool(np.array_equal(argmax[0, 8:], continuation))
-    assert other_total == pytest.approx(float(logprobs[1, 5:].sum()), rel=1e-6)
+    assert total == pytest.approx(float(logprobs[0, 29:].sum()), rel=1e-6)
+    assert greedy == bool(np.array_equal(argmax[0, 29:], continuation))
+    assert other_total == pytest.approx(float(logprobs[1, 24:].sum()), rel=1e-6)
     with pytest.raises(ValueError, match="non-empty"):
         common.loglikelihoods(hope_run, [([], [5])])
 
