@@ -141,15 +141,17 @@ def test_segment_products_prefix_sum_path_is_the_cumulative_sum():
     np.testing.assert_allclose(segment_products(jnp.asarray(log_a, jnp.float32)), expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("rows", [(4, 3, 5), (200, 100)], ids=["stacked", "above_max_rows"])
 @pytest.mark.parametrize("kind", ["linear", "mlp", "swiglu"])
-def test_one_pass_over_stacked_blocks_is_one_pass_per_block(kind):
-    """fast_mlp.forward_parts_of_blocks (the chunk updates' keys, values and inputs read in one pass) returns, block
-    by block, every intermediate that forward_parts returns for that block alone."""
+def test_one_pass_over_stacked_blocks_is_one_pass_per_block(kind, rows):
+    """fast_mlp.forward_parts_of_blocks (the chunk updates' keys, values and inputs read in one pass; block by block
+    above STACKED_ROWS_MAX rows) returns, block by block, every intermediate that forward_parts returns for it alone."""
+    assert (sum(rows) > fast_mlp.STACKED_ROWS_MAX) == (len(rows) == 2)
     rng = np.random.default_rng(5)
     normal = lambda *shape: jnp.asarray(rng.normal(size=shape) * 0.5, jnp.float32)
     names = {"linear": ("w",), "mlp": ("w_in", "w_out"), "swiglu": ("w_gate", "w_up", "w_down")}[kind]
     weights = {name: normal(6, 6) for name in names}
-    blocks = (normal(4, 6), normal(3, 6), normal(5, 6))
+    blocks = tuple(normal(n, 6) for n in rows)
     stacked = fast_mlp.forward_parts_of_blocks(weights, blocks, residual=True, activation="gelu")
     assert len(stacked) == len(blocks)
     for block, parts in zip(blocks, stacked, strict=True):

@@ -80,12 +80,21 @@ def forward_parts(weights: dict, x: jax.Array, *, residual: bool = True, activat
     }
 
 
+# Above this many rows forward_parts_of_blocks reads block by block: the per-op cost it saves is small next to the
+# arithmetic of long chunks (a CMS period of 512), and one pass would hold every block's intermediates at once (a
+# decode step's update branch grew by 1.1 MiB at period 512).
+STACKED_ROWS_MAX = 256
+
+
 def forward_parts_of_blocks(
     weights: dict, blocks: Sequence[jax.Array], *, residual: bool = True, activation: str = "silu"
 ) -> list[dict]:
     """forward_parts of several row blocks [n_i, d_in] at the same weights, computed as ONE pass over their stacked
     rows and split back: one matmul per weight matrix instead of one per block (the chunk updates read the same
-    weights on their keys, values and inputs; on small chunks the per-op cost, not the arithmetic, dominates)."""
+    weights on their keys, values and inputs; on small chunks the per-op cost, not the arithmetic, dominates).
+    More than STACKED_ROWS_MAX rows in all: one pass per block, same results."""
+    if sum(block.shape[0] for block in blocks) > STACKED_ROWS_MAX:
+        return [forward_parts(weights, block, residual=residual, activation=activation) for block in blocks]
     parts = forward_parts(weights, jnp.concatenate(blocks, axis=0), residual=residual, activation=activation)
     offsets = np.cumsum([block.shape[0] for block in blocks])[:-1].tolist()
     split = {name: jnp.split(value, offsets, axis=0) for name, value in parts.items()}
