@@ -119,7 +119,6 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
     """Fail early, naming the key, on values no model can run with (DESIGN D13)."""
     compute_dtype(model_cfg)
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len", "conv_window")
-
     for key in positive:
         if model_cfg[key] < 1:
             raise ValueError(f"model.{key} must be ≥ 1, got {model_cfg[key]}")
