@@ -77,6 +77,26 @@ def test_train_parameter_matching_and_reference_ratio(train_rows):
     assert hope["flops_per_token"]["inner"] > 0 == transformer["flops_per_token"]["inner"]
 
 
+def test_compile_only_compiles_the_named_variants_and_runs_nothing(train_rows, tmp_path):
+    """--only=transformer with --match_params=hope: the transformer is still matched to HOPE, which is not compiled
+    (parallel processes of launch/gpu_bench.sh each compile one row this way into the persistent cache)."""
+    full_run, _, _ = train_rows
+    argv = [
+        "--config=configs/smoke.py", "--variants=transformer,hope", "--match_params=hope", "--only=transformer",
+        "--seq_lens=16", "--tokens_per_step=64", "--devices=1", "--compile_only", f"--json={tmp_path / 'c.json'}",
+        *SETS,
+    ]  # fmt: skip
+    rows = bench_train.main(argv)
+    assert [(r["variant"], r["seq_len"], r["batch"]) for r in rows] == [("transformer", 16, 4)]
+    matched = next(r for r in full_run if r["variant"] == "transformer")
+    assert rows[0]["params"] == matched["params"]
+    assert rows[0]["compile_s"] > 0 and rows[0]["memory"]["temp_bytes"] > 0
+    assert "tokens_per_s" not in rows[0] and "loss" not in rows[0]  # nothing ran
+    assert json.loads((tmp_path / "c.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    with pytest.raises(SystemExit, match=r"--only names \['titans'\]"):
+        bench_train.main([*argv[:3], "--only=titans", *argv[4:]])
+
+
 @pytest.fixture(scope="module")
 def generate_rows():
     argv = ["--config=configs/smoke.py", "--variants=transformer,hope", "--contexts=8,24", "--new_tokens=3",

@@ -202,7 +202,7 @@ def test_slurm_dry_run_prints_the_environment_and_srun_command():
         "export XLA_FLAGS='--xla_gpu_enable_latency_hiding_scheduler=true "
         "--xla_gpu_enable_highest_priority_async_stream=true --xla_gpu_all_gather_combine_threshold_bytes=134217728 "
         "--xla_gpu_reduce_scatter_combine_threshold_bytes=134217728 "
-        "--xla_gpu_all_reduce_combine_threshold_bytes=134217728'",
+        "--xla_gpu_all_reduce_combine_threshold_bytes=134217728 --xla_gpu_enable_triton_gemm=false'",
         "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.90",
         "export CUDA_DEVICE_MAX_CONNECTIONS=1",
         "export NCCL_DEBUG=WARN",
@@ -293,6 +293,8 @@ def test_profiles_set_memory_fraction_and_overlap():
         settings = profile_settings(name)
         assert settings["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
         assert "--xla_gpu_enable_latency_hiding_scheduler=true" in settings["XLA_FLAGS"].split()
+        # HOPE's many small GEMMs compile for minutes as Triton kernels (BUILD_NOTES "Benchmarks").
+        assert "--xla_gpu_enable_triton_gemm=false" in settings["XLA_FLAGS"].split()
 
 
 STOP_AGREEMENT_SCRIPT = """

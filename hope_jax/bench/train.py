@@ -75,7 +75,7 @@ def variant_configs(base, variants, overrides, match_params: str | None):
 class StepRunner:
     """One compiled train step, its state and a fixed batch; `run(n)` times n steps."""
 
-    def __init__(self, config, devices, seed: int = 0):
+    def __init__(self, config, devices, seed: int = 0, *, compile_only: bool = False):
         validate_config(config, len(devices))
         jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
         self.trainer = build_trainer(config, devices)
@@ -83,6 +83,8 @@ class StepRunner:
         self.compiled = self.trainer.lower().compile()
         self.compile_s = time.perf_counter() - start  # tracing + lowering + XLA compilation
         self.memory = common.memory_analysis(self.compiled)
+        if compile_only:  # e.g. to fill jax's persistent compilation cache for a later timed run
+            return
         self.state = create_train_state(config.model, self.trainer.tx, self.trainer.layout, config.train.seed)
         batch, seq_len = self.trainer.batch_shape
         rng = np.random.default_rng(seed)
@@ -102,6 +104,27 @@ class StepRunner:
         return common.timed(steps_fn) / steps
 
 
+def row_config(configs, variant: str, seq_len: int, tokens_per_step: int, devices):
+    """The variant's config at this sequence length, batch = tokens_per_step / seq_len (at least one per device)."""
+    config = common.apply_overrides(configs[variant], [(None, "train.seq_len", seq_len)], variant)
+    config.train.global_batch_size = max(tokens_per_step // seq_len, len(devices))
+    return config
+
+
+def compile_group(configs, keys, tokens_per_step, devices) -> list[dict]:
+    """`--compile_only`: compiles each row's step and reports its compile time and memory analysis, runs nothing.
+    With jax's persistent compilation cache on (JAX_COMPILATION_CACHE_DIR), rows compiled by parallel processes are
+    cache hits for a later timed run (launch/gpu_bench.sh does this: a HOPE step compiles for minutes on a GPU)."""
+    rows = []
+    for variant, seq_len in keys:
+        runner = StepRunner(row_config(configs, variant, seq_len, tokens_per_step, devices), devices, compile_only=True)
+        print(f"# compiled {variant} seq {seq_len}: {runner.compile_s:.1f} s", flush=True)
+        batch, _ = runner.trainer.batch_shape
+        rows.append({"variant": variant, "params": runner.trainer.num_params, "seq_len": seq_len, "batch": batch,
+                     "compile_s": runner.compile_s, "memory": runner.memory})  # fmt: skip
+    return rows
+
+
 def measure_group(configs, keys, tokens_per_step, devices, *, warmup, steps, repeats, profile="") -> list[dict]:
     """Interleaved timing of the (variant, sequence length) rows in `keys`: every row is compiled and warmed up, then
     each of `repeats` rounds times every row once, so a load change on a shared machine hits all of them alike. One
@@ -109,10 +132,7 @@ def measure_group(configs, keys, tokens_per_step, devices, *, warmup, steps, rep
     time are added to the row."""
     runners = {}
     for variant, seq_len in keys:
-        batch = max(tokens_per_step // seq_len, len(devices))
-        config = common.apply_overrides(configs[variant], [(None, "train.seq_len", seq_len)], variant)
-        config.train.global_batch_size = batch
-        runners[variant, seq_len] = StepRunner(config, devices)
+        runners[variant, seq_len] = StepRunner(row_config(configs, variant, seq_len, tokens_per_step, devices), devices)
         print(f"# compiled {variant} seq {seq_len}: {runners[variant, seq_len].compile_s:.1f} s", flush=True)
         for _ in range(warmup):
             runners[variant, seq_len].run(1)
@@ -212,6 +232,10 @@ def parse_args(argv):
     parser.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
     parser.add_argument("--set", action="append", default=[], help="[variant:]dotted.key=value (repeatable)")
     parser.add_argument("--match_params", default="", help="variant whose parameter count the SwiGLU models match")
+    parser.add_argument(
+        "--only", default="",
+        help="comma-separated variants to compile and time (default: all); the others still define --match_params",
+    )  # fmt: skip
     parser.add_argument("--reference", default="", help="variant the 'vs ref' ratios divide by (default: first)")
     parser.add_argument(
         "--interleave", choices=("variants", "all"), default="variants",
@@ -224,6 +248,11 @@ def parse_args(argv):
     parser.add_argument("--json", default="", help="write the rows (and run metadata) to this JSON file")
     parser.add_argument("--plot", default="", help="write tokens/s against sequence length to this image")
     parser.add_argument("--profile", default="", help="trace one more step per row into DIR/<variant>_<seq> (perfetto)")
+    parser.add_argument(
+        "--compile_only", action="store_true",
+        help="compile every row and report compile times only (fills jax's persistent compilation cache when "
+        "JAX_COMPILATION_CACHE_DIR is set)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -234,8 +263,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.match_params or None,
     )  # fmt: skip
     variants = list(configs)
+    if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(variants))
+        if unknown:
+            raise SystemExit(f"--only names {unknown}, which are not among the variants {variants}")
+        variants = [v for v in variants if v in args.only.split(",")]
     seq_lens = [int(s) for s in args.seq_lens.split(",")]
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
+    if args.compile_only:
+        rows = [row for keys in interleaved_groups(variants, seq_lens, "all")
+                for row in compile_group(configs, keys, args.tokens_per_step, devices)]  # fmt: skip
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"info": common.device_description(), "rows": rows}, f, indent=1)
+        return rows
     matmul_peak = common.matmul_flops_per_s(configs[args.reference or variants[0]].model.compute_dtype)
     info = {
         **common.device_description(),
