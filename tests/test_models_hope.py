@@ -316,3 +316,44 @@ def test_fit_diagnostics_are_means_over_every_stride_th_token():
 def test_bad_diagnostics_stride_is_named():
     with pytest.raises(ValueError, match="model.memory.diagnostics_stride must be ≥ 1, got 0"):
         validate_model_config(make_cfg(HOPE, {"memory": {"diagnostics_stride": 0}}))
+
+
+def dot_precisions(jaxpr) -> list:
+    """The precision of every dot_general in a jaxpr and in the jaxprs nested in its equations (scans, checkpoints,
+    custom VJPs, pjit)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    found += dot_precisions(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    found += dot_precisions(sub)
+    return found
+
+
+@pytest.mark.parametrize("layers", [(HOPE,), (TITANS,)], ids=["hope", "titans_lmm"])
+def test_inner_precision_reaches_every_inner_product_forward_and_backward(layers):
+    """model.inner_precision sets the inner loops' products, the backward's too: the custom VJPs of the chunk solves
+    are traced after the forward has returned, outside the LM's `inner_precision` block."""
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+
+    def precisions(name):
+        model = build_model(make_cfg(*layers, {"inner_precision": name}), rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model)
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(TOKENS)[0])
+        # The model's other products follow JAX's default, recorded here as HIGH: neither of the inner values.
+        with jax.default_matmul_precision("tensorfloat32"):
+            return dot_precisions(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+
+    exact, fast = precisions("highest"), precisions("default")
+    assert len(exact) == len(fast) and exact.count(highest) > 20
+    assert highest not in fast
+    assert fast.count((jax.lax.Precision.DEFAULT, jax.lax.Precision.DEFAULT)) == exact.count(highest)
+
+
+def test_bad_inner_precision_is_named():
+    with pytest.raises(ValueError, match="model.inner_precision = 'tf32'; known: highest, high, default"):
+        validate_model_config(make_cfg(HOPE, {"inner_precision": "tf32"}))

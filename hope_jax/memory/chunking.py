@@ -8,7 +8,9 @@ Conventions used by every module of this package:
   sequence acts as a chunk boundary).
 """
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -18,13 +20,36 @@ from jax import lax
 PyTree = Any
 
 # The C×C products and solves of the inner loops stay exact even where the model runs reduced-precision matmuls
-# (HOPE_SPEC Appendix B.3); on CPU this changes nothing.
+# (HOPE_SPEC Appendix B.3): HIGHEST unless a model asks otherwise (model.inner_precision). On CPU this changes
+# nothing; on a GPU, HIGHEST is true float32 on the CUDA cores, and an H200 HOPE step ran 23% faster at DEFAULT
+# (BUILD_NOTES "Benchmarks", fifth session).
 HIGHEST = lax.Precision.HIGHEST
+INNER_PRECISIONS = {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH, "default": lax.Precision.DEFAULT}
+
+# Read while tracing, like jax.default_matmul_precision: the LM frame enters `inner_precision` around its forward, so
+# every inner loop traced inside (scans, checkpoints, custom-VJP forwards) uses it, and the traced program records
+# it. A custom VJP's backward is traced after the forward has returned, so it must take the precision as a static
+# argument captured in its forward (recurrence.py).
+_inner_precision: contextvars.ContextVar[lax.Precision] = contextvars.ContextVar("inner_precision", default=HIGHEST)
 
 
-def mm(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Matrix product at highest precision."""
-    return jnp.matmul(a, b, precision=HIGHEST)
+@contextlib.contextmanager
+def inner_precision(name: str) -> Iterator[None]:
+    """Within this block, `mm` multiplies at INNER_PRECISIONS[name] (model.inner_precision)."""
+    token = _inner_precision.set(INNER_PRECISIONS[name])
+    try:
+        yield
+    finally:
+        _inner_precision.reset(token)
+
+
+def current_precision() -> lax.Precision:
+    return _inner_precision.get()
+
+
+def mm(a: jax.Array, b: jax.Array, precision: lax.Precision | None = None) -> jax.Array:
+    """Matrix product of the inner loops, at `precision` or else the current inner precision (HIGHEST by default)."""
+    return jnp.matmul(a, b, precision=_inner_precision.get() if precision is None else precision)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:

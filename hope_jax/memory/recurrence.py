@@ -12,13 +12,14 @@ The decay and momentum products become C×C matrices (E12–E13) and the identit
 unit-lower-triangular solve (Appendix B.1/B.2, written here in row convention).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hope_jax.memory.chunking import mm, segment_products, shift_rows_down
+from hope_jax.memory.chunking import current_precision, mm, segment_products, shift_rows_down
 
 # Blocks up to this size are multiplied as broadcast products summed in one fused loop: as dot thunks, the 2×2 and
 # 4×4 products of the first inversion levels cost more in dispatch than in arithmetic (bench notes, fourth session).
@@ -69,43 +70,52 @@ def _strictly_lower(m: jax.Array) -> jax.Array:
 # Both functions below carry their own VJPs. Differentiating through the level-wise construction replays its
 # gathers, concatenations and small products backwards; with the inverse Y = A⁻¹ at hand the gradients are two
 # matmuls (a solve's backward is another solve with Aᵀ). Only A's strictly lower triangle is an input (the unit
-# diagonal is implied), so its gradient is masked to that triangle.
-@jax.custom_vjp
+# diagonal is implied), so its gradient is masked to that triangle. The inner precision current at the forward is a
+# static argument, so that the backward, traced later, multiplies at the same precision (chunking.inner_precision).
 def unit_lower_inverse(a: jax.Array) -> jax.Array:
     """Inverse of a unit-lower-triangular [C, C] matrix (_levelwise_inverse), with the VJP ∂A = −Yᵀ ∂Y Yᵀ."""
+    return _unit_lower_inverse(a, current_precision())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _unit_lower_inverse(a: jax.Array, precision) -> jax.Array:
     return _levelwise_inverse(a)
 
 
-def _inverse_fwd(a):
+def _inverse_fwd(a, precision):
     inverse = _levelwise_inverse(a)
     return inverse, inverse
 
 
-def _inverse_bwd(inverse, grad):
-    return (_strictly_lower(-mm(mm(inverse.T, grad), inverse.T)),)
+def _inverse_bwd(precision, inverse, grad):
+    return (_strictly_lower(-mm(mm(inverse.T, grad, precision), inverse.T, precision)),)
 
 
-unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
+_unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
-@jax.custom_vjp
 def _solve_by_inverse(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _solve_by_inverse_at(a, b, current_precision())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _solve_by_inverse_at(a: jax.Array, b: jax.Array, precision) -> jax.Array:
     return mm(_levelwise_inverse(a), b)
 
 
-def _solve_fwd(a, b):
+def _solve_fwd(a, b, precision):
     inverse = _levelwise_inverse(a)
     x = mm(inverse, b)
     return x, (inverse, x)
 
 
-def _solve_bwd(residuals, grad):
+def _solve_bwd(precision, residuals, grad):
     inverse, x = residuals
-    grad_b = mm(inverse.T, grad)  # Aᵀ ∂b = ∂x
-    return _strictly_lower(-mm(grad_b, x.T)), grad_b
+    grad_b = mm(inverse.T, grad, precision)  # Aᵀ ∂b = ∂x
+    return _strictly_lower(-mm(grad_b, x.T, precision)), grad_b
 
 
-_solve_by_inverse.defvjp(_solve_fwd, _solve_bwd)
+_solve_by_inverse_at.defvjp(_solve_fwd, _solve_bwd)
 
 
 # Systems larger than this are solved blockwise (unit_lower_solve): the full inverse costs ~⅔C³, blocked forward

@@ -17,6 +17,8 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
+from hope_jax.memory.chunking import INNER_PRECISIONS
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # hope_jax/layers/attention.py
 
@@ -42,6 +44,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.conv_window = 4  # causal depthwise conv on q/k/v inputs of the memory models (DESIGN D5)
     cfg.max_seq_len = 2048  # longest context: size of a full-attention KV cache
     cfg.remat = "none"  # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable' | 'nothing_saveable'
+    # Precision of the memories' inner-loop products (fast weights, chunk solves; memory/chunking.py): 'highest'
+    # (exact float32, HOPE_SPEC Appendix B.3) | 'high' | 'default' (TF32-class on NVIDIA GPUs: an H200 HOPE step
+    # −23%, BUILD_NOTES "Benchmarks"). Changes nothing on CPU.
+    cfg.inner_precision = "highest"
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
     cfg.memory = ml_collections.ConfigDict()
@@ -125,6 +131,8 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
     for key in ("attention_window", "n_persistent_tokens"):
         if model_cfg[key] < 0:
             raise ValueError(f"model.{key} must be ≥ 0, got {model_cfg[key]}")
+    if model_cfg.inner_precision not in INNER_PRECISIONS:
+        raise ValueError(f"model.inner_precision = {model_cfg.inner_precision!r}; known: {', '.join(INNER_PRECISIONS)}")
     if model_cfg.memory.diagnostics_stride < 1:
         raise ValueError(f"model.memory.diagnostics_stride must be ≥ 1, got {model_cfg.memory.diagnostics_stride}")
     if model_cfg.d_model % model_cfg.n_heads:

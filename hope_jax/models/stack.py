@@ -14,6 +14,7 @@ import ml_collections
 from flax import nnx
 
 from hope_jax.layers import Embedder, RMSNorm, maybe_remat
+from hope_jax.memory.chunking import inner_precision
 from hope_jax.models.config import compute_dtype
 
 LMState = dict[str, Any]
@@ -38,6 +39,7 @@ class BlockStackLM(nnx.Module):
         self.final_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=self.dtype)
         self.remat = model_cfg.remat
         maybe_remat(_run_block, self.remat)  # unknown policy names fail at construction
+        self.inner_precision = model_cfg.inner_precision
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> LMState:
         """Fresh per-sequence state: fast weights at their meta-learned initial values, empty caches."""
@@ -47,6 +49,10 @@ class BlockStackLM(nnx.Module):
         }
 
     def __call__(self, tokens_bt: jax.Array, state: LMState | None = None) -> tuple[jax.Array, LMState]:
+        with inner_precision(self.inner_precision):  # every inner loop traced below (model.inner_precision)
+            return self._forward(tokens_bt, state)
+
+    def _forward(self, tokens_bt: jax.Array, state: LMState | None) -> tuple[jax.Array, LMState]:
         position = jnp.zeros((), jnp.int32) if state is None else state["position"]
         layer_states = [None] * len(self.blocks) if state is None else state["layers"]
         run_block = maybe_remat(_run_block, self.remat)
