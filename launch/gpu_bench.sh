@@ -9,14 +9,15 @@
 #   train: seq 2048 and 8192 (32,768 tokens/step): Transformer++ (xla attention), Transformer++ with cuDNN attention
 #     ('flash') and HOPE, parameter-matched (configs/bench_gpu.py). The steps are first compiled by parallel
 #     processes (`bench train --compile_only`, one per HOPE row) into jax's persistent compilation cache, so the
-#     timed runs that follow find them compiled: a HOPE step compiles for minutes on a GPU, one core's work each;
+#     timed runs that follow find them compiled (compiling is mostly one core's work, so the rows compile side by
+#     side);
 #   generate: tokens/s and memory per generated token, HOPE's recurrent state vs the Transformer++'s KV cache;
 #   profile_hope: one profiled HOPE train step (top kernels by time).
 # Each step runs under its own time limit, writes OUT_DIR/<step>.json and appends its output to OUT_DIR/bench.log,
 # so a step that runs out of time or fails leaves the others' results. The card, driver and versions go first.
 # XLA_FLAGS defaults to cuBLAS for every GEMM, as launch/profiles/*.env set it for training: generating Triton GEMM
-# kernels for HOPE's hundreds of small GEMMs took its step's compile past 150 s on an H200 (19 s without them, same
-# step time; BUILD_NOTES "Benchmarks"). Set XLA_FLAGS to time with other flags.
+# kernels for HOPE's hundreds of small GEMMs took its step's compile past 150 s on an H200 (19 s without them, and
+# Transformer++ steps as fast; BUILD_NOTES "Benchmarks"). Set XLA_FLAGS to time with other flags.
 set -u
 out=${1:?usage: bash launch/gpu_bench.sh OUT_DIR [seconds per step]}
 limit=${2:-300}

@@ -114,7 +114,7 @@ def row_config(configs, variant: str, seq_len: int, tokens_per_step: int, device
 def compile_group(configs, keys, tokens_per_step, devices) -> list[dict]:
     """`--compile_only`: compiles each row's step and reports its compile time and memory analysis, runs nothing.
     With jax's persistent compilation cache on (JAX_COMPILATION_CACHE_DIR), rows compiled by parallel processes are
-    cache hits for a later timed run (launch/gpu_bench.sh does this: a HOPE step compiles for minutes on a GPU)."""
+    cache hits for a later timed run (launch/gpu_bench.sh does this; a HOPE step takes ~20 s to compile on a GPU)."""
     rows = []
     for variant, seq_len in keys:
         runner = StepRunner(row_config(configs, variant, seq_len, tokens_per_step, devices), devices, compile_only=True)

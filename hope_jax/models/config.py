@@ -46,7 +46,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.remat = "none"  # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable' | 'nothing_saveable'
     # Precision of the memories' inner-loop products (fast weights, chunk solves; memory/chunking.py): 'highest'
     # (exact float32, HOPE_SPEC Appendix B.3) | 'high' | 'default' (TF32-class on NVIDIA GPUs: an H200 HOPE step
-    # −23%, BUILD_NOTES "Benchmarks"). Changes nothing on CPU.
+    # −22%, BUILD_NOTES "Benchmarks"). Changes nothing on CPU.
     cfg.inner_precision = "highest"
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
