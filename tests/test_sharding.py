@@ -91,7 +91,7 @@ def test_fast_weight_state_is_sharded_over_batch_and_heads():
     mesh = shd.make_mesh(mesh_cfg(2, 2, 2))
     with jax.set_mesh(mesh):
         state = nnx.jit(lambda m: m.init_state(4))(model)
-    memories = state["layers"][0]["mixer"]["chunks"]["fast"]["memory"]
+    memories = state["layers"][0]["mixer"]["chunks"]["fast"]  # every memory and momentum, in either layout
     for leaf in jax.tree.leaves(memories):
         assert leaf.shape[:2] == (4, 2)
         assert leaf.sharding.spec[:2] == (("data", "fsdp"), "tensor"), leaf.sharding

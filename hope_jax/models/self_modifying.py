@@ -96,11 +96,15 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
 
 
 def _generate(w, xs, reduction, index: dict, cfg: SelfModConfig):
-    """Per-token (q, k, v, η, log α) of one chunk from the generators' chunk-start weights (stacked, leading axis).
-
-    log α is computed in log space: log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α reached
-    z = −302 in the smoke run) and its gradient in the decay products is then NaN; log_sigmoid stays finite."""
+    """Per-token (q, k, v, η, log α) of one chunk from the generators' chunk-start weights (stacked, leading axis)."""
     out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
+    return _per_token(out, xs, reduction, index, cfg)
+
+
+def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
+    """(q, k, v, η, log α) from the generators' outputs `out` (leading axis: memories in `index` order) and the static
+    streams. log α is computed in log space: log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α
+    reached z = −302 in the smoke run) and its gradient in the decay products is then NaN; log_sigmoid stays finite."""
     keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
     values = out[index["v"]] if "v" in index else xs["v"]
     values = l2_normalize(values) if cfg.normalize_values else values
@@ -117,50 +121,83 @@ def _read_memory(w, queries, cfg: SelfModConfig):
     return fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
 
 
+def join_fast(fast: dict, axis: int = 0) -> dict:
+    """{'gen', 'memory', 'gen_s', 'memory_s'} -> {'w': generators then M_memory, 's': their momenta}, stacked along the
+    memories' axis (0 for one sequence and head, 1 for the mixer's [H, n, ...] initial weights)."""
+    cat = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=axis), a, b)
+    joined = {"w": cat(fast["gen"], fast["memory"])}
+    if "gen_s" in fast:
+        joined["s"] = cat(fast["gen_s"], fast["memory_s"])
+    return joined
+
+
+def split_fast(joined: dict, n_gens: int) -> dict:
+    """Inverse of join_fast along axis 0 (one sequence and head)."""
+    part = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)
+    fast = {"gen": part(joined["w"], slice(n_gens)), "memory": part(joined["w"], slice(n_gens, None))}
+    if "s" in joined:
+        fast.update(gen_s=part(joined["s"], slice(n_gens)), memory_s=part(joined["s"], slice(n_gens, None)))
+    return fast
+
+
+def joint_sequence(streams, joined, reduction, *, gens, cfg: SelfModConfig):
+    """Equal chunk sizes: the generators and M_memory update on the same chunks from the same (k, v, η, α), so one
+    scan carries all of them as one stack (join_fast layout) and they take their DGD step together. With static
+    queries every memory's chunk-start read is one stacked forward pass (the generators read x, M_memory the
+    queries); with adaptive_q the queries come from M_q first. Returns ((y, keys, values) [T, d], new joined)."""
+    index = {name: i for i, name in enumerate(gens)}
+    n_gens = len(gens)
+
+    def joint_chunk(carry, xs):
+        w, s = carry
+        if "q" in index:
+            queries, keys, values, eta, log_alpha = _generate(
+                jax.tree.map(lambda a: a[:n_gens], w), xs, reduction, index, cfg
+            )
+            y = fast_mlp.forward(
+                jax.tree.map(lambda a: a[n_gens], w), queries, residual=True, activation=cfg.activation
+            )
+        else:
+            inputs = jnp.stack([xs["x"]] * n_gens + [l2_normalize(xs["q"])])
+            out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
+            queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
+            y = out[n_gens]
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg), (y, keys, values)
+
+    (w, s), outputs = scan_chunks(joint_chunk, (joined["w"], joined.get("s", {})), streams, cfg.chunk_size_memory, 0)
+    return outputs, ({"w": w, "s": s} if cfg.use_momentum else {"w": w})
+
+
 def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfig):
     """One sequence, one head. streams: {'x', and static 'q'/'k'/'v'}: [T, d]; fast: {'gen': stacked generators,
     'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values) [T, d], new fast).
 
-    With equal chunk sizes the generators and M_memory update on the same chunks from the same (k, v, η, α), so
-    the two scans become one and the five memories take their DGD step as one stack (fewer, larger batched ops).
+    With equal chunk sizes this is joint_sequence on the joined stack (the mixer keeps its state in that layout);
+    otherwise the generators scan over their chunks first, then M_memory over its own.
     """
-    index = {name: i for i, name in enumerate(gens)}
-    start = (fast["gen"], fast.get("gen_s", {}), fast["memory"], fast.get("memory_s", {}))
-    n_gens = len(gens)
-
     if cfg.chunk_size_other == cfg.chunk_size_memory:
+        outputs, joined = joint_sequence(streams, join_fast(fast), reduction, gens=gens, cfg=cfg)
+        return outputs, split_fast(joined, len(gens))
+    index = {name: i for i, name in enumerate(gens)}
 
-        def joint_chunk(carry, xs):
-            gen_w, gen_s, mem_w, mem_s = carry
-            queries, keys, values, eta, log_alpha = _generate(gen_w, xs, reduction, index, cfg)
-            y = _read_memory(mem_w, queries, cfg)
-            joined = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v]), a, b)
-            new_w, new_s = _update_stack(joined(gen_w, mem_w), joined(gen_s, mem_s), keys, values, eta, log_alpha, cfg)
-            split = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)
-            carry = (split(new_w, slice(n_gens)), split(new_s, slice(n_gens)))
-            carry += (split(new_w, slice(n_gens, None)), split(new_s, slice(n_gens, None)))
-            return carry, (y, keys, values)
+    def generator_chunk(carry, xs):
+        w, s = carry
+        per_token = _generate(w, xs, reduction, index, cfg)
+        return _update_stack(w, s, *per_token[1:], cfg), per_token
 
-        (gen_w, gen_s, mem_w, mem_s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size_memory, 0)
-    else:
+    def memory_chunk(carry, xs):
+        w, s = carry
+        queries, keys, values, eta, log_alpha = xs
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg), _read_memory(w, queries, cfg)
 
-        def generator_chunk(carry, xs):
-            w, s = carry
-            per_token = _generate(w, xs, reduction, index, cfg)
-            return _update_stack(w, s, *per_token[1:], cfg), per_token
-
-        def memory_chunk(carry, xs):
-            w, s = carry
-            queries, keys, values, eta, log_alpha = xs
-            return _update_stack(w, s, keys, values, eta, log_alpha, cfg), _read_memory(w, queries, cfg)
-
-        (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start[:2], streams, cfg.chunk_size_other, 0)
-        (mem_w, mem_s), y = scan_chunks(memory_chunk, start[2:], per_token, cfg.chunk_size_memory, 0)
-        outputs = (y, per_token[1], per_token[2])
+    start_gen = (fast["gen"], fast.get("gen_s", {}))
+    (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.chunk_size_other, 0)
+    start_memory = (fast["memory"], fast.get("memory_s", {}))
+    (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size_memory, 0)
     new_fast = {"gen": gen_w, "memory": mem_w}
     if cfg.use_momentum:
         new_fast.update(gen_s=gen_s, memory_s=mem_s)
-    return outputs, new_fast
+    return (y, per_token[1], per_token[2]), new_fast
 
 
 class MemoryInit(nnx.Module):
@@ -188,6 +225,8 @@ class SelfModifyingMixer(nnx.Module):
         self.gens = generator_names(mem)
         self.streams = static_streams(mem)
         self.period = mixer_period(mem)
+        # Equal chunk sizes: the generators and M_memory update on the same chunks (joint_sequence).
+        self.joint = mem.chunk_size == mem.aux_chunk_size
         self.remat = mem.remat_chunks
         self.diagnostics_stride = mem.diagnostics_stride
         d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
@@ -216,7 +255,8 @@ class SelfModifyingMixer(nnx.Module):
         self.w_out = Dense((heads, hd), (d,), ("heads", "head_dim", "embed"), **{**proj, "init_std": out_init_std})
 
     def initial_fast(self, batch_size: int) -> dict:
-        """Meta-learned initial memories broadcast per sequence: leaves [B, H, n_memories, ...]."""
+        """Meta-learned initial memories broadcast per sequence: leaves [B, H, n_memories, ...]; in join_fast's
+        layout when the chunk sizes are equal, else {'gen', 'memory', 'gen_s', 'memory_s'}."""
         stack = lambda names: jax.tree.map(
             lambda *leaves: jnp.stack(leaves, axis=1), *[self.memories[n].value() for n in names]
         )
@@ -225,11 +265,17 @@ class SelfModifyingMixer(nnx.Module):
             fast.update(
                 gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"])
             )
+        if self.joint:  # one stack through every chunk and every call (join_fast), no concatenate/split per chunk
+            fast = join_fast(fast, axis=1)
         # Per-sequence fast weights [B, H, ...]: batch over the data-parallel axes, heads over 'tensor' (DESIGN D2).
         per_sequence = lambda a: constrain(
             jnp.broadcast_to(a, (batch_size, *a.shape)), ("batch", "heads") + (None,) * (a.ndim - 1)
         )
         return jax.tree.map(per_sequence, fast)
+
+    def _memory_of(self, fast: dict) -> dict:
+        """M_memory's weights [B, H, 1, ...] out of either layout of initial_fast."""
+        return jax.tree.map(lambda a: a[:, :, len(self.gens) :], fast["w"]) if self.joint else fast["memory"]
 
     def token_shapes(self) -> dict:
         one = jax.ShapeDtypeStruct((self.n_heads, self.head_dim), self.dtype)
@@ -277,9 +323,8 @@ class SelfModifyingMixer(nnx.Module):
         streams = jax.nn.silu(conv_out).reshape(batch, seq_len, len(self.streams), self.n_heads, self.head_dim)
         streams = {name: streams[:, :, i] for i, name in enumerate(self.streams)}
         reduction = jax.tree.map(lambda a: a.astype(jnp.float32), self.reduction())
-        per_head = jax.vmap(
-            lambda s, f, r: self_modifying_sequence(s, f, r, gens=self.gens, cfg=self.cfg), in_axes=(0, 0, 0)
-        )
+        sequence_fn = joint_sequence if self.joint else self_modifying_sequence
+        per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, gens=self.gens, cfg=self.cfg), in_axes=(0, 0, 0))
         per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
 
         def chunk_fn(fast, chunk):  # chunk leaves [B, P, H, d] -> per (batch, head) sequences [P, d]
@@ -290,12 +335,12 @@ class SelfModifyingMixer(nnx.Module):
         (y, keys, values), carry = chunk_carry.run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.remat,
-            # Equal chunk sizes: every memory reads its chunk-start weights (joint_chunk); unequal ones update inside
-            # the period (lcm), so a token's output depends on the period's earlier tokens.
-            outputs_from_chunk_start=self.cfg.chunk_size_other == self.cfg.chunk_size_memory,
+            # Joint: every memory reads its chunk-start weights; unequal chunk sizes update inside the period (lcm),
+            # so a token's output depends on the period's earlier tokens.
+            outputs_from_chunk_start=self.joint,
         )  # fmt: skip
         start_fast = self.initial_fast(batch) if state is None else state["chunks"]["fast"]
-        self._sow_memory_fit(start_fast["memory"], carry["fast"]["memory"], keys, values)
+        self._sow_memory_fit(self._memory_of(start_fast), self._memory_of(carry["fast"]), keys, values)
         gate = jax.nn.silu(self.w_gate(x_btd))
         out = self.w_out(self.out_norm(y.astype(self.dtype)) * gate)
         flat = lambda a: a.reshape(batch, seq_len, -1).astype(self.dtype)
