@@ -154,9 +154,7 @@ def joint_sequence(streams, joined, reduction, *, gens, cfg: SelfModConfig):
             queries, keys, values, eta, log_alpha = _generate(
                 jax.tree.map(lambda a: a[:n_gens], w), xs, reduction, index, cfg
             )
-            y = fast_mlp.forward(
-                jax.tree.map(lambda a: a[n_gens], w), queries, residual=True, activation=cfg.activation
-            )
+            y = _read_memory(jax.tree.map(lambda a: a[n_gens:], w), queries, cfg)
         else:
             inputs = jnp.stack([xs["x"]] * n_gens + [l2_normalize(xs["q"])])
             out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
