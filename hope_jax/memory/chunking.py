@@ -62,6 +62,21 @@ def l2_normalize_scale(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+def chunk_step_size(lr: jax.Array, curvature: jax.Array, chunk_size: int) -> jax.Array:
+    """[C] steps lr_t / (1 + C·lr_t·h_t) for the inner gradients of a chunk of `chunk_size` tokens, h_t [C] a bound
+    on token t's curvature in the weight matrix (fast_mlp.curvature_bounds: ‖x_t‖² times the squared gain from the
+    matrix's output to the memory's output).
+
+    Inside a chunk every token's gradient is taken at the chunk-start weights and the C of them are summed: one
+    mini-batch step on Σ_t lr_t ℓ_t, whose curvature reaches C·lr·h when the tokens are aligned (SiLU'd keys are:
+    mean cosine ≈ 0.6). Gradient descent on it diverges once that exceeds 2 — 16 unit keys at lr 0.5 do — and the
+    fast weights then grow geometrically from chunk to chunk (BUILD_NOTES "Inner-step stability"). With this step
+    Σ_t step_t·h_t < Σ_t 1/C = 1 for any inputs, so the chunk's summed step stays below the curvature bound, token by
+    token and causally (each step reads its own token only). At C = 1 on a unit input it is the Sherman–Morrison step
+    of E19, η' = η / (1 + η‖x‖²) (Longhorn's δ for Titans)."""
+    return lr / (1.0 + chunk_size * lr * curvature)
+
+
 # segment_products switches to a parallel prefix sum above this many tokens (see there).
 PREFIX_SUM_MIN = 64
 

@@ -34,6 +34,7 @@ def cms_local(
     period: int,
     activation: str = "silu",
     use_dgd: bool = True,
+    normalize_step: bool = True,
     truncate_grad: bool = False,
     remat_group: int = 1,
     accum_dtype=jnp.float32,
@@ -44,7 +45,8 @@ def cms_local(
     x: [B, T, d] the level's input; k, v: [B, T, d] the block's keys and values (heads concatenated).
     lr: inner learning rate η (scalar, may be a traced outer parameter); decay: weight decay, retention 1 − lr·decay.
     period: C in tokens (a trailing partial chunk updates at the end of the sequence; period ≥ T means the outputs
-      never see an update). use_dgd=False gives plain GD with decay.
+      never see an update). use_dgd=False gives plain GD with decay. normalize_step: dgd.dgd_chunk_update's
+      curvature-normalised gradient step over the period (False: η' per token).
     """
     if x.ndim != 3 or k.shape[:2] != x.shape[:2] or v.shape != k.shape:
         raise ValueError(
@@ -77,6 +79,8 @@ def cms_local(
                 use_dgd=use_dgd,
                 truncate_grad=truncate_grad,
                 key_parts=key_parts,
+                normalize_step=normalize_step,
+                chunk_size=period,
             )
             return w, y
 

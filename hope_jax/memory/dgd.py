@@ -4,8 +4,11 @@ Per weight matrix W (row convention) with layer input x_t (keys for a first laye
 chunk-start weights for a second layer — DESIGN D5 / A4 first reading), x̂_t = x_t/‖x_t‖ and g_t the output-side
 gradient of ½‖f(k_t) − target_t‖² at the chunk-start weights W_s, rescaled so that x̂_tᵀ g_t is the true gradient:
 
-    DGD (default):  W_t = (a_t I − η'_t x̂_tᵀ x̂_t) W_{t−1} − η'_t x̂_tᵀ g_t,      η'_t = η_t / (1 + η_t ‖x̂_t‖²)
-    without DGD:    W_t = a_t W_{t−1} − η_t x̂_tᵀ g_t                              (plain GD with decay)
+    DGD (default):  W_t = (a_t I − η'_t x̂_tᵀ x̂_t) W_{t−1} − λ_t x̂_tᵀ g_t,      η'_t = η_t / (1 + η_t ‖x̂_t‖²)
+    without DGD:    W_t = a_t W_{t−1} − λ_t x̂_tᵀ g_t                              (plain GD with decay)
+    gradient step:  λ_t = η_t / (1 + C·η_t·h_t), h_t the token's curvature bound in W (chunking.chunk_step_size:
+                    the C gradients taken at W_s stay one stable mini-batch step); normalize_step=False: λ = η'
+                    with DGD, η without (E19 per token)
     momentum (A5):  the step goes through S_t = ε S_{t−1} − (step) and W_t = (transition) W_{t−1} + S_t
     A15 flag:       g_t − x̂_t W_s in place of g_t (the gated-delta form: the −η' x̂ᵀx̂ W term appears once, not twice)
     A4 alternative: dgd_layers='first' keeps the x̂x̂ᵀ term on first layers only (a_t alone on the others).
@@ -21,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import l2_normalize_scale, mm
+from hope_jax.memory.chunking import chunk_step_size, l2_normalize_scale, mm
 from hope_jax.memory.recurrence import SOLVE_BLOCK, chunk_coefficients, chunk_end_state, chunk_end_state_in_blocks
 
 FIRST_LAYERS = frozenset({"w", "w_in", "w_gate", "w_up"})
@@ -45,6 +48,8 @@ def dgd_chunk_update(
     momentum_decay: float = 0.9,
     truncate_grad: bool = False,
     key_parts: dict | None = None,
+    normalize_step: bool = True,
+    chunk_size: int | None = None,
 ) -> tuple[dict, dict | None]:
     """End-of-chunk (weights, momentum) after the chunk's tokens; keys [C, d_in], targets [C, d_out], lr/retention [C].
 
@@ -53,6 +58,9 @@ def dgd_chunk_update(
     its log computed in log space (e.g. jax.nn.log_sigmoid of the logit), because log(sigmoid(z)) underflows to
     log(0) = −inf for z ≲ −104 in float32 and its gradient 1/α is then inf × 0 = NaN in the decay products.
     key_parts: fast_mlp.forward_parts(weights, keys) when the caller computed it with other reads of the same weights.
+    normalize_step: the gradient term of each matrix steps by η_t / (1 + C·η_t·h_t), h_t its curvature bound
+    (chunking.chunk_step_size, C = chunk_size, default the chunk's length); the DGD transition keeps η'_t. False: η'_t
+    for both (E19 per token, which a chunk of C gradients at one state overshoots once C·η' exceeds ~2).
     """
     if dgd_layers not in DGD_LAYER_CHOICES:
         raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
@@ -60,9 +68,13 @@ def dgd_chunk_update(
         raise ValueError("give exactly one of retention and log_retention")
     if log_retention is None:
         log_retention = jnp.log(retention)
+    if key_parts is None:
+        key_parts = fast_mlp.forward_parts(weights, keys, residual=residual, activation=activation)
     factors = fast_mlp.grad_factors_and_products(
         weights, keys, targets, residual=residual, activation=activation, key_parts=key_parts
     )
+    curvature = fast_mlp.curvature_bounds(weights, keys, key_parts) if normalize_step and not gated_delta else None
+    chunk_size = keys.shape[0] if chunk_size is None else chunk_size
     log_momentum = None
     if momentum is not None:
         log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)
@@ -76,23 +88,25 @@ def dgd_chunk_update(
         # [d_in, Σ d_out] (two solves instead of three per CMS level chunk).
         join = lambda parts: parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
         x = factors[names[0]][0]
-        g, x_w = join([factors[name][1] for name in names]), join([factors[name][2] for name in names])
+        x_w = join([factors[name][2] for name in names])
         w0 = join([weights[name] for name in names])
         inv_norm = l2_normalize_scale(x)
         x_hat = x * inv_norm
-        # x̂ᵀ(‖x‖ g) = xᵀ g: the gradient is unchanged, the transition sees the unit-norm input.
-        g = g / inv_norm
-        if gated_delta:
-            g = g - mm(x_hat, w0)
-        beta = None
-        if use_dgd:
-            step_size = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1))
-            if dgd_layers == "all" or names[0] in FIRST_LAYERS:
-                beta = step_size
-        else:
-            step_size = lr
+        # DGD's transition and η' see the unit-norm input x̂; the gradient term x̂ᵀ(‖x‖ g) = xᵀ g is unchanged.
+        transition_lr = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1)) if use_dgd else lr
+        beta = transition_lr if use_dgd and (dgd_layers == "all" or names[0] in FIRST_LAYERS) else None
+
+        steps = []
+        for name in names:
+            g = factors[name][1] / inv_norm
+            if gated_delta:  # A15: the −η' x̂ᵀx̂ W term once (in the transition); what is left writes targets only,
+                # and a write that does not read W_s cannot overshoot, so it keeps η'.
+                steps.append(-transition_lr[:, None] * (g - mm(x_hat, weights[name])))
+            else:
+                step_lr = chunk_step_size(lr, curvature[name], chunk_size) if normalize_step else transition_lr
+                steps.append(-step_lr[:, None] * g)
+        step = join(steps)
         s0 = None if momentum is None else join([momentum[name] for name in names])
-        step = -step_size[:, None] * g
         if coeffs is None:
             w_end, s_end = chunk_end_state_in_blocks(
                 w0, s0, x_hat, step, log_retention, log_momentum, beta=beta, truncate_grad=truncate_grad

@@ -147,6 +147,30 @@ def grad_factors_and_products(
     }
 
 
+def curvature_bounds(weights: dict, keys: jax.Array, parts: dict) -> dict[str, jax.Array]:
+    """{name: [n]} per-token bounds on the Gauss–Newton curvature of ½‖f(k_t) − target‖² in weights[name]:
+    ‖x_t‖² · ‖J_t‖_F², x_t the matrix's input and J_t the Jacobian from its output to the memory's output (1 for a
+    last layer; diag(σ'(z_t)) W_out for a first layer; the SwiGLU gates likewise through W_down). The chunked inner
+    steps divide by them (chunking.chunk_step_size). parts: forward_parts(weights, keys)."""
+    kind = memory_kind(weights)
+    energy = lambda x: jnp.sum(x * x, axis=-1)
+    if kind == "linear":
+        return {"w": energy(keys)}
+    if kind == "swiglu":
+        down_rows = jnp.sum(jnp.square(weights["w_down"]), axis=-1)  # ‖row j of W_down‖²
+        gain = lambda factor: mm(jnp.square(factor), down_rows[:, None])[:, 0]
+        return {
+            "w_gate": energy(keys) * gain(parts["up"] * parts["gate_slope"]),
+            "w_up": energy(keys) * gain(parts["gate"]),
+            "w_down": energy(parts["hidden"]),
+        }
+    out_rows = jnp.sum(jnp.square(weights["w_out"]), axis=-1)
+    return {
+        "w_in": energy(keys) * mm(jnp.square(parts["slope"]), out_rows[:, None])[:, 0],
+        "w_out": energy(parts["hidden"]),
+    }
+
+
 def inner_loss(weights: dict, key: jax.Array, target: jax.Array, *, residual: bool = True, activation: str = "silu"):
     """½‖f(key) − target‖² for one token (the per-token references differentiate this with jax.grad)."""
     pred = forward(weights, key[None], residual=residual, activation=activation)[0]

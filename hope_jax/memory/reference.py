@@ -35,8 +35,10 @@ def titans_reference(
     use_momentum=True,
     residual=True,
     activation="silu",
+    normalize_step=True,
 ):
-    """Per-token Titans (E5–E6 with gradients at the chunk-start state, y_t = M_t(q_t)); same API as titans_memory."""
+    """Per-token Titans (E5–E6 with gradients at the chunk-start state, y_t = M_t(q_t)); same API as titans_memory.
+    normalize_step: each weight matrix's step is θ_t / (1 + C·θ_t·h_t), h_t = ‖∂M(k_t)/∂W‖²_F at the chunk start."""
     loss = lambda w, key, val: fast_mlp.inner_loss(w, key, val, residual=residual, activation=activation)
     if momentum is None:
         momentum = jax.tree.map(jnp.zeros_like, weights)
@@ -47,11 +49,16 @@ def titans_reference(
             t, q_t, k_t, v_t, theta_t, eta_t, alpha_t = inputs
             snapshot = _refresh(t, chunk_size, w, snapshot)
             grad = jax.grad(loss)(snapshot, k_t, v_t)
+            curvature = curvature_bounds(snapshot, k_t, residual=residual, activation=activation)
+            step = {
+                name: theta_t / (1.0 + chunk_size * theta_t * curvature[name]) if normalize_step else theta_t
+                for name in grad
+            }
             if use_momentum:
-                s = jax.tree.map(lambda s_, g: eta_t * s_ - theta_t * g, s, grad)
-                w = jax.tree.map(lambda w_, s_: (1.0 - alpha_t) * w_ + s_, w, s)
+                s = {name: eta_t * s[name] - step[name] * grad[name] for name in grad}
+                w = {name: (1.0 - alpha_t) * w[name] + s[name] for name in grad}
             else:
-                w = jax.tree.map(lambda w_, g: (1.0 - alpha_t) * w_ - theta_t * g, w, grad)
+                w = {name: (1.0 - alpha_t) * w[name] - step[name] * grad[name] for name in grad}
             y_t = fast_mlp.forward(w, q_t[None], residual=residual, activation=activation)[0]
             return (w, s, snapshot), y_t
 
@@ -61,6 +68,24 @@ def titans_reference(
 
     y, w, s = jax.vmap(jax.vmap(one_sequence))(weights, momentum, q, k, v, theta, eta, alpha)
     return y, w, (s if use_momentum else None)
+
+
+def curvature_bounds(snapshot: dict, key: jax.Array, *, residual: bool, activation: str) -> dict:
+    """‖x‖²·‖J‖²_F per weight matrix at the snapshot, J the Jacobian (by autodiff) from the matrix's output to the
+    memory's output; a last layer's J is the identity, whose spectral norm 1 is taken exactly."""
+    kind = fast_mlp.memory_kind(snapshot)
+    inputs = layer_inputs(snapshot, key, residual=residual, activation=activation)
+    bounds = {name: jnp.sum(inputs[name] ** 2) for name in snapshot}
+    gain = lambda read, at: jnp.sum(jnp.square(jax.jacobian(read)(at)))
+    if kind == "mlp":
+        act = fast_mlp.activation_fn(activation)
+        read = lambda z: act(z) @ snapshot["w_out"] + (key if residual else 0.0)
+        bounds["w_in"] = bounds["w_in"] * gain(read, key @ snapshot["w_in"])
+    elif kind == "swiglu":
+        gate_pre, up = key @ snapshot["w_gate"], key @ snapshot["w_up"]
+        bounds["w_gate"] = bounds["w_gate"] * gain(lambda z: (jax.nn.silu(z) * up) @ snapshot["w_down"], gate_pre)
+        bounds["w_up"] = bounds["w_up"] * gain(lambda u: (jax.nn.silu(gate_pre) * u) @ snapshot["w_down"], up)
+    return bounds
 
 
 def layer_inputs(snapshot: dict, key: jax.Array, *, residual: bool, activation: str) -> dict:
@@ -89,10 +114,14 @@ def dgd_token_step(
     dgd_layers,
     gated_delta,
     momentum_decay,
+    chunk_size,
+    normalize_step=True,
 ):
-    """One token of DGD on every weight matrix of a memory (E19, E28 with A4/A5/A15 options), explicitly."""
+    """One token of DGD on every weight matrix of a memory (E19, E28 with A4/A5/A15 options), explicitly.
+    normalize_step: the gradient term steps by lr / (1 + C·lr·h), h = curvature_bounds (not with gated_delta)."""
     grad = jax.grad(fast_mlp.inner_loss)(snapshot, key, target, residual=residual, activation=activation)
     inputs = layer_inputs(snapshot, key, residual=residual, activation=activation)
+    curvature = curvature_bounds(snapshot, key, residual=residual, activation=activation)
     first_layers = {"w", "w_in", "w_gate", "w_up"}
     new_w, new_s = {}, {}
     for name in w:
@@ -108,6 +137,8 @@ def dgd_token_step(
                 transition = transition - beta * jnp.outer(x_hat, x_hat)
         else:
             step_size = lr
+        if normalize_step and not gated_delta:
+            step_size = lr / (1.0 + chunk_size * lr * curvature[name])
         if s is None:
             new_w[name] = transition @ w[name] - step_size * g
         else:
@@ -127,6 +158,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
         dgd_layers=cfg.dgd_layers,
         gated_delta=cfg.gated_delta_form,
         momentum_decay=cfg.momentum_decay,
+        normalize_step=cfg.normalize_step,
     )
     fwd = lambda w, u: fast_mlp.forward(w, u[None], residual=True, activation=cfg.activation)[0]
     unit = lambda u: u / jnp.sqrt(jnp.sum(u**2) + 1e-6)
@@ -165,6 +197,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
                     target,
                     eta_t,
                     alpha_t,
+                    chunk_size=cfg.chunk_size_memory if name == "memory" else cfg.chunk_size_other,
                     **dgd_kw,
                 )
             return (new_w, new_s if s is not None else None, snapshot), (y_t, k_t, v_t)
@@ -183,7 +216,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
     return y, new_state, k, v
 
 
-def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu", use_dgd=True):
+def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu", use_dgd=True, normalize_step=True):
     """Per-token CMS `local` level; same API as cms_local."""
 
     def one_sequence(w, x, k, v):
@@ -207,6 +240,8 @@ def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu
                 dgd_layers="all",
                 gated_delta=False,
                 momentum_decay=0.0,
+                chunk_size=period,
+                normalize_step=normalize_step,
             )
             return (w, snapshot), y_t
 

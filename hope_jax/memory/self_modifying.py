@@ -43,6 +43,9 @@ class SelfModConfig:
     # target v̂ = M(v) makes the inner map expansive when ‖v‖ > ‖k‖ = 1 (linear case: eigenvalue 1 − η(1 − k·v) > 1
     # for k·v > 1), and the memories then grow without bound; unit values keep it ≤ 1. False = E20 literally.
     normalize_values: bool = False
+    # Gradient terms step by η / (1 + C·η·h) (chunking.chunk_step_size): a chunk's C gradients at one state stay one
+    # stable mini-batch step. False = η' for every token (E19 per token), which overshoots on aligned keys.
+    normalize_step: bool = True
     activation: str = "silu"
     remat_group: int = 1  # chunks per jax.checkpoint group (0 = off)
     truncate_grad: bool = False  # DESIGN D4 speed switch (see recurrence.chunk_end_state)
@@ -96,7 +99,7 @@ def _unstack(stacked: dict, names: tuple[str, ...]) -> dict:
     return {name: jax.tree.map(lambda a, i=i: a[i], stacked) for i, name in enumerate(names)}
 
 
-def _update_memories(weights, momentum, keys, values, eta, log_alpha, cfg):
+def _update_memories(weights, momentum, keys, values, eta, log_alpha, cfg, chunk_size: int):
     """DGD over one chunk on a stack of memories (leading axis), each regressing the keys onto its own output on the
     values (E21). Stacking the memories keeps the compiled program one memory wide."""
 
@@ -117,6 +120,8 @@ def _update_memories(weights, momentum, keys, values, eta, log_alpha, cfg):
             gated_delta=cfg.gated_delta_form,
             momentum_decay=cfg.momentum_decay,
             truncate_grad=cfg.truncate_grad,
+            normalize_step=cfg.normalize_step,
+            chunk_size=chunk_size,
         )
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
@@ -139,14 +144,14 @@ def _one_sequence(x, q_static, weights, momentum, reduction, *, cfg: SelfModConf
             log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
         else:
             log_alpha = jnp.zeros_like(eta)
-        carry = _update_memories(w, s, keys, values, eta, log_alpha, cfg)
+        carry = _update_memories(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_other)
         return carry, (queries, keys, values, eta, log_alpha)
 
     def memory_chunk(carry, xs):
         w, s = carry
         queries, keys, values, eta, log_alpha = xs
         y = fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
-        return _update_memories(w, s, keys, values, eta, log_alpha, cfg), y
+        return _update_memories(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), y
 
     stacked = lambda tree, names: _stack([tree[name] for name in names]) if tree else {}
     (gen_w, gen_s), per_token = scan_chunks(

@@ -1,18 +1,19 @@
 """Titans neural long-term memory, chunk-parallel (HOPE_SPEC §2.2–2.6, E5–E13).
 
-    S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; k_t, v_t),   M_t = (1 − α_t) M_{t−1} + S_t,   y_t = M_t(q_t)
+    S_t = η_t S_{t−1} − θ'_t ∇ℓ(M_{t'}; k_t, v_t),   M_t = (1 − α_t) M_{t−1} + S_t,   y_t = M_t(q_t)
 
 with ℓ = ½‖M(k) − v‖², gradients at the chunk-start state M_{t'} (mini-batch GD inside a chunk; chunk size 1 is the
-exact token recurrence), decay and momentum as C×C coefficient matrices (E12–E13), and the outputs inside a chunk
-read M_t through the dual form (never materialising per-token weights): every layer of the memory is read as
-γ_t·(u W_{t'}) + σ_t·(u S_{t'}) + Σ_{i≤t} c_{t,i} (u·x_i) ĝ_i.
+exact token recurrence), θ'_t = θ_t / (1 + C·θ_t·h_t) per weight matrix, h_t its curvature bound
+(chunking.chunk_step_size; `normalize_step=False` takes θ_t as E5 prints it), decay and momentum as C×C coefficient
+matrices (E12–E13), and the outputs inside a chunk read M_t through the dual form (never materialising per-token
+weights): every layer of the memory is read as γ_t·(u W_{t'}) + σ_t·(u S_{t'}) + Σ_{i≤t} c_{t,i} (u·x_i) ĝ_i.
 """
 
 import jax
 import jax.numpy as jnp
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import mm, scan_chunks
+from hope_jax.memory.chunking import chunk_step_size, mm, scan_chunks
 from hope_jax.memory.recurrence import ChunkCoefficients, chunk_coefficients, chunk_end_state
 
 
@@ -48,17 +49,25 @@ def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual
 
 
 def _titans_one_sequence(weights, momentum, q, k, v, theta, log_eta, log_keep, *, options):
-    chunk_size, use_momentum, residual, activation, truncate_grad, remat_group = options
+    chunk_size, use_momentum, residual, activation, truncate_grad, remat_group, normalize_step = options
 
     def chunk_fn(carry, xs):
         w, s = carry
         q_c, k_c, v_c, theta_c, log_eta_c, log_keep_c = xs
         coeffs = chunk_coefficients(log_keep_c, log_eta_c if use_momentum else None)
-        factors = fast_mlp.grad_factors(w, k_c, v_c, residual=residual, activation=activation)
-        steps = {name: -theta_c[:, None] * g for name, (_, g) in factors.items()}
+        parts = fast_mlp.forward_parts(w, k_c, residual=residual, activation=activation)
+        factors = fast_mlp.grad_factors_and_products(
+            w, k_c, v_c, residual=residual, activation=activation, key_parts=parts
+        )
+        if normalize_step:
+            curvature = fast_mlp.curvature_bounds(w, k_c, parts)
+            lrs = {name: chunk_step_size(theta_c, curvature[name], chunk_size) for name in factors}
+        else:
+            lrs = dict.fromkeys(factors, theta_c)
+        steps = {name: -lrs[name][:, None] * g for name, (_, g, _) in factors.items()}
         y = _read_memory(w, s, q_c, factors, steps, coeffs, residual=residual, activation=activation)
         new_w, new_s = {}, {}
-        for name, (x, _) in factors.items():
+        for name, (x, _, _) in factors.items():
             new_w[name], s_end = chunk_end_state(
                 w[name], s.get(name), x, steps[name], coeffs, truncate_grad=truncate_grad
             )
@@ -90,6 +99,7 @@ def titans_memory(
     activation: str = "silu",
     truncate_grad: bool = False,
     remat_group: int = 1,
+    normalize_step: bool = True,
     accum_dtype=jnp.float32,
 ) -> tuple[jax.Array, dict, dict | None]:
     """Titans memory over a batch of sequences; returns (y [B,H,T,dv], end weights, end momentum or None).
@@ -106,6 +116,9 @@ def titans_memory(
     chunk_size: gradients inside a chunk are taken at the chunk-start state; a trailing partial chunk is a chunk.
     truncate_grad: outer gradients flow through the decay of the carried state and through the in-chunk reads,
       not through the end-of-chunk update (DESIGN D4 speed switch).
+    normalize_step: each token's gradient on a weight matrix steps by θ_t / (1 + C·θ_t·h_t), h_t its curvature bound
+      there (chunking.chunk_step_size: the chunk's summed step stays below the curvature bound); False: by θ_t (E5
+      literally, which diverges once C·θ exceeds ~2 on aligned keys).
     remat_group: chunks per `jax.checkpoint` group (0 = no remat). accum_dtype: dtype of all inner arithmetic;
       y is returned in q's dtype, the state in accum_dtype.
     """
@@ -126,7 +139,7 @@ def titans_memory(
         momentum = cast(momentum) if momentum is not None else jax.tree.map(jnp.zeros_like, weights)
     else:
         momentum = {}
-    options = (chunk_size, use_momentum, residual, activation, truncate_grad, remat_group)
+    options = (chunk_size, use_momentum, residual, activation, truncate_grad, remat_group, normalize_step)
     per_sequence = lambda w, s, *xs: _titans_one_sequence(w, s, *xs, options=options)
     batched = jax.vmap(jax.vmap(per_sequence))
     out_dtype = q.dtype
