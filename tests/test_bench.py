@@ -30,7 +30,7 @@ SETS = [f"--set={item}" for item in TINY]
 def train_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = [
-        "--config=configs/smoke.py", "--variants=transformer,hope", "--seq_lens=16,32", "--tokens_per_step=64",
+        "--config=configs/smoke_transformer.py", "--variants=transformer,hope", "--seq_lens=16,32", "--tokens_per_step=64",
         "--devices=1", "--warmup=1", "--steps=1", "--repeats=2", "--match_params=hope", "--interleave=all",
         f"--json={out / 'train.json'}", f"--plot={out / 'train.png'}", f"--profile={out / 'trace'}", *SETS,
     ]  # fmt: skip
@@ -82,7 +82,7 @@ def test_compile_only_compiles_the_named_variants_and_runs_nothing(train_rows, t
     (parallel processes of launch/gpu_bench.sh each compile one row this way into the persistent cache)."""
     full_run, _, _ = train_rows
     argv = [
-        "--config=configs/smoke.py", "--variants=transformer,hope", "--match_params=hope", "--only=transformer",
+        "--config=configs/smoke_transformer.py", "--variants=transformer,hope", "--match_params=hope", "--only=transformer",
         "--seq_lens=16", "--tokens_per_step=64", "--devices=1", "--compile_only", f"--json={tmp_path / 'c.json'}",
         *SETS,
     ]  # fmt: skip
@@ -99,7 +99,7 @@ def test_compile_only_compiles_the_named_variants_and_runs_nothing(train_rows, t
 
 @pytest.fixture(scope="module")
 def generate_rows():
-    argv = ["--config=configs/smoke.py", "--variants=transformer,hope", "--contexts=8,24", "--new_tokens=3",
+    argv = ["--config=configs/smoke_transformer.py", "--variants=transformer,hope", "--contexts=8,24", "--new_tokens=3",
             "--repeats=1", *SETS]  # fmt: skip
     return bench_generate.main(argv)
 
@@ -122,7 +122,7 @@ def test_dispatcher_lists_the_subcommands():
 
 
 def test_variant_labels_run_one_model_under_two_names():
-    base = common.load_config("configs/smoke.py")
+    base = common.load_config("configs/smoke_transformer.py")
     overrides = common.parse_overrides(["flash:model.attention_impl=auto", "model.n_layers=1"])
     configs = bench_train.variant_configs(base, ["transformer", "flash=transformer"], overrides, None)
     assert list(configs) == ["transformer", "flash"]

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import smoke
+from configs import smoke_transformer
 from data_pipeline.loader import make_loader
 from hope_jax import distributed
 from hope_jax.distributed import ProcessSettings, expand_hostlist, process_loader, resolve_settings, settings_from_slurm
@@ -105,7 +105,7 @@ def test_explicit_settings_win_and_are_checked():
 
 
 def loader_config(num_shards: int):
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     config.train.seq_len = 16
     config.train.global_batch_size = 8
     config.data.num_shards = num_shards

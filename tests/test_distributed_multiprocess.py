@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import smoke
+from configs import smoke_transformer
 from hope_jax.train.loop import train
 from hope_jax.train.trainer import build_trainer
 
@@ -55,7 +55,7 @@ OVERRIDES = {
 
 
 def make_config(num_steps: int):
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     for key, value in {**OVERRIDES, "train.num_steps": num_steps}.items():
         *sections, name = key.split(".")
         node = config
@@ -85,7 +85,7 @@ def start_two_processes(workdir: str, num_steps: int, cache_dir: str, output_pat
                 "--num_processes=2",
                 "--devices_per_process=4",
                 "--",
-                "--config=configs/smoke.py",
+                "--config=configs/smoke_transformer.py",
                 f"--workdir={workdir}",
                 *command_line(num_steps),
             ],

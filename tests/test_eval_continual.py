@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from configs import smoke
+from configs import smoke_transformer
 from data_pipeline.builtin_corpus import generate_document
 from eval import common, continual
 
@@ -80,7 +80,7 @@ def test_flags_parse_into_args():
 
 @pytest.fixture(scope="module")
 def random_hope_attention_run():
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     config.model.update(name="hope_attention", d_model=16, n_heads=2, n_layers=1, mlp_hidden=32, max_seq_len=64)
     config.model.cms.update(periods=(4, 0), objectives=("local", "frozen"), hidden=(16, 16))
     config.train.seq_len = 16

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from configs import smoke
+from configs import smoke_transformer
 from data_pipeline.builtin_corpus import BuiltinTokenizer
 from eval import common, haystack, niah, ruler, scoring
 
@@ -169,7 +169,7 @@ def test_haystack_sources():
 
 def _oracle_run():
     return common.Run(
-        name="oracle", config=smoke.get_config(), model=None, tokenizer=WordTokenizer(), step=None, config_hash="h"
+        name="oracle", config=smoke_transformer.get_config(), model=None, tokenizer=WordTokenizer(), step=None, config_hash="h"
     )
 
 

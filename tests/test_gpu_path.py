@@ -18,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import smoke
+from configs import smoke_transformer
 from hope_jax.layers import attention as attention_mod
 from hope_jax.layers.attention import Attention, AttentionImplError, attend, attention_mask, masked_attention
 from hope_jax.models import apply_overrides, build_model, default_model_config
@@ -242,7 +242,7 @@ def fake_wandb(monkeypatch):
 
 
 def logging_config(**overrides):
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     config.logging.tensorboard = False
     config.logging.update(overrides)
     return config
@@ -284,7 +284,7 @@ def test_wandb_imported_only_when_selected(tmp_path, monkeypatch):
 
 def test_checkpoint_directory_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = smoke.get_config().checkpoint
+    cfg = smoke_transformer.get_config().checkpoint
     assert checkpoint_directory(cfg, "runs/a") == str(tmp_path / "runs" / "a" / "checkpoints")
     for url in ("gs://bucket/runs/a", "s3://bucket/runs/a"):
         cfg.directory = url
@@ -296,7 +296,7 @@ def test_checkpoint_directory_resolution(tmp_path, monkeypatch):
 def test_tiny_run_with_wandb_checkpoint_directory_precision_and_auto_attention(tmp_path, fake_wandb):
     from hope_jax.train.loop import train
 
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     config.model.update(dict(d_model=32, n_heads=2, mlp_hidden=64, attention_impl="auto"))
     config.train.update(dict(num_steps=2, seq_len=16, global_batch_size=8, log_every_steps=1, matmul_precision="high"))
     config.checkpoint.update(dict(every_steps=0, directory=str(tmp_path / "elsewhere")))
@@ -317,7 +317,7 @@ def test_tiny_run_with_wandb_checkpoint_directory_precision_and_auto_attention(t
 def test_matmul_precision_is_validated():
     from hope_jax.train.validate import validate_config
 
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     for precision in ("default", "high", "highest"):
         config.train.matmul_precision = precision
         validate_config(config, 8)

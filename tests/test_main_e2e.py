@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from configs import smoke
+from configs import smoke_transformer
 from hope_jax.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_smoke_config():
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     config.train.num_steps = 2
     config.train.seq_len = 32
     config.train.global_batch_size = 8
@@ -58,7 +58,7 @@ def test_misspelt_override_names_the_key(tmp_path):
             sys.executable,
             "-m",
             "hope_jax.main",
-            "--config=configs/smoke.py",
+            "--config=configs/smoke_transformer.py",
             f"--workdir={tmp_path}",
             "--config.train.num_stpes=3",
         ],

@@ -34,7 +34,7 @@ def start_training(workdir, *extra):
             sys.executable,
             "-m",
             "hope_jax.main",
-            "--config=configs/smoke.py",
+            "--config=configs/smoke_transformer.py",
             f"--workdir={workdir}",
             *TINY_OVERRIDES,
             *extra,

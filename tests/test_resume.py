@@ -40,16 +40,16 @@ def test_checkpoint_from_another_config_is_refused_naming_the_keys(tmp_path):
 
 
 def test_keys_added_after_a_checkpoint_resume_at_their_defaults_only():
-    from configs import smoke
+    from configs import smoke_transformer
     from hope_jax.train.checkpoint import check_compatible, flatten_config
 
-    config = smoke.get_config()
+    config = smoke_transformer.get_config()
     saved = flatten_config(config)
     del saved["model.cms.lm_second_order"]  # as written by a version of hope_jax that lacked the key
     check_compatible(saved, config, "/ckpt")  # the key is at its default: what the older code did
     config.model.cms.lm_second_order = True
     with pytest.raises(ConfigMismatchError, match=r"model\.cms\.lm_second_order: checkpoint='<absent>' now=True"):
         check_compatible(saved, config, "/ckpt")
-    saved_with_removed_key = {**flatten_config(smoke.get_config()), "model.retired_key": 3}
+    saved_with_removed_key = {**flatten_config(smoke_transformer.get_config()), "model.retired_key": 3}
     with pytest.raises(ConfigMismatchError, match=r"model\.retired_key"):
-        check_compatible(saved_with_removed_key, smoke.get_config(), "/ckpt")
+        check_compatible(saved_with_removed_key, smoke_transformer.get_config(), "/ckpt")

@@ -69,6 +69,13 @@ def default_model_config() -> ml_collections.ConfigDict:
     # longer than the unit key makes every memory's inner map expansive and the fast weights blow up (notes in
     # memory/self_modifying.py SelfModConfig); False = E20 literally.
     cfg.memory.normalize_values = True
+    # Each gradient term steps by η / (1 + C·η·h), h the token's curvature bound (memory/chunking.chunk_step_size): the
+    # C gradients of a chunk, all taken at its start, then stay one stable mini-batch step. The fast weights of a HOPE
+    # trained on real text overflowed within one chunk without it (BUILD_NOTES "Inner-step stability"). False: η'.
+    cfg.memory.normalized_step = True
+    # M_k / M_v / M_q start with a residual branch of W_out std kv_init_gain/√hidden, so that the keys and values they
+    # generate differ from the first step (models/self_modifying.generator_out_std); 0: init_std like every memory.
+    cfg.memory.kv_init_gain = 4.0
     cfg.memory.eta_bias_init = 0.0  # b_η at initialisation: η ≈ eta_max / 2
     cfg.memory.alpha_bias_init = 5.0  # α_t = sigmoid(w_αᵀ M_α(x_t) + b_α); 5 gives α ≈ 0.993 at initialisation (A3)
     cfg.memory.truncate_bptt = False  # DESIGN D4: stop-gradient on inner updates (memories and CMS levels)
@@ -87,6 +94,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.cms.inner_lr = 0.1  # in-context levels: DGD learning rate (0 = the plain MLP chain exactly)
     cfg.cms.inner_decay = 0.0  # in-context levels: retention 1 − inner_lr · inner_decay
     cfg.cms.dgd = True  # in-context levels: DGD (False: plain GD)
+    cfg.cms.normalized_step = True  # 'local' levels: the curvature-normalised gradient step (memory.normalized_step)
     cfg.cms.lm_lrs = ()  # 'lm' levels' test-time-training step sizes, one per level; () = inner_lr for every level
     cfg.cms.lm_second_order = False  # 'lm' levels: differentiate through the inner gradient (default: stop-gradient)
     cfg.cms.variant = "sequential"  # 'nested' | 'sequential' | 'independent' (HOPE_SPEC §6.2)
@@ -101,6 +109,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.titans.momentum = True  # ablation 'w/o momentum'
     cfg.titans.weight_decay = True  # ablation 'w/o weight decay' (forget gate α = 0)
     cfg.titans.theta_max = 1.0  # θ_t = theta_max · sigmoid(x w_θ + b_θ)
+    # Each token's inner step θ_t / (1 + C·θ_t·‖x_t‖²) per weight matrix (memory/chunking.chunk_step_size): C gradients
+    # taken at one chunk-start state are one mini-batch step, which diverges once C·θ exceeds ~2 on aligned keys
+    # (every Titans model overflowed at initialisation). False: θ_t as T's E5 prints it.
+    cfg.titans.normalized_step = True
     cfg.titans.theta_bias_init = 0.0
     cfg.titans.momentum_bias_init = 0.0  # η_t = sigmoid(x w_η + b_η)
     cfg.titans.forget_bias_init = -5.0  # α_t = sigmoid(x w_α + b_α) ≈ 0.007 at initialisation

@@ -25,7 +25,7 @@ from flax import nnx
 
 from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import l2_normalize, scan_chunks
+from hope_jax.memory.chunking import l2_normalize, l2_normalize_scale, scan_chunks
 from hope_jax.memory.dgd import dgd_chunk_update
 from hope_jax.memory.self_modifying import SelfModConfig
 from hope_jax.models import chunk_carry
@@ -47,6 +47,7 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         gated_delta_form=mem.gated_delta,
         eta_max=mem.eta_max,
         normalize_values=mem.normalize_values,
+        normalize_step=mem.normalized_step,
         activation=mem.activation,
         remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
         truncate_grad=mem.truncate_bptt,
@@ -59,6 +60,21 @@ def generator_names(mem_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
     names += ("v",) if mem_cfg.adaptive_v else ()
     names += ("q",) if mem_cfg.adaptive_q else ()
     return names + ("eta",) + (("alpha",) if mem_cfg.weight_decay else ())
+
+
+# Generators whose outputs are the keys, values and queries every memory regresses on (E20).
+KQV_GENERATORS = frozenset({"k", "v", "q"})
+
+
+def generator_out_std(model_cfg: ml_collections.ConfigDict, name: str) -> float:
+    """Initial std of M_name's W_out. M_k, M_v (and M_q) get memory.kv_init_gain / √hidden, a residual branch as long
+    as its input: with W_out ~ init_std every memory starts at ≈ the identity, so k = l2(M_k(x)) and v = l2(M_v(x))
+    nearly coincide (mean cos ≈ 0.9999), every self-generated target equals its prediction and the inner gradients
+    vanish until the outer loop separates them (BUILD_NOTES "In-context learning from step 0"). The others (M_η, M_α,
+    M_memory) start at ≈ the identity."""
+    if name in KQV_GENERATORS and model_cfg.memory.kv_init_gain > 0:
+        return model_cfg.memory.kv_init_gain / math.sqrt(model_cfg.memory.hidden_factor * head_dim(model_cfg))
+    return model_cfg.init_std
 
 
 def static_streams(mem_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -76,7 +92,7 @@ def mixer_period(mem_cfg: ml_collections.ConfigDict) -> int:
     return math.lcm(mem_cfg.chunk_size, mem_cfg.aux_chunk_size)
 
 
-def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig):
+def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig, chunk_size: int):
     """One chunk of DGD on a stack of memories, each regressing the keys onto its own output on the values (E21)."""
 
     def one_memory(w, s):
@@ -88,7 +104,7 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
             w, s if cfg.use_momentum else None, keys, target_parts["out"], eta, None, log_retention=log_alpha,
             residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
             gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
-            key_parts=key_parts,
+            key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size,
         )  # fmt: skip
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
@@ -160,7 +176,7 @@ def joint_sequence(streams, joined, reduction, *, gens, cfg: SelfModConfig):
             out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
             queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
             y = out[n_gens]
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg), (y, keys, values)
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), (y, keys, values)
 
     (w, s), outputs = scan_chunks(joint_chunk, (joined["w"], joined.get("s", {})), streams, cfg.chunk_size_memory, 0)
     return outputs, ({"w": w, "s": s} if cfg.use_momentum else {"w": w})
@@ -181,12 +197,12 @@ def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfi
     def generator_chunk(carry, xs):
         w, s = carry
         per_token = _generate(w, xs, reduction, index, cfg)
-        return _update_stack(w, s, *per_token[1:], cfg), per_token
+        return _update_stack(w, s, *per_token[1:], cfg, cfg.chunk_size_other), per_token
 
     def memory_chunk(carry, xs):
         w, s = carry
         queries, keys, values, eta, log_alpha = xs
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg), _read_memory(w, queries, cfg)
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), _read_memory(w, queries, cfg)
 
     start_gen = (fast["gen"], fast.get("gen_s", {}))
     (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.chunk_size_other, 0)
@@ -237,7 +253,7 @@ class SelfModifyingMixer(nnx.Module):
         hidden = mem.hidden_factor * hd
         self.memories = nnx.Dict(
             {
-                name: MemoryInit(heads, hd, hidden, out_std=model_cfg.init_std, rngs=rngs)
+                name: MemoryInit(heads, hd, hidden, out_std=generator_out_std(model_cfg, name), rngs=rngs)
                 for name in (*self.gens, "memory")
             }
         )
@@ -305,6 +321,9 @@ class SelfModifyingMixer(nnx.Module):
             errors = jax.vmap(per_head)(weights, jax.lax.stop_gradient(keys_bthd), jax.lax.stop_gradient(values_bthd))
             return 0.5 * jnp.mean(jnp.sum(jnp.square(errors.astype(jnp.float32)), axis=-1))
 
+        # cos(k_t, v_t) (both unit): near 1 the self-generated targets equal the predictions and nothing is written.
+        cosine = jnp.sum(keys_bthd * values_bthd, axis=-1) * l2_normalize_scale(values_bthd)[..., 0]
+        self.sow(nnx.Intermediate, "kv_cos", jnp.mean(jax.lax.stop_gradient(cosine).astype(jnp.float32)))
         self.sow(nnx.Intermediate, "memory_loss_before", fit(start_memory))
         self.sow(nnx.Intermediate, "memory_loss_after", fit(end_memory))
 

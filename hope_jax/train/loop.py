@@ -23,7 +23,9 @@ from hope_jax.train.validate import validate_config
 
 
 class NonFiniteLossError(FloatingPointError):
-    pass
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step  # the first step whose loss or gradient was non-finite
 
 
 @dataclasses.dataclass
@@ -165,7 +167,8 @@ def train(config, workdir: str) -> TrainResult:
         if host["nonfinite"] and config.train.nonfinite == "halt":
             raise NonFiniteLossError(
                 f"non-finite loss or gradient at step {step} (loss={float(host['loss'])}); the run stops here and the "
-                "last good checkpoint is kept. Set train.nonfinite='skip' to drop such updates instead."
+                "last good checkpoint is kept. Set train.nonfinite='skip' to drop such updates instead.",
+                step,
             )
         losses[step] = float(host["loss"])
         window_tokens += float(host["tokens"])
