@@ -12,7 +12,12 @@ cd "$(dirname "$0")/.."
 INPUT=$(realpath "${1:-../shared/data/tinyshakespeare.txt}")
 OUT=${2:-runs/sample}
 VOCAB=${3:-2000}
-PYTHON=${PYTHON:-/tmp/venv/bin/python}
+# Default interpreter: the active virtual environment, else the repository's .venv (the README's), else python3.
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -n "${VIRTUAL_ENV:-}" ]]; then PYTHON="$VIRTUAL_ENV/bin/python"
+  elif [[ -x .venv/bin/python ]]; then PYTHON="$PWD/.venv/bin/python"
+  else PYTHON=python3; fi
+fi
 SMOKE_STEPS=${SMOKE_STEPS:-20}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
