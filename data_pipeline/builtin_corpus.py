@@ -116,8 +116,13 @@ def _filler(rng: np.random.Generator) -> str:
     return " ".join(words) + " ."
 
 
-def generate_document(seed: int, index: int) -> str:
-    """Document ``index`` of the corpus with ``seed``, as whitespace-separated words (no <eos>)."""
+def generate_document(seed: int, index: int, *, max_fillers: int = 2, ask_all_facts: bool = False) -> str:
+    """Document ``index`` of the corpus with ``seed``, as whitespace-separated words (no <eos>).
+
+    After each fact come 0..max_fillers filler sentences; every person is asked about one of their facts, or about all
+    three with ask_all_facts (a denser recall signal: configs/recall.py). The defaults are the corpus every other
+    config trains on; other values change the documents, not the draws of the defaults.
+    """
     rng = np.random.default_rng([seed, index])
     num_people = int(rng.integers(2, 5))
     names = rng.choice(NAMES, size=num_people, replace=False)
@@ -129,24 +134,56 @@ def generate_document(seed: int, index: int) -> str:
         )
         facts.extend(sentences.values())
         asked = _pick(rng, sorted(sentences))
-        questions.append(_QUESTIONS[asked].format(name=name) + " " + sentences[asked])
+        for kind in sorted(sentences) if ask_all_facts else [asked]:
+            questions.append(_QUESTIONS[kind].format(name=name) + " " + sentences[kind])
     order = rng.permutation(len(facts))
     body: list[str] = []
     for position in order:
         body.append(facts[position])
-        for _ in range(int(rng.integers(0, 3))):
+        for _ in range(int(rng.integers(0, max_fillers + 1))):
             body.append(_filler(rng))
     question_order = rng.permutation(len(questions))
     return " ".join(body + [questions[i] for i in question_order])
 
 
+# The answer words of the questions, by kind: after "? NAME lives in" a CITY, after "? NAME likes" a THING, after
+# "? NAME has a" a COLOR then an ANIMAL. Each is drawn uniformly from its word list, so 1 / len(list) is chance.
+ANSWER_KINDS = {"city": CITIES, "thing": THINGS, "colour": COLORS, "animal": ANIMALS}
+_ANSWER_OFFSETS = {"lives": (("city", 3),), "likes": (("thing", 2),), "has": (("colour", 3), ("animal", 4))}
+
+
+def answer_positions(ids) -> list[tuple[int, str]]:
+    """(position, kind) of every answer word of the questions in a token-id sequence of the built-in corpus.
+
+    A question ends with "?"; the answer sentence that follows is "NAME lives in CITY .", "NAME likes THING ." or
+    "NAME has a COLOR ANIMAL .". Positions index `ids`; an answer cut off by the end of `ids` is not listed.
+    """
+    vocabulary = VOCABULARY
+    question_mark = vocabulary.index("?")
+    found = []
+    for position, token in enumerate(ids):
+        if int(token) != question_mark or position + 2 >= len(ids):
+            continue
+        verb = vocabulary[int(ids[position + 2])]
+        for kind, offset in _ANSWER_OFFSETS.get(verb, ()):
+            if position + 1 + offset < len(ids):
+                found.append((position + 1 + offset, kind))
+    return found
+
+
 class BuiltinCorpus:
     """Map-style view of the built-in corpus: ``corpus[i]`` is document ``i`` as token ids followed by <eos>."""
 
-    def __init__(self, seed: int, num_documents: int, *, first_index: int = 0) -> None:
+    def __init__(
+        self, seed: int, num_documents: int, *, first_index: int = 0, max_fillers: int = 2, ask_all_facts: bool = False
+    ) -> None:
         if num_documents <= 0:
             raise ValueError(f"data.builtin.num_documents must be positive, got {num_documents}")
+        if max_fillers < 0:
+            raise ValueError(f"data.builtin.max_fillers must be ≥ 0, got {max_fillers}")
         self.seed = seed
+        self.max_fillers = max_fillers
+        self.ask_all_facts = ask_all_facts
         self.first_index = first_index
         self.num_documents = num_documents
         self.tokenizer = BuiltinTokenizer()
@@ -157,5 +194,7 @@ class BuiltinCorpus:
     def __getitem__(self, index: int) -> np.ndarray:
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} out of range [0, {self.num_documents})")
-        text = generate_document(self.seed, self.first_index + int(index))
+        text = generate_document(
+            self.seed, self.first_index + int(index), max_fillers=self.max_fillers, ask_all_facts=self.ask_all_facts
+        )
         return np.asarray(self.tokenizer.encode(text) + [EOS_ID], dtype=np.int32)

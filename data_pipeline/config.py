@@ -19,6 +19,10 @@ def default_data_config() -> ml_collections.ConfigDict:
                 "seed": 1234,
                 "num_documents": 20000,
                 "num_validation_documents": 200,
+                # Filler sentences after each fact: 0..max_fillers. ask_all_facts: every person is asked about all
+                # three of their facts, not one (a denser in-context recall signal; configs/recall.py).
+                "max_fillers": 2,
+                "ask_all_facts": False,
             },
             # Path of a mixture manifest (YAML); relative paths inside it are resolved against its `root`.
             "mixture": "",

@@ -42,13 +42,14 @@ class Corpus:
 
 def _builtin_corpora(data_cfg, split: str) -> list[Corpus]:
     builtin = data_cfg.builtin
+    shape = {"max_fillers": builtin.max_fillers, "ask_all_facts": builtin.ask_all_facts}
     # Validation documents come from a disjoint index range of the same generator, so they never occur in
     # training.
     if split == "train":
-        documents = BuiltinCorpus(builtin.seed, builtin.num_documents)
+        documents = BuiltinCorpus(builtin.seed, builtin.num_documents, **shape)
     else:
         documents = BuiltinCorpus(
-            builtin.seed, builtin.num_validation_documents, first_index=builtin.num_documents
+            builtin.seed, builtin.num_validation_documents, first_index=builtin.num_documents, **shape
         )
     return [Corpus("builtin", documents, 1.0, BUILTIN_PAD_ID)]
 

@@ -65,3 +65,34 @@ def loss_by_position(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def accuracy_against_chance(
+    path: str | pathlib.Path,
+    labels: Sequence[str],
+    accuracies: Sequence[float | None],
+    chances: Sequence[float | None],
+    *,
+    title: str,
+) -> pathlib.Path:
+    """One bar per label (accuracy in [0, 1], the value written above it), its chance level a black tick across it."""
+    path = pathlib.Path(path)
+    figure, axes = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(labels)), 3.5))
+    heights = [0.0 if value is None else value for value in accuracies]
+    axes.bar(range(len(labels)), heights, color="tab:blue", label="accuracy")
+    for index, chance in enumerate(chances):
+        if chance is not None:
+            axes.hlines(
+                chance, index - 0.4, index + 0.4, color="black", linewidth=2, label="chance" if index == 0 else None
+            )
+    for index, value in enumerate(accuracies):
+        axes.text(index, heights[index] + 0.02, "-" if value is None else f"{value:.2f}", ha="center", fontsize=8)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_ylim(0.0, 1.05)
+    axes.set_ylabel("accuracy")
+    axes.set_title(title, fontsize=10)
+    axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
