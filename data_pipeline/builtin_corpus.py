@@ -171,6 +171,12 @@ def answer_positions(ids) -> list[tuple[int, str]]:
     return found
 
 
+def copied_name_positions(ids) -> list[int]:
+    """Position of the NAME that opens every answer sentence ("? NAME ..."): a copy of the question's own NAME."""
+    question_mark = VOCABULARY.index("?")
+    return [p + 1 for p, token in enumerate(ids[:-1]) if int(token) == question_mark]
+
+
 class BuiltinCorpus:
     """Map-style view of the built-in corpus: ``corpus[i]`` is document ``i`` as token ids followed by <eos>."""
 

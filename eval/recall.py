@@ -25,7 +25,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from data_pipeline.builtin_corpus import ANSWER_KINDS, EOS_ID, BuiltinCorpus, answer_positions
+from data_pipeline.builtin_corpus import ANSWER_KINDS, EOS_ID, BuiltinCorpus, answer_positions, copied_name_positions
 from eval import common, plots
 
 COMMAND = "recall"
@@ -66,25 +66,17 @@ def held_out_documents(run: common.Run, args: RecallArgs) -> BuiltinCorpus:
 
 def _answer_records(tokens: np.ndarray, argmax: np.ndarray, logprobs: np.ndarray) -> list[dict]:
     """One record per answer word (and per copied name) of one document; tokens = <eos> + document."""
-    records = []
-    for position, kind in answer_positions(tokens):
+
+    def record(kind: str, position: int) -> dict:
         # logprobs[t] scores tokens[t + 1]
-        records.append(
-            {
-                "kind": kind,
-                "correct": bool(argmax[position - 1] == tokens[position]),
-                "logprob": float(logprobs[position - 1]),
-            }
-        )
-        if kind in ("city", "thing", "colour"):  # the first answer word of its sentence: the name precedes the verb
-            name_position = position - (3 if kind == "city" else 2 if kind == "thing" else 3)
-            records.append(
-                {
-                    "kind": COPY_CONTROL,
-                    "correct": bool(argmax[name_position - 1] == tokens[name_position]),
-                    "logprob": float(logprobs[name_position - 1]),
-                }
-            )
+        return {
+            "kind": kind,
+            "correct": bool(argmax[position - 1] == tokens[position]),
+            "logprob": float(logprobs[position - 1]),
+        }
+
+    records = [record(kind, position) for position, kind in answer_positions(tokens)]
+    records += [record(COPY_CONTROL, position) for position in copied_name_positions(tokens)]
     return records
 
 
