@@ -16,7 +16,7 @@ from flax import nnx
 
 from configs import smoke_transformer
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import chunk_step_size, l2_normalize
+from hope_jax.memory.chunking import chunk_step_size, gram_step_size, l2_normalize
 from hope_jax.memory.dgd import dgd_chunk_update
 from hope_jax.memory.titans import titans_memory
 from hope_jax.models.registry import build_model
@@ -53,6 +53,32 @@ def test_chunk_step_keeps_the_summed_curvature_below_one():
     np.testing.assert_allclose(chunk_step_size(lr, curvature, 1), lr / (1.0 + lr * curvature), rtol=1e-6)
 
 
+@pytest.mark.parametrize("inputs", ["aligned", "gaussian", "mixed_lengths"])
+def test_gram_step_keeps_the_chunk_curvature_below_one(inputs):
+    """λ_max(Σ_t s_t g_t x_t x_tᵀ) < 1 (the chunk's summed Gauss–Newton step, g_t = h_t/‖x_t‖²) for any inputs."""
+    rng = np.random.default_rng(7)
+    x = {
+        "aligned": aligned_streams(7)[0][:CHUNK],
+        "gaussian": jnp.asarray(rng.normal(size=(CHUNK, D)), jnp.float32),
+        "mixed_lengths": jnp.asarray(rng.normal(size=(CHUNK, D)) * rng.uniform(0.01, 10.0, (CHUNK, 1)), jnp.float32),
+    }[inputs]
+    lr = jnp.asarray(rng.uniform(0.1, 20.0, size=CHUNK), jnp.float32)
+    gain = jnp.asarray(rng.uniform(0.1, 5.0, size=CHUNK), jnp.float32)
+    step = gram_step_size(lr, gain * jnp.sum(x * x, axis=-1), x)
+    hessian = jnp.einsum("t,ti,tj->ij", step * gain, x, x)
+    assert float(jnp.max(jnp.linalg.eigvalsh(hessian))) < 1.0
+
+
+def test_gram_step_is_the_full_step_on_orthogonal_inputs_and_the_chunk_step_on_equal_ones():
+    lr = jnp.full(CHUNK, 4.0)
+    orthogonal = jnp.eye(CHUNK, D)
+    h = jnp.sum(orthogonal**2, axis=-1)
+    np.testing.assert_allclose(gram_step_size(lr, h, orthogonal), lr / (1.0 + lr * h), rtol=1e-6)
+    equal = jnp.ones((CHUNK, D)) / np.sqrt(D)
+    h = jnp.sum(equal**2, axis=-1)
+    np.testing.assert_allclose(gram_step_size(lr, h, equal), chunk_step_size(lr, h, CHUNK), rtol=1e-5)
+
+
 def test_curvature_bounds_match_the_jacobian():
     """fast_mlp.curvature_bounds == ‖x‖²‖J‖²_F from autodiff (first layer) and ‖x‖² (last layer)."""
     weights = mlp_weights(1, 1.0, 1.0)
@@ -84,8 +110,10 @@ def test_titans_memory_stays_bounded_on_aligned_keys_at_its_initial_gates(normal
         assert not np.isfinite(peak) or peak > 1e6
 
 
-@pytest.mark.parametrize("normalize_step", [True, False], ids=["normalized", "literal"])
-def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(normalize_step):
+@pytest.mark.parametrize(
+    ("normalize_step", "step_bound"), [(True, "chunk"), (True, "gram"), (False, "chunk")], ids=["chunk", "gram", "literal"]
+)
+def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(normalize_step, step_bound):
     """Self-generated targets v̂ = M(v), η = 1, chunk 16, fast weights at the scale measured in the diverging HOPE
     run (max |W_in| ≈ 3.6, |W_out| ≈ 1.4 in the chunk before the overflow)."""
     keys, values = aligned_streams(3)
@@ -94,7 +122,7 @@ def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(nor
     update = jax.jit(
         lambda w, s, k, v: dgd_chunk_update(
             w, s, k, fast_mlp.forward(w, v), jnp.ones(CHUNK), None, log_retention=jnp.full(CHUNK, -0.007),
-            residual=True, activation="silu", normalize_step=normalize_step,
+            residual=True, activation="silu", normalize_step=normalize_step, step_bound=step_bound,
         )  # fmt: skip
     )
     for c in range(T // CHUNK):

@@ -77,6 +77,24 @@ def chunk_step_size(lr: jax.Array, curvature: jax.Array, chunk_size: int) -> jax
     return lr / (1.0 + chunk_size * lr * curvature)
 
 
+STEP_BOUNDS = ("chunk", "gram")
+
+
+def gram_step_size(lr: jax.Array, curvature: jax.Array, x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """[C] steps lr_t / (1 + lr_t·r_t), r_t = (h_t/‖x_t‖²)·Σ_j |x_t·x_j|: chunk_step_size with the chunk's Gram matrix
+    in place of its worst case. x [C, d] the matrix's inputs, h_t their curvature bounds (curvature_bounds).
+
+    The chunk's summed step has curvature ≤ λ_max(Σ_t s_t g_t x_t x_tᵀ), g_t = h_t/‖x_t‖² the output-side gain. That
+    equals λ_max(D·X Xᵀ) with D = diag(s_t g_t) (similar matrices), which Gershgorin bounds by max_t s_t g_t Σ_j |x_t·x_j|
+    < 1 for these steps: the same guarantee as chunk_step_size's C·h_t (which it never undercuts when the inputs are
+    equally long), but a write among orthogonal inputs takes the full Sherman–Morrison step lr/(1 + lr·h) instead of
+    ≤ 1/C of its error. Step t reads every input of its chunk, so it is causal only for memories whose reads use the
+    chunk-start weights (the DGD memories of HOPE and the CMS), not for a read through the chunk (titans.py)."""
+    gram_row_sums = jnp.sum(jnp.abs(mm(x, x.T)), axis=-1)
+    gain = curvature / (jnp.sum(x * x, axis=-1) + eps)
+    return lr / (1.0 + lr * gain * gram_row_sums)
+
+
 # segment_products switches to a parallel prefix sum above this many tokens (see there).
 PREFIX_SUM_MIN = 64
 

@@ -35,6 +35,7 @@ def cms_local(
     activation: str = "silu",
     use_dgd: bool = True,
     normalize_step: bool = True,
+    step_bound: str = "chunk",
     truncate_grad: bool = False,
     remat_group: int = 1,
     accum_dtype=jnp.float32,
@@ -46,7 +47,7 @@ def cms_local(
     lr: inner learning rate η (scalar, may be a traced outer parameter); decay: weight decay, retention 1 − lr·decay.
     period: C in tokens (a trailing partial chunk updates at the end of the sequence; period ≥ T means the outputs
       never see an update). use_dgd=False gives plain GD with decay. normalize_step: dgd.dgd_chunk_update's
-      curvature-normalised gradient step over the period (False: η' per token).
+      curvature-normalised gradient step over the period (False: η' per token), bounded by `step_bound`.
     """
     if x.ndim != 3 or k.shape[:2] != x.shape[:2] or v.shape != k.shape:
         raise ValueError(
@@ -81,6 +82,7 @@ def cms_local(
                 key_parts=key_parts,
                 normalize_step=normalize_step,
                 chunk_size=period,
+                step_bound=step_bound,
             )
             return w, y
 

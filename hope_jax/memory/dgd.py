@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import chunk_step_size, l2_normalize_scale, mm
+from hope_jax.memory.chunking import STEP_BOUNDS, chunk_step_size, gram_step_size, l2_normalize_scale, mm
 from hope_jax.memory.recurrence import SOLVE_BLOCK, chunk_coefficients, chunk_end_state, chunk_end_state_in_blocks
 
 FIRST_LAYERS = frozenset({"w", "w_in", "w_gate", "w_up"})
@@ -50,6 +50,7 @@ def dgd_chunk_update(
     key_parts: dict | None = None,
     normalize_step: bool = True,
     chunk_size: int | None = None,
+    step_bound: str = "chunk",
 ) -> tuple[dict, dict | None]:
     """End-of-chunk (weights, momentum) after the chunk's tokens; keys [C, d_in], targets [C, d_out], lr/retention [C].
 
@@ -61,7 +62,11 @@ def dgd_chunk_update(
     normalize_step: the gradient term of each matrix steps by η_t / (1 + C·η_t·h_t), h_t its curvature bound
     (chunking.chunk_step_size, C = chunk_size, default the chunk's length); the DGD transition keeps η'_t. False: η'_t
     for both (E19 per token, which a chunk of C gradients at one state overshoots once C·η' exceeds ~2).
+    step_bound: how the normalised step bounds the chunk: 'chunk' (C·h_t, the worst case of C aligned inputs) or
+    'gram' (chunking.gram_step_size: the chunk's own Gram matrix; the reads here use the chunk-start weights).
     """
+    if step_bound not in STEP_BOUNDS:
+        raise ValueError(f"step_bound must be one of {STEP_BOUNDS}, got {step_bound!r}")
     if dgd_layers not in DGD_LAYER_CHOICES:
         raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
     if (retention is None) == (log_retention is None):
@@ -103,7 +108,11 @@ def dgd_chunk_update(
                 # and a write that does not read W_s cannot overshoot, so it keeps η'.
                 steps.append(-transition_lr[:, None] * (g - mm(x_hat, weights[name])))
             else:
-                step_lr = chunk_step_size(lr, curvature[name], chunk_size) if normalize_step else transition_lr
+                step_lr = transition_lr
+                if normalize_step and step_bound == "gram":
+                    step_lr = gram_step_size(lr, curvature[name], x)
+                elif normalize_step:
+                    step_lr = chunk_step_size(lr, curvature[name], chunk_size)
                 steps.append(-step_lr[:, None] * g)
         step = join(steps)
         s0 = None if momentum is None else join([momentum[name] for name in names])

@@ -46,6 +46,7 @@ class SelfModConfig:
     # Gradient terms step by η / (1 + C·η·h) (chunking.chunk_step_size): a chunk's C gradients at one state stay one
     # stable mini-batch step. False = η' for every token (E19 per token), which overshoots on aligned keys.
     normalize_step: bool = True
+    step_bound: str = "chunk"  # dgd.dgd_chunk_update: 'chunk' (C·h) | 'gram' (the chunk's Gram matrix)
     activation: str = "silu"
     remat_group: int = 1  # chunks per jax.checkpoint group (0 = off)
     truncate_grad: bool = False  # DESIGN D4 speed switch (see recurrence.chunk_end_state)
@@ -122,6 +123,7 @@ def _update_memories(weights, momentum, keys, values, eta, log_alpha, cfg, chunk
             truncate_grad=cfg.truncate_grad,
             normalize_step=cfg.normalize_step,
             chunk_size=chunk_size,
+            step_bound=cfg.step_bound,
         )
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)

@@ -115,7 +115,7 @@ class CMS(nnx.Module):
         self.periods, self.objectives = tuple(cms.periods), tuple(cms.objectives)
         self.variant, self.inner_lr, self.inner_decay = cms.variant, cms.inner_lr, cms.inner_decay
         self.use_dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
-        self.normalize_step = cms.normalized_step
+        self.normalize_step, self.step_bound = cms.normalized_step, model_cfg.memory.step_bound
         self.remat = model_cfg.memory.remat_chunks
         self.diagnostics_stride = model_cfg.memory.diagnostics_stride
         self.levels = nnx.List(
@@ -206,7 +206,7 @@ class CMS(nnx.Module):
             y, new_fast = cms_local(
                 fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
                 period=period, use_dgd=self.use_dgd, truncate_grad=self.truncate, remat_group=0,
-                normalize_step=self.normalize_step,
+                normalize_step=self.normalize_step, step_bound=self.step_bound,
             )  # fmt: skip
             return y, new_fast
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from hope_jax.memory.chunking import INNER_PRECISIONS
+from hope_jax.memory.chunking import INNER_PRECISIONS, STEP_BOUNDS
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # hope_jax/layers/attention.py
@@ -73,6 +73,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     # C gradients of a chunk, all taken at its start, then stay one stable mini-batch step. The fast weights of a HOPE
     # trained on real text overflowed within one chunk without it (BUILD_NOTES "Inner-step stability"). False: η'.
     cfg.memory.normalized_step = True
+    # How that step bounds a chunk (the mixer's memories and the CMS in-context levels): 'chunk' divides by C·h, the
+    # worst case of C aligned inputs, so one write corrects ≤ 1/C of its error; 'gram' by the chunk's own Gram matrix
+    # (memory/chunking.gram_step_size: the same stability bound, a full step for orthogonal inputs).
+    cfg.memory.step_bound = "chunk"
     # M_k / M_v / M_q start with a residual branch of W_out std kv_init_gain/√hidden, so that the keys and values they
     # generate differ from the first step (models/self_modifying.generator_out_std); 0: init_std like every memory.
     cfg.memory.kv_init_gain = 4.0
@@ -145,6 +149,8 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.{key} must be ≥ 0, got {model_cfg[key]}")
     if model_cfg.inner_precision not in INNER_PRECISIONS:
         raise ValueError(f"model.inner_precision = {model_cfg.inner_precision!r}; known: {', '.join(INNER_PRECISIONS)}")
+    if model_cfg.memory.step_bound not in STEP_BOUNDS:
+        raise ValueError(f"model.memory.step_bound = {model_cfg.memory.step_bound!r}; known: {', '.join(STEP_BOUNDS)}")
     if model_cfg.memory.diagnostics_stride < 1:
         raise ValueError(f"model.memory.diagnostics_stride must be ≥ 1, got {model_cfg.memory.diagnostics_stride}")
     if model_cfg.d_model % model_cfg.n_heads:

@@ -48,6 +48,7 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         eta_max=mem.eta_max,
         normalize_values=mem.normalize_values,
         normalize_step=mem.normalized_step,
+        step_bound=mem.step_bound,
         activation=mem.activation,
         remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
         truncate_grad=mem.truncate_bptt,
@@ -104,7 +105,7 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
             w, s if cfg.use_momentum else None, keys, target_parts["out"], eta, None, log_retention=log_alpha,
             residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
             gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
-            key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size,
+            key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
         )  # fmt: skip
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
