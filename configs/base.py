@@ -25,8 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
             "num_steps": 1000,
             # Micro-batches per step: gradients of global_batch_size // grad_accum_steps sequences are summed.
             "grad_accum_steps": 1,
-            # 'halt': stop the run at a non-finite loss (the last good checkpoint stays); 'skip': drop that update.
+            # 'halt': stop the run at a non-finite step (loss, gradient, update or parameters; nothing non-finite is
+            # ever saved); 'skip': drop that update, and stop once more than max_consecutive_skips are dropped in a row.
             "nonfinite": "halt",
+            "max_consecutive_skips": 10,
             # jax default matmul precision: 'default' | 'high' | 'highest'.
             "matmul_precision": "default",
             "log_every_steps": 10,

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -33,6 +34,7 @@ from configs import base
 from data_pipeline.loader import load_tokenizer
 from hope_jax.models.generate import generate
 from hope_jax.models.registry import build_model
+from hope_jax.train import integrity
 from hope_jax.train.checkpoint import config_hash
 from hope_jax.train.state import model_spec
 
@@ -85,7 +87,11 @@ def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
 
 
 def load_run(workdir: str, step: int | None = None, *, checkpoint_dir: str = "") -> Run:
-    """The model of a training run at `step` (default: the latest checkpoint), with the run's config and tokenizer."""
+    """The model of a training run at `step` (default: the newest good checkpoint), with its config and tokenizer.
+
+    Every restore is verified against the fingerprints saved with it (hope_jax/train/integrity.py). Without `step`, a
+    damaged checkpoint is named, set aside under `<checkpoints>/damaged/` as a resume would, and the next older one is
+    loaded; a damaged `step` asked for by name is an error."""
     directory = checkpoint_dir or os.path.join(os.path.abspath(workdir), "checkpoints")
     if not epath.Path(directory).exists():
         raise RunLoadError(f"no checkpoints in {directory}: is --workdir the directory a training run wrote?")
@@ -94,30 +100,32 @@ def load_run(workdir: str, step: int | None = None, *, checkpoint_dir: str = "")
         available = manager.all_steps()
         if not available:
             raise RunLoadError(f"no complete checkpoint in {directory}")
-        if step is None:
-            step = max(available)
-        elif step not in available:
+        if step is not None and step not in available:
             raise RunLoadError(f"no checkpoint for step {step} in {directory}; available: {sorted(available)}")
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        config = config_from_flat(meta["config"], f"{directory}/{step}")
-        spec = model_spec(config.model)
-        # Only the parameters are read (partial restore): the optimiser state stays on disk. orbax 0.12.8's
-        # StandardRestore(strict=False) refuses a tree missing whole subtrees (opt_state, rng, step), PyTreeRestore
-        # with partial_restore does not; the saved format is the same.
-        item = {"params": spec.abstract_params}
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        restore_args = jax.tree.map(
-            lambda leaf: ocp.ArrayRestoreArgs(sharding=device, global_shape=leaf.shape, dtype=leaf.dtype), item
-        )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True),
-            ),
-        )["state"]
+        damaged = []
+        for candidate in [step] if step is not None else sorted(available, reverse=True):
+            with integrity.quiet_failed_reads():
+                try:
+                    config, params = _restore_params(manager, directory, candidate)
+                    failure = None
+                except integrity.CheckpointDamagedError as error:
+                    failure = str(error)
+            if failure is None:
+                step = candidate
+                break
+            if step is not None:
+                raise RunLoadError(failure)
+            aside = integrity.set_aside(directory, candidate)
+            logging.warning("%s; set aside as %s, trying the next older checkpoint", failure, aside)
+            damaged.append(failure)
+        else:
+            raise RunLoadError(f"no good checkpoint left in {directory}: {'; '.join(damaged)}")
     finally:
         manager.close()
-    model = nnx.merge(spec.graphdef, restored["params"])
+    if damaged:
+        logging.warning("loaded step %d, the newest good checkpoint", step)
+    spec = model_spec(config.model)
+    model = nnx.merge(spec.graphdef, params)
     return Run(
         name=os.path.basename(os.path.normpath(workdir)),
         config=config,
@@ -126,6 +134,39 @@ def load_run(workdir: str, step: int | None = None, *, checkpoint_dir: str = "")
         step=int(step),
         config_hash=config_hash(config),
     )
+
+
+def _restore_params(manager, directory: str, step: int):
+    """(config, verified params) of one checkpoint step; CheckpointDamagedError names what is damaged."""
+    step_dir = f"{directory}/{step}"
+    integrity.check_files(step, step_dir)
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        flat_config = meta["config"]
+    except Exception as error:  # noqa: BLE001 - any failure to read the item is damage to it
+        raise integrity.CheckpointDamagedError(step, f"{step_dir}/meta", integrity.describe(error)) from None
+    config = config_from_flat(flat_config, step_dir)
+    spec = model_spec(config.model)
+    # Only the parameters are read (partial restore): the optimiser state stays on disk. orbax 0.12.8's
+    # StandardRestore(strict=False) refuses a tree missing whole subtrees (opt_state, rng, step), PyTreeRestore
+    # with partial_restore does not; the saved format is the same.
+    item = {"params": spec.abstract_params}
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restore_args = jax.tree.map(
+        lambda leaf: ocp.ArrayRestoreArgs(sharding=device, global_shape=leaf.shape, dtype=leaf.dtype), item
+    )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True),
+            ),
+        )["state"]
+    except Exception as error:  # noqa: BLE001
+        raise integrity.CheckpointDamagedError(step, f"{step_dir}/state", integrity.describe(error)) from None
+    if "fingerprints" in meta:
+        integrity.verify_state(step, restored["params"], meta["fingerprints"], prefix=".params")
+    return config, restored["params"]
 
 
 def random_run(config: ml_collections.ConfigDict, *, seed: int = 0, name: str = "random") -> Run:

@@ -78,7 +78,9 @@ def main(argv) -> None:
         print(f"devices: {jax.devices()}", flush=True)
     log_devices(ordinals)
     result = train(config, _WORKDIR.value)
-    if result.stopped_by_signal:
+    if result.stopped_during_startup:
+        print(f"stopped by SIGTERM during start-up, before step {result.final_step + 1}; nothing saved", flush=True)
+    elif result.stopped_by_signal:
         print(
             f"stopped by SIGTERM at step {result.final_step}; checkpoint saved in {_WORKDIR.value}",
             flush=True,

@@ -251,7 +251,8 @@ def logging_config(**overrides):
 def test_wandb_writer_logs_and_resumes_the_same_run(tmp_path, fake_wandb):
     config = logging_config(backend="wandb", wandb_project="proj", wandb_mode="offline")
     for attempt in range(2):
-        logger = MetricsLogger.from_config(str(tmp_path / "run7"), config)
+        # The second attempt resumes from step 3, as the training loop would after a checkpoint at step 3.
+        logger = MetricsLogger.from_config(str(tmp_path / "run7"), config, resumed_step=3 if attempt else None)
         logger.write_hparams({"num_params": 5})
         logger.write_scalars(3 + attempt, {"loss": np.float32(1.5), "tokens_per_s": 10})
         logger.close()

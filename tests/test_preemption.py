@@ -87,6 +87,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     assert sorted(result.losses) == [stopped_at + 1]
 
 
+def test_sigterm_during_start_up_exits_zero_before_the_first_step(tmp_path):
+    workdir = str(tmp_path)
+    process = start_training(workdir, "--config.train.num_steps=100000")
+    output_lines = []
+    for line in process.stdout:  # main prints the devices just before it calls train(), which installs the handler
+        output_lines.append(line)
+        if line.startswith("devices: ["):
+            break
+    time.sleep(2.0)  # inside train() now: building the model or compiling (tens of seconds on this machine)
+    process.send_signal(signal.SIGTERM)
+    output = "".join(output_lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert "stopped by SIGTERM during start-up, before step 1; nothing saved" in output
+    assert checkpoint_steps(workdir) == [] and logged_losses(workdir) == {}
+
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     killed = str(tmp_path / "killed")
     process = start_training(

@@ -74,7 +74,7 @@ def test_nonfinite_loss_halts_or_skips_without_touching_the_last_good_checkpoint
     config.optim.levels.default.warmup_steps = 0
     config.optim.clip_norm = 0.0
     if mode == "halt":
-        with pytest.raises(NonFiniteLossError, match="at step 2"):
+        with pytest.raises(NonFiniteLossError, match="non-finite step 2"):
             train(config, str(tmp_path))
         assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
     else:

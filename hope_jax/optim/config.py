@@ -1,5 +1,8 @@
 """The `optim` config section: named levels, ordered (regex, level) rules, clipping, weight-decay mask."""
 
+import math
+import numbers
+
 import ml_collections
 
 KINDS = ("adamw", "muon", "m3", "deep_momentum")
@@ -9,6 +12,52 @@ DEEP_MOMENTUM_VARIANTS = ("delta", "mlp")
 DEEP_MOMENTUM_OBJECTIVES = ("dot", "l2")
 MUON_SCALINGS = ("rms", "spectral", "none")
 MU_DTYPES = ("float32", "bfloat16")
+
+# The range of every numeric level key that has one (every numeric value must also be finite): (test, wording).
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+LEVEL_RANGES = {
+    "lr": _POSITIVE,  # a negative lr ascends the loss; 0 trains nothing (no config freezes a level this way)
+    "warmup_steps": _NON_NEGATIVE,
+    "decay_steps": (lambda v: v == -1 or v >= 0, "-1 (until total_steps) or >= 0"),
+    "end_lr_ratio": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "b1": _BETA,
+    "b2": _BETA,
+    "eps": _POSITIVE,  # eps = 0: 0/0 = NaN wherever a gradient entry is 0
+    "period_tokens": _NON_NEGATIVE,
+    "ns_steps": _NON_NEGATIVE,
+    "ns_eps": _POSITIVE,
+    "muon_momentum": _BETA,
+    # paper mode: weights of plain sums (1 is a literal sum); ema mode: decays
+    "m3_beta1": _UNIT,
+    "m3_beta2": _UNIT,
+    "m3_beta3": _UNIT,
+    "m3_alpha": _NON_NEGATIVE,
+    "m3_period": (lambda v: v >= 1, ">= 1"),
+    "m3_eps": _POSITIVE,
+    "dm_alpha": _UNIT,
+    "dm_lr": _POSITIVE,
+    "dm_delta_lr": _NON_NEGATIVE,
+    "dm_hidden": (lambda v: v >= 1, ">= 1"),
+    "dm_init_scale": _NON_NEGATIVE,
+}
+SECTION_RANGES = {"clip_norm": _NON_NEGATIVE, "weight_decay_min_ndim": _NON_NEGATIVE}  # clip_norm 0: no clipping
+
+
+def check_ranges(prefix: str, node, ranges) -> None:
+    """ValueError naming `prefix + key` and its value for a non-finite number in `node` (tuples element-wise) or a
+    value outside its entry of `ranges`."""
+    for key, value in node.items():
+        numbers_in = value if isinstance(value, (tuple, list)) else (value,)
+        numeric = [v for v in numbers_in if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+        if not all(math.isfinite(v) for v in numeric):
+            raise ValueError(f"{prefix}{key} = {value!r}; must be finite")
+        if key in ranges and numeric and not ranges[key][0](value):
+            raise ValueError(f"{prefix}{key} = {value!r}; must be {ranges[key][1]}")
+
 
 # Muon-literature quintic (Keller Jordan). HOPE_SPEC §8 makes the NS variant and step count configuration.
 QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -107,6 +156,12 @@ def resolve_level(name: str, level_cfg) -> ml_collections.ConfigDict:
             raise ValueError(f"optim.levels.{name}.{key} = {resolved[key]!r}; expected one of {allowed}")
     if len(tuple(resolved.ns_coeffs)) != 3:
         raise ValueError(f"optim.levels.{name}.ns_coeffs must be three numbers (a, b, c), got {resolved.ns_coeffs}")
-    if resolved.m3_period < 1:
-        raise ValueError(f"optim.levels.{name}.m3_period must be >= 1, got {resolved.m3_period}")
+    check_ranges(f"optim.levels.{name}.", resolved, LEVEL_RANGES)
     return resolved
+
+
+def validate_optim_config(optim_cfg) -> None:
+    """Every level resolved and range-checked, and the section's own numbers, before anything is built."""
+    check_ranges("optim.", optim_cfg, SECTION_RANGES)
+    for name in optim_cfg.levels:
+        resolve_level(name, optim_cfg.levels[name])

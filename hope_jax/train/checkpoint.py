@@ -11,11 +11,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from hope_jax.distributed import barrier
+from hope_jax.train import integrity
 from hope_jax.train.state import StateLayout, TrainState
 
 # Keys that may change between a run and its resumption without changing what is being trained.
@@ -96,13 +99,28 @@ def check_compatible(saved_flat: dict, config, directory: str) -> None:
         )
 
 
+class NoGoodCheckpointError(RuntimeError):
+    pass
+
+
+class CheckpointWriteError(RuntimeError):
+    pass
+
+
 class Checkpointer:
+    """The run's checkpoints: save with fingerprints, restore verified, fall back past damaged steps
+    (train/integrity.py)."""
+
     def __init__(self, directory: str, *, max_to_keep: int, async_save: bool) -> None:
         self.directory = directory
+        _check_writable(directory)
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+                max_to_keep=max_to_keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+                cleanup_tmp_directories=True,  # partial saves of a crashed run never block a resume
             ),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -111,40 +129,153 @@ class Checkpointer:
             },
         )
 
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, data_iterator, config, *, force: bool = False) -> bool:
-        meta = {"step": int(step), "config": flatten_config(config), "config_hash": config_hash(config)}
-        saved = self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=force,
-        )
+        fingerprints, nonfinite = integrity.state_fingerprints(state)
+        bad = integrity.first_nonfinite(nonfinite)
+        if bad is not None:
+            raise NonFiniteStateError(f"refusing to save step {step}: non-finite values in {bad}")
+        meta = {
+            "step": int(step),
+            "config": flatten_config(config),
+            "config_hash": config_hash(config),
+            "fingerprints": fingerprints,
+            "data_sha256": integrity.data_state_digests(data_iterator),  # one per process
+        }
+        try:
+            saved = self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=force,
+            )
+        except Exception as error:  # noqa: BLE001 - orbax re-raises a failed async commit here, wrapped or not
+            self._abandon(step, error)
         if saved:
             logging.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
     def restore(self, step: int, layout: StateLayout, data_iterator, config) -> TrainState:
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        check_compatible(meta["config"], config, self.directory)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(layout.abstract),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
-        )
+        """The verified state of `step` (the iterator restored in place). Raises CheckpointDamagedError naming the
+        file or array, ConfigMismatchError for a checkpoint of another configuration."""
+        integrity.check_files(step, self.step_dir(step))
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            config_keys = meta["config"]
+        except Exception as error:  # noqa: BLE001 - any failure to read the item is damage to it
+            where = os.path.join(self.step_dir(step), "meta")
+            raise integrity.CheckpointDamagedError(step, where, integrity.describe(error)) from None
+        check_compatible(config_keys, config, self.directory)
+        items = {
+            "state": ocp.args.StandardRestore(layout.abstract),
+            "data": grain.checkpoint.CheckpointRestore(data_iterator),
+        }
+        restored = {}
+        for name, args in items.items():  # one at a time, so that a failure names its item
+            try:
+                restored[name] = self.manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+            except Exception as error:  # noqa: BLE001
+                where = os.path.join(self.step_dir(step), name)
+                raise integrity.CheckpointDamagedError(step, where, integrity.describe(error)) from None
+        state = jax.tree.map(lambda x: x, restored["state"])
+        if "fingerprints" in meta:
+            integrity.verify_state(step, state, meta["fingerprints"])
+            if integrity.data_state_digest(data_iterator) != meta["data_sha256"][jax.process_index()]:
+                where = os.path.join(self.step_dir(step), "data")
+                raise integrity.CheckpointDamagedError(step, where, "the iterator state differs from the one saved")
+        else:
+            logging.warning("checkpoint step %d predates fingerprints: restored unverified", step)
         logging.info("checkpoint: restored step %d from %s", step, self.directory)
-        return jax.tree.map(lambda x: x, restored["state"])
+        return state
+
+    def restore_newest_good(self, layout: StateLayout, data_iterator, config) -> tuple[int | None, TrainState | None]:
+        """(step, state) of the newest checkpoint that restores and verifies, or (None, None) when there is none.
+
+        A damaged step is named (file or array), set aside under `<directory>/damaged/` (never deleted) and the
+        next older one is tried; every process restores the same step. Damage to every step raises
+        NoGoodCheckpointError, so a run never silently starts over next to its damaged checkpoints.
+        """
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            with integrity.quiet_failed_reads():
+                try:
+                    state, failure = self.restore(step, layout, data_iterator, config), None
+                except integrity.CheckpointDamagedError as error:
+                    state, failure = None, str(error)
+            if integrity.all_agree(failure is None):
+                if damaged:
+                    logging.warning("checkpoint: resuming from step %d, the newest good checkpoint", step)
+                return step, state
+            message = failure or f"checkpoint step {step} is damaged on another process"
+            aside = self._set_aside(step)
+            logging.warning("%s; set aside as %s", message, aside)
+            damaged.append(message)
+        if damaged:
+            raise NoGoodCheckpointError(
+                f"no good checkpoint left in {self.directory} ({'; '.join(damaged)}); the damaged steps are in "
+                f"{os.path.join(self.directory, integrity.DAMAGED_DIR)}. Use a new --workdir to start over."
+            )
+        return None, None
+
+    def _set_aside(self, step: int) -> str:
+        target = integrity.set_aside(self.directory, step)
+        barrier(f"checkpoint_set_aside_{step}")
+        self.manager.reload()
+        return target
+
+    def _abandon(self, step: int, error: Exception) -> None:
+        """A save that cannot be written (permission, disk full): remove its partial directory, keep every earlier
+        step, stop the run with one error naming the path (never wait on the other processes: they fail the same
+        way, or stop at their next collective)."""
+        if jax.process_index() == 0 and "://" not in self.directory and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        raise CheckpointWriteError(
+            f"cannot write checkpoint step {step} to {self.directory}: {integrity.describe(error)}; earlier checkpoints are kept"
+        ) from None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - a failed async commit surfaces here
+            self._abandon(self._newest_unfinished(), error)
+
+    def _newest_unfinished(self) -> int:
+        names = [n.split(".")[0] for n in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in n]
+        return max((int(n) for n in names if n.isdigit()), default=-1)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception as error:  # noqa: BLE001 - after a failed save: the failure is already being raised
+                logging.debug("checkpoint manager close after a failed save: %s", error)
+
+
+class NonFiniteStateError(RuntimeError):
+    pass
+
+
+def _check_writable(directory: str) -> None:
+    """Fail at start, naming the path, when a local checkpoint directory cannot be written."""
+    if "://" in directory or jax.process_index() != 0:
+        return
+    probe = os.path.join(directory, f".write-probe-{os.getpid()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise CheckpointWriteError(f"checkpoint.directory {directory} is not writable: {integrity.describe(error)}") from None

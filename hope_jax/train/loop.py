@@ -25,7 +25,7 @@ from hope_jax.train.validate import validate_config
 class NonFiniteLossError(FloatingPointError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
-        self.step = step  # the first step whose loss or gradient was non-finite
+        self.step = step  # the step that stopped the run (the first non-finite one, or the last skip allowed)
 
 
 @dataclasses.dataclass
@@ -35,6 +35,8 @@ class TrainResult:
     eval_loss: float | None
     stopped_by_signal: bool
     params: object  # final parameters, on the host
+    skipped_steps: list[int] = dataclasses.field(default_factory=list)  # non-finite steps dropped (nonfinite='skip')
+    stopped_during_startup: bool = False  # SIGTERM before the first step: nothing was trained or saved
 
 
 class _StopSignal:
@@ -103,10 +105,26 @@ def evaluate(config, trainer, params) -> float:
 
 
 def train(config, workdir: str) -> TrainResult:
+    # SIGTERM from the first line on: a preemption during start-up (build, restore, compile) stops the run cleanly
+    # before its first step instead of killing it with -15.
+    with _StopSignal() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
     validate_config(config, jax.device_count())
     check_vocab(config.data, config.model.vocab_size)
     jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
     os.makedirs(workdir, exist_ok=True)
+
+    # First, so that a checkpoint directory that cannot be written is named before anything is built.
+    checkpointer = None
+    if config.checkpoint.enabled:
+        checkpointer = Checkpointer(
+            checkpoint_directory(config.checkpoint, workdir),
+            max_to_keep=config.checkpoint.max_to_keep,
+            async_save=config.checkpoint.async_save,
+        )
 
     trainer = build_trainer(config)
     logging.info(
@@ -119,17 +137,17 @@ def train(config, workdir: str) -> TrainResult:
     logging.info("model %s: %s parameters", config.model.name, f"{trainer.num_params:,}")
 
     data_iterator = _loader(config, "train")
-    checkpointer = None
-    if config.checkpoint.enabled:
-        checkpointer = Checkpointer(
-            checkpoint_directory(config.checkpoint, workdir),
-            max_to_keep=config.checkpoint.max_to_keep,
-            async_save=config.checkpoint.async_save,
-        )
-    latest = checkpointer.latest_step() if checkpointer else None
+    latest, state = None, None
+    if checkpointer is not None:
+        latest, state = checkpointer.restore_newest_good(trainer.layout, data_iterator, config)
     if latest is not None:
-        state = checkpointer.restore(latest, trainer.layout, data_iterator, config)
         logging.info("resuming from step %d", latest)
+        if latest > config.train.num_steps:
+            checkpointer.close()
+            raise ValueError(
+                f"train.num_steps={config.train.num_steps} is below the step of the checkpoint to resume from "
+                f"({latest}, in {checkpointer.directory}): raise train.num_steps, or use a new --workdir"
+            )
     else:
         state = create_train_state(config.model, trainer.tx, trainer.layout, config.train.seed)
 
@@ -139,7 +157,9 @@ def train(config, workdir: str) -> TrainResult:
     barrier("compiled")  # multi-process: every process starts step 1 together
     _log_memory_analysis(compiled_step)
 
-    metrics_logger = MetricsLogger.from_config(workdir, config)
+    metrics_logger = MetricsLogger.from_config(
+        workdir, config, resumed_step=int(state.step) if latest is not None else None
+    )
     metrics_logger.write_hparams({"config_hash": config_hash(config), "num_params": trainer.num_params})
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=config.train.num_steps, writer=metrics_logger.progress_writer(), every_secs=30
@@ -149,11 +169,12 @@ def train(config, workdir: str) -> TrainResult:
     start_step = int(state.step)
     losses: dict[int, float] = {}
     eval_loss = None
-    stopped = False
     pending: tuple[int, dict] | None = None  # the previous step's metrics, read one step late so the device never idles
     window_start, window_tokens = time.time(), 0.0
 
     last_saved = start_step
+    skipped: list[int] = []
+    skips_in_a_row = 0
 
     def save(step: int, force: bool = False) -> None:
         nonlocal last_saved
@@ -161,15 +182,33 @@ def train(config, workdir: str) -> TrainResult:
             checkpointer.save(step, state, data_iterator, config, force=force)
             last_saved = step
 
+    def kept() -> str:
+        if checkpointer is None:
+            return "checkpoints are off"
+        return f"the last checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was saved yet"
+
     def absorb(step: int, metrics: dict) -> None:
-        nonlocal window_start, window_tokens
+        nonlocal window_start, window_tokens, skips_in_a_row
         host = jax.device_get(metrics)
-        if host["nonfinite"] and config.train.nonfinite == "halt":
-            raise NonFiniteLossError(
-                f"non-finite loss or gradient at step {step} (loss={float(host['loss'])}); the run stops here and the "
-                "last good checkpoint is kept. Set train.nonfinite='skip' to drop such updates instead.",
-                step,
-            )
+        if host["nonfinite"]:
+            values = ", ".join(f"{k}={float(host[k]):.4g}" for k in ("loss", "grad_norm", "update_norm"))
+            if config.train.nonfinite == "halt":
+                raise NonFiniteLossError(
+                    f"non-finite step {step} ({values}; the update was not applied): the run stops here and {kept()}. "
+                    "Set train.nonfinite='skip' to drop such updates instead.",
+                    step,
+                )
+            skipped.append(step)
+            skips_in_a_row += 1
+            if skips_in_a_row > config.train.max_consecutive_skips:
+                raise NonFiniteLossError(
+                    f"{skips_in_a_row} non-finite steps in a row (steps {step - skips_in_a_row + 1}..{step}, the last "
+                    f"with {values}) exceed train.max_consecutive_skips={config.train.max_consecutive_skips}: the run "
+                    f"stops here and {kept()}",
+                    step,
+                )
+        else:
+            skips_in_a_row = 0
         losses[step] = float(host["loss"])
         window_tokens += float(host["tokens"])
         if step % config.train.log_every_steps == 0 or step in (start_step + 1, config.train.num_steps):
@@ -191,49 +230,59 @@ def train(config, workdir: str) -> TrainResult:
             window_start, window_tokens = time.time(), 0.0
 
     agreement = StopAgreement()  # multi-process: every process stops after the same step
-    with _StopSignal() as stop:
-        try:
-            for step in range(start_step + 1, config.train.num_steps + 1):
-                batch = _device_batch(next(data_iterator), trainer.batch_sharding)
-                state, metrics = compiled_step(state, batch)
-                if pending is not None:
-                    absorb(*pending)
-                pending = (step, metrics)
-                report_progress(step)
-                if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-                    absorb(*pending)  # never checkpoint a state whose loss was not checked
-                    pending = None
-                    save(step)
-                if config.eval.every_steps and step % config.eval.every_steps == 0:
-                    eval_loss = evaluate(config, trainer, state.params)
-                    metrics_logger.write_scalars(step, {"eval_loss": eval_loss})
-                    logging.info("step %d: eval loss %.4f", step, eval_loss)
-                if agreement.should_stop(step, stop.received):
-                    if pending is not None:
-                        absorb(*pending)
-                        pending = None
-                    save(step, force=True)
-                    stopped = True
-                    break
+    stopped_at_start = stopped = agreement.should_stop(start_step, stop.received)
+    last_step = start_step if stopped_at_start else config.train.num_steps
+    try:
+        for step in range(start_step + 1, last_step + 1):
+            batch = _device_batch(next(data_iterator), trainer.batch_sharding)
+            state, metrics = compiled_step(state, batch)
             if pending is not None:
                 absorb(*pending)
-            final_step = int(state.step)
-            if not stopped and final_step > start_step:
-                save(final_step, force=True)
-                if config.eval.num_batches:
-                    eval_loss = evaluate(config, trainer, state.params)
-                    metrics_logger.write_scalars(final_step, {"eval_loss": eval_loss})
-                    logging.info("final eval loss %.4f", eval_loss)
-        finally:
-            if checkpointer is not None:
-                checkpointer.close()
-            metrics_logger.close()
-    if stopped:
+            pending = (step, metrics)
+            report_progress(step)
+            if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+                absorb(*pending)  # never checkpoint a state whose loss was not checked
+                pending = None
+                save(step)
+            if config.eval.every_steps and step % config.eval.every_steps == 0:
+                eval_loss = evaluate(config, trainer, state.params)
+                metrics_logger.write_scalars(step, {"eval_loss": eval_loss})
+                logging.info("step %d: eval loss %.4f", step, eval_loss)
+            if agreement.should_stop(step, stop.received):
+                if pending is not None:
+                    absorb(*pending)
+                    pending = None
+                save(step, force=True)
+                stopped = True
+                break
+        if pending is not None:
+            absorb(*pending)
+        final_step = int(state.step)
+        if not stopped and final_step > start_step:
+            save(final_step, force=True)
+            if config.eval.num_batches:
+                eval_loss = evaluate(config, trainer, state.params)
+                metrics_logger.write_scalars(final_step, {"eval_loss": eval_loss})
+                logging.info("final eval loss %.4f", eval_loss)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+        metrics_logger.close()
+    if stopped_at_start:
+        logging.warning("stopped by signal during start-up, before step %d: nothing to save; rerun to resume", last_step + 1)
+    elif stopped:
         logging.warning("stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step)
+    if skipped:
+        logging.warning(
+            "skipped %d non-finite step(s) of %d (train.nonfinite='skip'): %s",
+            len(skipped), final_step - start_step, ", ".join(map(str, skipped[:20])) + (" …" if skipped[20:] else ""),
+        )  # fmt: skip
     return TrainResult(
         final_step=final_step,
         losses=losses,
         eval_loss=eval_loss,
         stopped_by_signal=stopped,
         params=to_host(state.params),
+        skipped_steps=skipped,
+        stopped_during_startup=stopped_at_start,
     )

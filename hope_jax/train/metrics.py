@@ -6,12 +6,20 @@ scalars also go to W&B: project `logging.wandb_project`, run name `logging.wandb
 mode `logging.wandb_mode` ('online'; 'offline' writes under <workdir>/wandb for a later `wandb sync`; 'disabled'). The
 `wandb` package is imported only then (it is not in requirements.txt: `pip install wandb`). The run id is kept in
 <workdir>/metrics/wandb_run_id, so a resumed training run continues the same W&B run.
+
+Every line of the JSON-lines file is strict JSON (RFC 8259): a non-finite value (NaN, ±inf) is written as null; the
+step's `nonfinite` metric says such a step happened. Each step appears once across restarts of the same workdir:
+`MetricsLogger.from_config(..., resumed_step=S)` first cuts the file back to the records of steps <= S (the steps after
+S are replayed and logged again); a fresh start moves an earlier file aside (see MetricsLogger.from_config).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -50,8 +58,55 @@ def _scalar(value) -> float:
     return float(np.asarray(value))
 
 
+def _json_line(record: Mapping[str, object]) -> str:
+    """One strict-JSON line: non-finite floats (top level, as every record here is flat) become null."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Rewrite `path` atomically (temp file in the same directory, then os.replace) keeping only the records without a
+    "step" (the {"hparams": ...} lines) and those with step <= last_step. A line that does not parse (one cut short by
+    a kill) is dropped; older files' bare NaN / Infinity are rewritten as null."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and ("step" not in record or record["step"] <= last_step):
+                kept.append(_json_line(record))
+    directory = os.path.dirname(path)
+    fd, temp_path = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.writelines(kept)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+def move_aside(path: str) -> str | None:
+    """Rename an existing non-empty `path` to the first free `path.1`, `path.2`, ...; returns the new name."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    index = 1
+    while os.path.exists(f"{path}.{index}"):
+        index += 1
+    os.replace(path, f"{path}.{index}")
+    return f"{path}.{index}"
+
+
 class JsonlWriter:
-    """One JSON object per write: {"step": s, "time": t, name: value, ...}, flushed immediately."""
+    """One JSON object per write: {"step": s, "time": t, name: value, ...}, flushed immediately. Strict JSON: a
+    non-finite value is written as null."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -61,11 +116,11 @@ class JsonlWriter:
     def write_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
         record = {"step": int(step), "time": time.time()}
         record.update({k: _scalar(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(_json_line(record))
         self._file.flush()
 
     def write_hparams(self, hparams: Mapping[str, object]) -> None:
-        self._file.write(json.dumps({"hparams": {k: repr(v) for k, v in hparams.items()}}) + "\n")
+        self._file.write(_json_line({"hparams": {k: repr(v) for k, v in hparams.items()}}))
         self._file.flush()
 
     def flush(self) -> None:
@@ -130,13 +185,29 @@ class MetricsLogger:
     """Fans scalars out to the JSON-lines file, (optionally) clu's TensorBoard writer and (optionally) W&B; no-op on
     processes other than 0."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool, wandb_settings: Mapping[str, object] | None = None) -> None:
-        """wandb_settings: None (no W&B) or WandbWriter's keyword arguments (project, run_name, mode, config)."""
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        tensorboard: bool,
+        wandb_settings: Mapping[str, object] | None = None,
+        resumed_step: int | None = None,
+    ) -> None:
+        """wandb_settings: None (no W&B) or WandbWriter's keyword arguments (project, run_name, mode, config).
+        resumed_step: see from_config."""
         self.active = jax.process_index() == 0
         self.jsonl_path = os.path.join(workdir, "metrics", "metrics.jsonl")
         self.clu_writer = None
         self.wandb_writer = None
-        self.jsonl = JsonlWriter(self.jsonl_path) if self.active else None
+        self.jsonl = None
+        if self.active:
+            if resumed_step is None:
+                moved = move_aside(self.jsonl_path)
+                if moved:
+                    logging.warning("fresh start: the earlier %s is kept as %s", self.jsonl_path, moved)
+            else:
+                truncate_jsonl(self.jsonl_path, resumed_step)
+            self.jsonl = JsonlWriter(self.jsonl_path)
         if self.active and tensorboard:
             _hide_accelerators_from_tensorflow()
             from clu import metric_writers
@@ -146,7 +217,15 @@ class MetricsLogger:
             self.wandb_writer = WandbWriter(workdir, **wandb_settings)
 
     @classmethod
-    def from_config(cls, workdir: str, config) -> MetricsLogger:
+    def from_config(cls, workdir: str, config, resumed_step: int | None = None) -> MetricsLogger:
+        """resumed_step: the step of the checkpoint this run resumes from, or None for a fresh start.
+
+        Resuming from step S first rewrites metrics.jsonl (atomically) to the records of steps <= S and the
+        non-step ({"hparams": ...}) lines: the steps a killed run logged after S are replayed, and each step then
+        appears once. A fresh start in a workdir that already holds a metrics.jsonl (checkpointing off, or a run killed
+        before its first checkpoint) would log steps 1, 2, ... a second time, so the earlier file is renamed to
+        metrics.jsonl.1 (.2, ... if taken) and a new one begun. TensorBoard and W&B are not rewritten (W&B ignores
+        re-logged steps below its last one)."""
         logging_cfg = config.logging
         validate_logging_config(logging_cfg)
         wandb_settings = None
@@ -159,7 +238,9 @@ class MetricsLogger:
                 "mode": logging_cfg.wandb_mode,
                 "config": flatten_config(config),
             }
-        return cls(workdir, tensorboard=logging_cfg.tensorboard, wandb_settings=wandb_settings)
+        return cls(
+            workdir, tensorboard=logging_cfg.tensorboard, wandb_settings=wandb_settings, resumed_step=resumed_step
+        )
 
     def write_scalars(self, step: int, scalars: Mapping[str, object]) -> None:
         if not self.active:

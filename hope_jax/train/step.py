@@ -43,6 +43,10 @@ def model_loss_sums(spec: ModelSpec, params, batch):
     return nll, weight, diagnostics
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def _split_microbatches(batch, num_micro: int):
     def split(x):
         if x.shape[0] % num_micro:
@@ -59,8 +63,10 @@ def make_train_step(
     grad_accum_steps: int = 1,
     update_norms_fn: Callable | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """(state, batch) -> (new_state, metrics). A non-finite loss or gradient never reaches the parameters: that step
-    keeps the old state and reports ``nonfinite = 1`` (the loop then halts or skips, by config)."""
+    """(state, batch) -> (new_state, metrics). A non-finite loss, gradient, update or new parameter never reaches the
+    state: that step keeps the old state and reports ``nonfinite = 1`` (the loop then halts or skips, by config). The
+    update and the parameters are checked too because a finite loss can still give a NaN update (a corrupted Adam
+    moment; eps = 0 with a zero gradient)."""
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict]:
         total_weight = jnp.maximum(jnp.sum(batch["mask"].astype(jnp.float32)), 1.0)
@@ -87,8 +93,9 @@ def make_train_step(
 
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+        # Element-wise for the update and parameters: a norm of large finite values can overflow float32.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updates) & _all_finite(new_params)
         keep_if_nonfinite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         # The step counter always advances: a skipped step still consumed its batch, and resume relies on the count.
         new_state = TrainState(
@@ -100,6 +107,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
+            "update_norm": update_norm,
             "param_norm": optax.tree.norm(state.params),
             "tokens": total_weight,
             "nonfinite": 1 - finite.astype(jnp.int32),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from hope_jax import sharding as shd
+from hope_jax.optim.config import validate_optim_config
 from hope_jax.train.metrics import validate_logging_config
 
 
@@ -20,6 +21,7 @@ def _chunk_like_keys(node, prefix: str = "model."):
 
 def validate_config(config, num_devices: int) -> None:
     validate_logging_config(config.logging)
+    validate_optim_config(config.optim)
     train = config.train
     if train.seq_len <= 0 or train.global_batch_size <= 0 or train.num_steps < 0:
         raise ValueError(
@@ -48,6 +50,8 @@ def validate_config(config, num_devices: int) -> None:
         )
     if train.nonfinite not in ("halt", "skip"):
         raise ValueError(f"train.nonfinite must be 'halt' or 'skip', got {train.nonfinite!r}")
+    if train.max_consecutive_skips < 0:
+        raise ValueError(f"train.max_consecutive_skips must be ≥ 0, got {train.max_consecutive_skips}")
     if train.matmul_precision not in ("default", "high", "highest"):
         raise ValueError(
             f"train.matmul_precision must be 'default', 'high' or 'highest', got {train.matmul_precision!r}"
