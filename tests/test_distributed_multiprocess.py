@@ -9,6 +9,7 @@ reuses its compiled step through JAX's persistent compilation cache (CPU time: t
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -181,3 +182,27 @@ def test_layout_is_logged_and_only_process_zero_logs_progress(runs):
     assert any("step 3: loss" in line for line in lines_of(second, 0))
     for output in (first, second):
         assert not any(": loss " in line or "resolved config" in line for line in lines_of(output, 1))
+
+
+def test_both_processes_fall_back_when_only_one_sees_damage(runs, tmp_path):
+    """Process 1's data-iterator state of step 4 is changed (still valid JSON): only process 1's digest fails, and
+    both processes must still resume from the same, older step (integrity.all_agree)."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(runs["two"], workdir)
+    data_state = os.path.join(workdir, "checkpoints", str(STEPS), "data", "process_1-of-2.json")
+    with open(data_state) as f:
+        state = json.load(f)
+    state["parent"]["next_index"] = state["parent"].get("next_index", 0) + 1
+    with open(data_state, "w") as f:
+        json.dump(state, f)
+    output_path = str(tmp_path / "fallback.log")
+    output = finish(start_two_processes(workdir, STEPS, str(tmp_path / "cache"), output_path), output_path)
+    for process in (0, 1):
+        assert any(f"checkpoint step {STEPS} is damaged" in line for line in lines_of(output, process)), output[-4000:]
+    assert any(f"resuming from step {RESUME_AT}" in line for line in lines_of(output, 0))
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged", str(STEPS)))
+    records = [r for r in metric_records(workdir) if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # steps 3-4 trained again, logged once
+    retrained = np.array([r["loss"] for r in records[RESUME_AT:]])
+    expected = np.array([runs["reference"].losses[step] for step in range(RESUME_AT + 1, STEPS + 1)])
+    np.testing.assert_allclose(retrained, expected, rtol=1e-6, atol=0)
