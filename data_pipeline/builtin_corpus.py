@@ -116,15 +116,24 @@ def _filler(rng: np.random.Generator) -> str:
     return " ".join(words) + " ."
 
 
-def generate_document(seed: int, index: int, *, max_fillers: int = 2, ask_all_facts: bool = False) -> str:
+def generate_document(
+    seed: int,
+    index: int,
+    *,
+    max_fillers: int = 2,
+    ask_all_facts: bool = False,
+    min_people: int = 2,
+    max_people: int = 4,
+) -> str:
     """Document ``index`` of the corpus with ``seed``, as whitespace-separated words (no <eos>).
 
     After each fact come 0..max_fillers filler sentences; every person is asked about one of their facts, or about all
-    three with ask_all_facts (a denser recall signal: configs/recall.py). The defaults are the corpus every other
-    config trains on; other values change the documents, not the draws of the defaults.
+    three with ask_all_facts (a denser recall signal: configs/recall.py). min_people..max_people people per document
+    (one person: every answer is the only word of its kind in the facts, so no NAME has to be matched). The defaults
+    are the corpus every other config trains on; other values change the documents, not the draws of the defaults.
     """
     rng = np.random.default_rng([seed, index])
-    num_people = int(rng.integers(2, 5))
+    num_people = int(rng.integers(min_people, max_people + 1))
     names = rng.choice(NAMES, size=num_people, replace=False)
     facts: list[str] = []
     questions: list[str] = []
@@ -181,15 +190,29 @@ class BuiltinCorpus:
     """Map-style view of the built-in corpus: ``corpus[i]`` is document ``i`` as token ids followed by <eos>."""
 
     def __init__(
-        self, seed: int, num_documents: int, *, first_index: int = 0, max_fillers: int = 2, ask_all_facts: bool = False
+        self,
+        seed: int,
+        num_documents: int,
+        *,
+        first_index: int = 0,
+        max_fillers: int = 2,
+        ask_all_facts: bool = False,
+        min_people: int = 2,
+        max_people: int = 4,
     ) -> None:
         if num_documents <= 0:
             raise ValueError(f"data.builtin.num_documents must be positive, got {num_documents}")
         if max_fillers < 0:
             raise ValueError(f"data.builtin.max_fillers must be ≥ 0, got {max_fillers}")
+        if not 1 <= min_people <= max_people <= len(NAMES):
+            raise ValueError(
+                f"data.builtin.min_people={min_people}, max_people={max_people}: need 1 ≤ min ≤ max ≤ {len(NAMES)}"
+            )
         self.seed = seed
-        self.max_fillers = max_fillers
-        self.ask_all_facts = ask_all_facts
+        self.shape = {
+            "max_fillers": max_fillers, "ask_all_facts": ask_all_facts, "min_people": min_people,
+            "max_people": max_people,
+        }  # fmt: skip
         self.first_index = first_index
         self.num_documents = num_documents
         self.tokenizer = BuiltinTokenizer()
@@ -200,7 +223,5 @@ class BuiltinCorpus:
     def __getitem__(self, index: int) -> np.ndarray:
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} out of range [0, {self.num_documents})")
-        text = generate_document(
-            self.seed, self.first_index + int(index), max_fillers=self.max_fillers, ask_all_facts=self.ask_all_facts
-        )
+        text = generate_document(self.seed, self.first_index + int(index), **self.shape)
         return np.asarray(self.tokenizer.encode(text) + [EOS_ID], dtype=np.int32)

@@ -23,6 +23,9 @@ def default_data_config() -> ml_collections.ConfigDict:
                 # three of their facts, not one (a denser in-context recall signal; configs/recall.py).
                 "max_fillers": 2,
                 "ask_all_facts": False,
+                # People per document, drawn from min_people..max_people (one: no NAME to match, configs/recall.py).
+                "min_people": 2,
+                "max_people": 4,
             },
             # Path of a mixture manifest (YAML); relative paths inside it are resolved against its `root`.
             "mixture": "",

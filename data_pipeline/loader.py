@@ -42,7 +42,7 @@ class Corpus:
 
 def _builtin_corpora(data_cfg, split: str) -> list[Corpus]:
     builtin = data_cfg.builtin
-    shape = {"max_fillers": builtin.max_fillers, "ask_all_facts": builtin.ask_all_facts}
+    shape = {key: builtin[key] for key in ("max_fillers", "ask_all_facts", "min_people", "max_people")}
     # Validation documents come from a disjoint index range of the same generator, so they never occur in
     # training.
     if split == "train":

@@ -11,7 +11,9 @@ right when the argmax prediction at its position (teacher forcing: the true word
 Reported per kind (city, thing, colour, animal) and over all answer words: accuracy, chance (1 / the size of the kind's
 word list, from which every answer is drawn uniformly), the mean log-probability of the answer, and the count. The
 name repeated after each question ("? alice lives ...") is reported apart as a copy control: it is in the question
-itself, five tokens back. Documents come from the run's held-out range of the generator (indices from
+itself, five tokens back. `fact_dependence` (nats) is how much the answer's log-probability drops when the facts
+before the first question state other words of the same kinds (fact_swapped_twin): 0 for a model that does not read
+the facts, whatever its accuracy. Documents come from the run's held-out range of the generator (indices from
 data.builtin.num_documents on, the validation documents first), never from its training documents.
 
 Writes <output_dir>/<run>/recall-<timestamp>.json and a bar chart of accuracy against chance per kind next to it.
@@ -25,7 +27,14 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from data_pipeline.builtin_corpus import ANSWER_KINDS, EOS_ID, BuiltinCorpus, answer_positions, copied_name_positions
+from data_pipeline.builtin_corpus import (
+    ANSWER_KINDS,
+    EOS_ID,
+    VOCABULARY,
+    BuiltinCorpus,
+    answer_positions,
+    copied_name_positions,
+)
 from eval import common, plots
 
 COMMAND = "recall"
@@ -59,8 +68,7 @@ def held_out_documents(run: common.Run, args: RecallArgs) -> BuiltinCorpus:
         data.builtin.seed,
         args.num_documents,
         first_index=first,
-        max_fillers=data.builtin.max_fillers,
-        ask_all_facts=data.builtin.ask_all_facts,
+        **{key: data.builtin[key] for key in ("max_fillers", "ask_all_facts", "min_people", "max_people")},
     )
 
 
@@ -71,6 +79,7 @@ def _answer_records(tokens: np.ndarray, argmax: np.ndarray, logprobs: np.ndarray
         # logprobs[t] scores tokens[t + 1]
         return {
             "kind": kind,
+            "position": position,
             "correct": bool(argmax[position - 1] == tokens[position]),
             "logprob": float(logprobs[position - 1]),
         }
@@ -80,23 +89,60 @@ def _answer_records(tokens: np.ndarray, argmax: np.ndarray, logprobs: np.ndarray
     return records
 
 
-def score_documents(run: common.Run, documents, args: RecallArgs) -> list[dict]:
-    """Answer records of every document; documents are right-padded in batches of one width (one compiled shape:
-    a causal model's predictions never see the padding after them)."""
-    segment_len = args.segment_len or int(run.config.train.seq_len)
-    docs = [np.concatenate([[EOS_ID], documents[i]]).astype(np.int32) for i in range(len(documents))]
-    segments = -(-max(len(d) - 1 for d in docs) // segment_len)
-    width = segments * segment_len + 1
-    records = []
+def _answer_word_ids() -> dict[int, int]:
+    """Vocabulary id of each answer word -> id of the next word of its kind (a derangement within every kind)."""
+    id_of = {word: i for i, word in enumerate(VOCABULARY)}
+    return {id_of[w]: id_of[words[(i + 1) % len(words)]] for words in ANSWER_KINDS.values() for i, w in enumerate(words)}
+
+
+_NEXT_OF_KIND = _answer_word_ids()
+
+
+def fact_swapped_twin(tokens: np.ndarray) -> np.ndarray:
+    """`tokens` with every answer-kind word before the first question replaced by another word of its kind: the same
+    questions and answers after facts that now state something else. A model whose answers come from the facts
+    scores the true answers lower on the twin; one that ignores them scores both the same."""
+    twin = tokens.copy()
+    questions = np.flatnonzero(tokens == VOCABULARY.index("?"))
+    end = int(questions[0]) if questions.size else len(tokens)
+    for position in range(end):
+        twin[position] = _NEXT_OF_KIND.get(int(tokens[position]), int(tokens[position]))
+    return twin
+
+
+def _scores(run: common.Run, docs: list[np.ndarray], args: RecallArgs, segment_len: int, width: int):
+    """(logprobs, argmax) per document, in right-padded batches of one width (one compiled shape: a causal model's
+    predictions never see the padding after them)."""
+    out = []
     for start in range(0, len(docs), args.batch_size):
         batch = docs[start : start + args.batch_size]
         tokens_bt = np.full((args.batch_size, width), run.tokenizer.pad_id, np.int32)
         for row, doc in enumerate(batch):
             tokens_bt[row, : len(doc)] = doc
         logprobs, argmax, _ = common.next_token_scores(run, tokens_bt, segment_len=segment_len)
-        for row, doc in enumerate(batch):
-            records.extend(_answer_records(doc, argmax[row], logprobs[row]))
+        out.extend((logprobs[row], argmax[row]) for row in range(len(batch)))
+    return out
+
+
+def score_documents(run: common.Run, documents, args: RecallArgs) -> list[dict]:
+    """Answer records of every document, each with `fact_dependence`: log p(answer) minus the same on the document's
+    fact-swapped twin (nats; 0 for a model that does not read the facts)."""
+    segment_len = args.segment_len or int(run.config.train.seq_len)
+    docs = [np.concatenate([[EOS_ID], documents[i]]).astype(np.int32) for i in range(len(documents))]
+    segments = -(-max(len(d) - 1 for d in docs) // segment_len)
+    width = segments * segment_len + 1
+    originals = _scores(run, docs, args, segment_len, width)
+    twins = _scores(run, [fact_swapped_twin(d) for d in docs], args, segment_len, width)
+    records = []
+    for doc, (logprobs, argmax), (twin_logprobs, _) in zip(docs, originals, twins, strict=True):
+        for record in _answer_records(doc, argmax, logprobs):
+            record["fact_dependence"] = record["logprob"] - float(twin_logprobs[record["position"] - 1])
+            records.append(record)
     return records
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def summarize(records: list[dict]) -> dict:
@@ -105,6 +151,7 @@ def summarize(records: list[dict]) -> dict:
             "count": len(group),
             "accuracy": float(np.mean([r["correct"] for r in group])) if group else None,
             "mean_logprob": float(np.mean([r["logprob"] for r in group])) if group else None,
+            "fact_dependence": _mean_or_none([r["fact_dependence"] for r in group if "fact_dependence" in r]),
         }
 
     answers = [r for r in records if r["kind"] in ANSWER_KINDS]
@@ -169,9 +216,10 @@ def format_table(results: dict) -> str:
     def row(label: str, entry: dict, chance: float | None) -> str:
         accuracy = "-" if entry["accuracy"] is None else f"{entry['accuracy']:.3f}"
         chance_text = "" if chance is None else f"{chance:.3f}"
-        return f"{label:<12} {entry['count']:>6} {accuracy:>9} {chance_text:>7}"
+        dependence = "-" if entry["fact_dependence"] is None else f"{entry['fact_dependence']:.3f}"
+        return f"{label:<12} {entry['count']:>6} {accuracy:>9} {chance_text:>7} {dependence:>16}"
 
-    lines = ["kind         answers  accuracy  chance"]
+    lines = ["kind         answers  accuracy  chance  fact_dependence"]
     lines += [row(kind, entry, entry["chance"]) for kind, entry in results["by_kind"].items()]
     lines.append(row("all", results, results["chance"]))
     lines += [row(label, entry, None) for label, entry in results["controls"].items()]

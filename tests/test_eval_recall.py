@@ -13,6 +13,8 @@ import pytest
 from data_pipeline.builtin_corpus import (
     ANSWER_KINDS,
     EOS_ID,
+    NAMES,
+    VOCABULARY,
     BuiltinCorpus,
     BuiltinTokenizer,
     answer_positions,
@@ -106,6 +108,11 @@ def test_corpus_knobs_densify_the_recall_signal_and_leave_the_default_corpus_alo
 
     default = generate_document(5, 9)
     assert generate_document(5, 9, max_fillers=2, ask_all_facts=False) == default
+    assert generate_document(5, 9, min_people=2, max_people=4) == default
+    alone = generate_document(5, 9, max_fillers=0, ask_all_facts=True, min_people=1, max_people=1)
+    assert len({w for w in alone.split() if w in NAMES}) == 1 and alone.count("?") == 3
+    with pytest.raises(ValueError, match="min_people=3, max_people=2"):
+        BuiltinCorpus(5, 1, min_people=3, max_people=2)
     dense = generate_document(5, 9, max_fillers=0, ask_all_facts=True)
     people = default.count("?")
     assert dense.count("?") == 3 * people  # every fact is asked about
@@ -116,3 +123,42 @@ def test_corpus_knobs_densify_the_recall_signal_and_leave_the_default_corpus_alo
         (corpus,) = corpora_for(config.data, split)
         text = BuiltinTokenizer().decode(corpus.documents[0])
         assert text.count("?") % 3 == 0 and "it was" not in text
+
+
+def test_the_fact_swapped_twin_changes_the_facts_only_within_their_kinds():
+    tokens = np.concatenate([[EOS_ID], BuiltinCorpus(3, 1, max_fillers=0)[0]])
+    twin = recall.fact_swapped_twin(tokens)
+    first_question = int(np.flatnonzero(tokens == VOCABULARY.index("?"))[0])
+    np.testing.assert_array_equal(twin[first_question:], tokens[first_question:])
+    changed = np.flatnonzero(twin != tokens)
+    assert changed.size >= 5 and changed.max() < first_question  # a CITY, THING, COLOUR, ANIMAL per person at least
+    kind_of = {VOCABULARY.index(w): kind for kind, words in ANSWER_KINDS.items() for w in words}
+    assert all(kind_of[int(twin[p])] == kind_of[int(tokens[p])] for p in changed)
+
+
+def fake_scores(reads_the_facts: bool):
+    """next_token_scores of a model that gives an answer log-probability 0 when the word is stated before the first
+    question of its row (-5 otherwise), or -1 whatever the facts say."""
+
+    def scores(run, tokens_bt, *, segment_len):
+        logprobs = np.full(tokens_bt[:, 1:].shape, -1.0)
+        for row, tokens in enumerate(tokens_bt):
+            questions = np.flatnonzero(tokens == VOCABULARY.index("?"))
+            if not questions.size:  # a padding row of the last batch
+                continue
+            first_question = int(questions[0])
+            for position, _ in answer_positions(tokens):
+                stated = tokens[position] in tokens[:first_question]
+                logprobs[row, position - 1] = (0.0 if stated else -5.0) if reads_the_facts else -1.0
+        return logprobs, tokens_bt[:, 1:], None
+
+    return scores
+
+
+@pytest.mark.parametrize("reads_the_facts", [True, False])
+def test_fact_dependence_is_what_the_facts_change(tiny_run, monkeypatch, reads_the_facts):
+    monkeypatch.setattr(common, "next_token_scores", fake_scores(reads_the_facts))
+    # One person, no filler: each answer word is stated once, and its twin states another word instead.
+    documents = BuiltinCorpus(3, 4, max_fillers=0, min_people=1, max_people=1)
+    results = recall.summarize(recall.score_documents(tiny_run, documents, recall.RecallArgs(batch_size=3)))
+    assert results["fact_dependence"] == pytest.approx(5.0 if reads_the_facts else 0.0)
