@@ -56,7 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
             "backend": "clu",
             "wandb_project": "hope_jax",
             "wandb_run_name": "",  # empty: the workdir's name
-            "wandb_mode": "online",  # 'online' | 'offline' (sync later with `wandb sync`) | 'disabled'
+            # '' (the WANDB_MODE environment variable if set, else 'online') | 'online' | 'offline' (written under
+            # <workdir>/wandb, sync later with `wandb sync`) | 'disabled'. An explicit value beats WANDB_MODE. A failed
+            # online init falls back to offline with one warning; the run itself never fails for W&B.
+            "wandb_mode": "",
         }
     )
     config.mesh = ml_collections.ConfigDict(

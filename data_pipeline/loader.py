@@ -58,6 +58,37 @@ def _tokenizer_path(data_cfg, mixture) -> Path:
     return Path(data_cfg.tokenizer) if data_cfg.tokenizer else mixture.tokenizer.model_path
 
 
+SEED_MIXTURE_BUILDER = "bash data_pipeline/build_seed_mixture.sh"
+
+
+def build_commands(manifest: str) -> str:
+    """The command that builds a mixture's tokenizer and shards: the seed mixture's own script (it also fetches and
+    filters the corpora), else the two pipeline stages over the manifest's filtered JSONL inputs."""
+    if Path(manifest).name == "seed_mixture.yaml":
+        return f"{SEED_MIXTURE_BUILDER}   (needs the network and `pip install datasets`)"
+    return (
+        f"python -m data_pipeline.train_tokenizer --mixture={manifest} && "
+        f"python -m data_pipeline.shard --mixture={manifest}"
+    )
+
+
+def _require_built(data_cfg, mixture, *, shards: bool) -> Path:
+    """The tokenizer path, once the tokenizer (and with `shards`, every corpus manifest) exists; otherwise one
+    DataError that says what is missing and the command that builds it (a fresh clone has no data)."""
+    tokenizer_path = _tokenizer_path(data_cfg, mixture)
+    missing = [] if tokenizer_path.is_file() else [f"no tokenizer {tokenizer_path}"]
+    absent = [c.name for c in mixture.corpora if shards and not c.manifest_path.is_file()]
+    if absent:
+        missing.append(f"no shards of {', '.join(absent)}")
+    if not missing:
+        return tokenizer_path
+    raise DataError(
+        f"the data of mixture {data_cfg.mixture} is not built yet ({'; '.join(missing)}). Build it with:\n  "
+        f"{build_commands(data_cfg.mixture)}\nor train on one local text file instead: bash data_pipeline/run_sample.sh "
+        "FILE.txt runs/sample, then --config.data.mixture=runs/sample/sample.yaml --config.model.vocab_size=2000"
+    )
+
+
 def _num_validation(data_cfg, num_documents: int, name: str) -> int:
     wanted = int(num_documents * data_cfg.validation_fraction)
     if data_cfg.validation_fraction > 0:
@@ -75,11 +106,7 @@ def _mixture_corpora(data_cfg, split: str) -> list[Corpus]:
     if not data_cfg.mixture:
         raise DataError("data.source='mixture' needs data.mixture, the path of a mixture manifest")
     mixture = load_mixture(data_cfg.mixture)
-    tokenizer_path = _tokenizer_path(data_cfg, mixture)
-    if not tokenizer_path.is_file():
-        raise DataError(
-            f"tokenizer {tokenizer_path} does not exist (data.tokenizer / the mixture's tokenizer.model)"
-        )
+    tokenizer_path = _require_built(data_cfg, mixture, shards=True)
     corpora = []
     for spec in mixture.corpora:
         manifest = read_corpus_manifest(spec.manifest_path)
@@ -114,11 +141,15 @@ def load_tokenizer(data_cfg):
         return BuiltinTokenizer()
     if data_cfg.source != "mixture":
         raise DataError(f"data.source={data_cfg.source!r} is not a known source; expected one of {SOURCES}")
-    return SentencePieceTokenizer(_tokenizer_path(data_cfg, load_mixture(data_cfg.mixture)))
+    if not data_cfg.mixture:
+        raise DataError("data.source='mixture' needs data.mixture, the path of a mixture manifest")
+    return SentencePieceTokenizer(_require_built(data_cfg, load_mixture(data_cfg.mixture), shards=False))
 
 
 def check_vocab(data_cfg, model_vocab_size: int) -> None:
-    """Refuse to train a model whose embedding has fewer rows than the data's vocabulary."""
+    """Refuse to train a model whose embedding has fewer rows than the data's vocabulary, or on data not built."""
+    if data_cfg.source == "mixture" and data_cfg.mixture:
+        _require_built(data_cfg, load_mixture(data_cfg.mixture), shards=True)
     tokenizer = load_tokenizer(data_cfg)
     what = "the built-in corpus" if data_cfg.source == "builtin" else f"tokenizer {tokenizer.model_path}"
     check_vocab_fits(tokenizer.vocab_size, model_vocab_size, what)
@@ -158,9 +189,7 @@ def _packed(
 def _read_options(data_cfg) -> grain.ReadOptions:
     # Reader threads overlap file I/O; for in-memory or generated documents they only contend for the GIL.
     threads = int(data_cfg.read_threads)
-    return grain.ReadOptions(
-        num_threads=threads, prefetch_buffer_size=int(data_cfg.read_prefetch) if threads else 0
-    )
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=int(data_cfg.read_prefetch) if threads else 0)
 
 
 def _pad_batch(batch: dict, batch_size: int) -> dict:
@@ -168,8 +197,7 @@ def _pad_batch(batch: dict, batch_size: int) -> dict:
     if not missing:
         return batch
     return {
-        key: np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)])
-        for key, value in batch.items()
+        key: np.concatenate([value, np.zeros((missing, *value.shape[1:]), value.dtype)]) for key, value in batch.items()
     }
 
 
@@ -213,15 +241,11 @@ def build_dataset(
         for corpus_id, corpus in enumerate(corpora)
     ]
     if split == "train":
-        windows = (
-            packed[0] if len(packed) == 1 else grain.IterDataset.mix(packed, [c.weight for c in corpora])
-        )
+        windows = packed[0] if len(packed) == 1 else grain.IterDataset.mix(packed, [c.weight for c in corpora])
         batches = windows.batch(batch_size, drop_remainder=True)
     else:
         # The final short batch is padded with mask-0 rows so that batch shapes never change.
-        batches = (
-            packed[0].batch(batch_size, drop_remainder=False).map(lambda batch: _pad_batch(batch, batch_size))
-        )
+        batches = packed[0].batch(batch_size, drop_remainder=False).map(lambda batch: _pad_batch(batch, batch_size))
     batches = batches.map(lambda batch: _to_example(batch, with_corpus_ids))
     if data_cfg.num_workers > 0:
         # grain's workers read absl flags; outside an absl app (tests, benchmarks) nothing has parsed them
@@ -250,8 +274,7 @@ def make_loader(
     seq_len]."""
     if global_batch_size % process_count:
         raise ValueError(
-            f"train.global_batch_size={global_batch_size} is not divisible by "
-            f"the process count {process_count}"
+            f"train.global_batch_size={global_batch_size} is not divisible by the process count {process_count}"
         )
     if model_vocab_size is not None:
         check_vocab(data_cfg, model_vocab_size)

@@ -32,6 +32,7 @@ from flax import nnx
 
 from configs import base
 from data_pipeline.loader import load_tokenizer
+from hope_jax import log_setup
 from hope_jax.models.generate import generate
 from hope_jax.models.registry import build_model
 from hope_jax.train import integrity
@@ -381,11 +382,15 @@ def command_main(
 
     --help lists the key flags of the main module only; the common flags (and eval/grid.py's) are defined in other
     modules, so every flag define_flags adds is made a key flag of the main module.
+
+    Logging is the training command's (hope_jax/log_setup.py): our INFO lines on stdout, third-party ones (orbax's
+    dozens per checkpoint restore) from WARNING up only.
     """
 
     def main(argv: Sequence[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        log_setup.configure_logging()
         results, path = run_from_flags(flags.FLAGS)
         print(format_results(results))
         print(f"wrote {path}")
@@ -403,7 +408,11 @@ def run_command(
     argv: Sequence[str],
 ) -> tuple[dict, pathlib.Path]:
     """A command run in this process with a FlagValues of its own (argv[0] is the program name), as tests and notebooks
-    run it: several commands' flags can live in one process. Returns run_from_flags's (results, path)."""
+    run it: several commands' flags can live in one process. Returns run_from_flags's (results, path).
+
+    Third-party loggers are held at WARNING as in `command_main`; the handlers (pytest's, a notebook's) stay as they are.
+    """
+    log_setup.quiet_third_party()
     fv = flags.FlagValues()
     define_flags(fv)
     fv(list(argv))

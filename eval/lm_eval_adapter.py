@@ -17,6 +17,17 @@ used: importing this module does not need it. The model side is `HarnessRequests
   (the harness's sliding windows exist for models whose context is bounded; here the state carries the context);
 - generate_until: greedy decoding through the stateful API (long prompts prefilled in segments), cut at the first stop
   string or <eos>; the prompt is never truncated. Sampling is refused.
+
+The network: every built-in lm-eval task (piqa, hellaswag, arc_*, winogrande, social_iqa, boolq, lambada_openai and
+the rest alike) loads its data with `datasets.load_dataset` from the Hugging Face Hub, so the first run of a task
+needs the network; later runs read the local cache (~/.cache/huggingface/datasets, or $HF_HOME / $HF_DATASETS_CACHE).
+For an offline machine, fill the cache where the network is, without a model:
+
+    python -c "from lm_eval.tasks import TaskManager, get_task_dict; get_task_dict(['piqa', 'hellaswag'], TaskManager())"
+
+then copy the cache over (same HF_HOME) and run with HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1, so that nothing is
+fetched and a task that is not cached fails at once instead of waiting on the network. Without the harness,
+`python -m eval.zeroshot` reads the same eight tasks from local JSONL files (its --download fetches them).
 """
 
 from __future__ import annotations
@@ -187,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError as error:
-        raise SystemExit(f"lm-eval is not installed (pip install lm-eval; tested with 0.4.13): {error}") from error
+        raise SystemExit(
+            f"lm-eval is not installed (pip install -r requirements-eval.txt; tested with 0.4.13): {error}"
+        ) from error
     register()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

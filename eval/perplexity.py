@@ -12,22 +12,28 @@ carried from one segment to the next — a recurrent model uses the whole prefix
   (PNG) with the training length marked; the mean loss before and after the training length is reported too.
 
 --max_tokens cuts every file to its first N tokens (words and bytes are then counted on the decoded prefix).
+
+Text outside the run's tokenizer's vocabulary becomes <unk> tokens, which make a perplexity easy and meaningless: each
+file's share of tokens equal to the tokenizer's unknown id is recorded (`unknown_token_fraction`; 0 for a
+byte-fallback SentencePiece model, which has none) and a warning names every file where it exceeds 1 in 100.
 A full-attention model keeps a KV cache as long as the document, so give it --max_tokens on long files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from eval import common, plots
 
 COMMAND = "perplexity"
+UNKNOWN_WARN_FRACTION = 0.01  # more <unk> tokens than this share of a file's tokens: a warning
 
 
 @dataclasses.dataclass
@@ -51,9 +57,30 @@ def token_losses(run: common.Run, ids: Sequence[int], segment_len: int) -> np.nd
     return -logprobs[0].astype(np.float64)
 
 
-def summarize(nll_sum: float, tokens: int, words: int, num_bytes: int) -> dict:
+def unknown_tokens(tokenizer, ids: Sequence[int]) -> int | None:
+    """How many of `ids` are the tokenizer's unknown id (None: a tokenizer without one)."""
+    unk_id = getattr(tokenizer, "unk_id", None)
+    if unk_id is None or unk_id < 0:  # sentencepiece reports -1 for a model without <unk>
+        return None
+    return int(np.count_nonzero(np.asarray(ids) == unk_id))
+
+
+def warn_if_unknown(path: pathlib.Path, unknown: int | None, tokens: int) -> None:
+    if unknown is not None and unknown > UNKNOWN_WARN_FRACTION * tokens:
+        logging.warning(
+            "perplexity: %.1f%% of the %d tokens of %s are <unk>: the text is out of the vocabulary of the run's "
+            "tokenizer, so its perplexity says little about the model",
+            100.0 * unknown / tokens,
+            tokens,
+            path,
+        )
+
+
+def summarize(nll_sum: float, tokens: int, words: int, num_bytes: int, unknown: int | None = None) -> dict:
     return {
         "tokens": tokens,
+        "unknown_tokens": unknown,
+        "unknown_token_fraction": None if unknown is None else unknown / tokens,
         "words": words,
         "bytes": num_bytes,
         "nll": nll_sum,
@@ -99,14 +126,20 @@ def run_perplexity(run: common.Run, args: PerplexityArgs, *, output_dir: str = "
         if not ids:
             raise ValueError(f"text file {path} holds no tokens")
         logging.info("perplexity: %s, %d tokens in segments of %d", path, len(ids), segment_len)
+        unknown = unknown_tokens(run.tokenizer, ids)
+        warn_if_unknown(path, unknown, len(ids))
         losses = token_losses(run, ids, segment_len)
         all_losses.append(losses)
-        per_file[str(path)] = summarize(float(losses.sum()), len(ids), len(text.split()), len(text.encode("utf-8")))
+        per_file[str(path)] = summarize(
+            float(losses.sum()), len(ids), len(text.split()), len(text.encode("utf-8")), unknown
+        )
+    unknown_counts = [summary["unknown_tokens"] for summary in per_file.values()]
     total = summarize(
         float(sum(values.sum() for values in all_losses)),
         sum(summary["tokens"] for summary in per_file.values()),
         sum(summary["words"] for summary in per_file.values()),
         sum(summary["bytes"] for summary in per_file.values()),
+        None if None in unknown_counts else sum(unknown_counts),
     )
     within = np.concatenate([values[:train_len] for values in all_losses])
     beyond = np.concatenate([values[train_len:] for values in all_losses])
@@ -156,9 +189,11 @@ def format_table(results: dict) -> str:
     lines = []
     for name, summary in {**results["files"], "total": results["total"]}.items():
         word = summary["word_perplexity"]
+        unknown = summary.get("unknown_token_fraction")
         lines.append(
             f"{name}: {summary['tokens']} tokens, token ppl {summary['token_perplexity']:.3f}, "
             f"word ppl {word if word is None else f'{word:.3f}'}"
+            + ("" if not unknown else f", {100.0 * unknown:.1f}% <unk>")
         )
     return "\n".join(lines)
 

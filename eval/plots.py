@@ -15,6 +15,45 @@ def _length_label(length: int) -> str:
     return f"{length // 1024}K" if length >= 1024 and length % 1024 == 0 else str(length)
 
 
+# Heatmap geometry: every cell gets at least this many inches, so that its "0.00" label in ANNOTATION_FONTSIZE points
+# fits inside it however many lengths and depths a grid has (the figure grows with the grid instead).
+CELL_WIDTH_IN = 0.8
+CELL_HEIGHT_IN = 0.6
+ANNOTATION_FONTSIZE = 9
+_MARGIN_WIDTH_IN = 2.6  # y label, tick labels and the colour bar
+_MARGIN_HEIGHT_IN = 1.6  # title, x label and tick labels
+
+
+def heatmap_figure(
+    depths: Sequence[float],
+    lengths: Sequence[int],
+    scores: Sequence[Sequence[float | None]],
+    *,
+    title: str,
+) -> plt.Figure:
+    """The figure of `depth_length_heatmap` (the caller closes it): CELL_WIDTH_IN x CELL_HEIGHT_IN inches or more per
+    cell, each cell's score written in ANNOTATION_FONTSIZE points."""
+    grid = [[float("nan") if value is None else value for value in row] for row in scores]
+    size = (
+        max(5.0, _MARGIN_WIDTH_IN + CELL_WIDTH_IN * len(lengths)),
+        max(3.0, _MARGIN_HEIGHT_IN + CELL_HEIGHT_IN * len(depths)),
+    )
+    figure, axes = plt.subplots(figsize=size)
+    image = axes.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(lengths)), [_length_label(length) for length in lengths], fontsize=ANNOTATION_FONTSIZE)
+    axes.set_yticks(range(len(depths)), [f"{depth:g}%" for depth in depths], fontsize=ANNOTATION_FONTSIZE)
+    axes.set_xlabel("context length (tokens)")
+    axes.set_ylabel("needle depth")
+    axes.set_title(title, fontsize=10)
+    for row, values in enumerate(scores):
+        for column, value in enumerate(values):
+            if value is not None:
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=ANNOTATION_FONTSIZE)
+    figure.colorbar(image, ax=axes, label="score")
+    figure.tight_layout()
+    return figure
+
+
 def depth_length_heatmap(
     path: str | pathlib.Path,
     depths: Sequence[float],
@@ -25,20 +64,7 @@ def depth_length_heatmap(
 ) -> pathlib.Path:
     """Score per (depth row, length column) in [0, 1], the number written in each cell; missing cells are blank."""
     path = pathlib.Path(path)
-    grid = [[float("nan") if value is None else value for value in row] for row in scores]
-    figure, axes = plt.subplots(figsize=(max(5.0, 2.0 + 0.9 * len(lengths)), max(3.0, 1.2 + 0.45 * len(depths))))
-    image = axes.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    axes.set_xticks(range(len(lengths)), [_length_label(length) for length in lengths])
-    axes.set_yticks(range(len(depths)), [f"{depth:g}%" for depth in depths])
-    axes.set_xlabel("context length (tokens)")
-    axes.set_ylabel("needle depth")
-    axes.set_title(title, fontsize=10)
-    for row, values in enumerate(scores):
-        for column, value in enumerate(values):
-            if value is not None:
-                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
-    figure.colorbar(image, ax=axes, label="score")
-    figure.tight_layout()
+    figure = heatmap_figure(depths, lengths, scores, title=title)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

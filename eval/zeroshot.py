@@ -1,15 +1,31 @@
 """Zero-shot benchmarks scored as lm-evaluation-harness scores them (DESIGN D12).
 
-    python -m eval.zeroshot --workdir=runs/hope_760m --data_dir=data/zeroshot \\
+    python -m eval.zeroshot --workdir=runs/hope_760m --data_dir=data/zeroshot --download \\
         --tasks=piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada [--limit=100] [--step=N]
 
-Each task reads <data_dir>/<task>.jsonl: the split of the public release that the harness evaluates, one record per line
-with the release's own field names (eval/tasks/zeroshot_tasks.py lists them), e.g. written with
-`datasets.load_dataset("piqa", split="validation").to_json("data/zeroshot/piqa.jsonl")`. Prompts, answer choices and
-metrics follow the harness; the model is the run's latest checkpoint (or --step) with the run's own config, and every
-request goes through the stateful API in batches (eval/common.py). Results go to
-<output_dir>/<run>/zeroshot-<UTC timestamp>.json with the arguments, the task files' SHA-256, config hash, checkpoint
-step and code version.
+Each task reads <data_dir>/<task>.jsonl, one JSON object per line: the split the harness evaluates, with the field
+names of the Hugging Face dataset its task YAML loads. --download fetches every missing file first (the network and
+the `datasets` package of requirements-eval.txt needed), as the harness would load it; offline, the same files are
+read from --data_dir as they are, wherever they came from (`python -m eval.tasks.zeroshot_download --data_dir=DIR`
+on a machine with the network writes them without a model). What each file holds and the fields every record needs
+(other fields are ignored):
+
+    task file            dataset (configuration), split                  fields
+    piqa.jsonl           baber/piqa, validation                          goal, sol1, sol2, label
+    hellaswag.jsonl      Rowan/hellaswag, validation                     activity_label, ctx_a, ctx_b, endings, label
+    winogrande.jsonl     allenai/winogrande (winogrande_xl), validation  sentence, option1, option2, answer
+    arc_easy.jsonl       allenai/ai2_arc (ARC-Easy), test                question, choices.text, choices.label, answerKey
+    arc_challenge.jsonl  allenai/ai2_arc (ARC-Challenge), test           question, choices.text, choices.label, answerKey
+    siqa.jsonl           lighteval/siqa, validation                      context, question, answerA, answerB, answerC, label
+    boolq.jsonl          aps/super_glue (boolq), validation              passage, question, label (or answer)
+    lambada.jsonl        EleutherAI/lambada_openai (default), test       text
+
+(choices.text / choices.label: the lists inside a `choices` object; BoolQ's `answer` is the google/boolq release's
+true/false.) Prompts, answer choices and metrics follow the harness (eval/tasks/zeroshot_tasks.py); the model is the
+run's latest checkpoint (or --step) with the run's own config, and every request goes through the stateful API in
+batches (eval/common.py). Results go to <output_dir>/<run>/zeroshot-<UTC timestamp>.json with the arguments, each
+task file's SHA-256 and, for a downloaded one, its source (dataset, configuration, split, the dataset repository's
+commit, from <task>.source.json beside it), config hash, checkpoint step and code version.
 
 Text becomes tokens as the harness's causal models do it: trailing whitespace of the context moves to the continuation,
 the continuation's tokens are those of tokenize(context + continuation) after the context's tokens, and an empty context
@@ -19,7 +35,7 @@ normalisation, so its numbers are comparable with nothing; acc_norm here is the 
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import math
 import pathlib
 from collections.abc import Callable, Sequence
@@ -28,7 +44,17 @@ import numpy as np
 from absl import flags
 
 from eval import common
-from eval.tasks.zeroshot_tasks import TASKS, MultipleChoiceDoc, TargetDoc, Task, get_task, read_docs
+from eval.tasks import zeroshot_download
+from eval.tasks.zeroshot_tasks import (
+    TASKS,
+    MultipleChoiceDoc,
+    TargetDoc,
+    Task,
+    TaskDataError,
+    get_task,
+    missing_file_message,
+    read_docs,
+)
 
 # (context, continuation) texts -> (summed log-likelihood of the continuation, whether it is the greedy decoding)
 LoglikelihoodFn = Callable[[Sequence[tuple[str, str]]], list[tuple[float, bool]]]
@@ -128,8 +154,29 @@ def task_file(data_dir: str, task_name: str) -> pathlib.Path:
     return pathlib.Path(data_dir) / f"{task_name}.jsonl"
 
 
-def _sha256(path: pathlib.Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def prepare_task_files(task_names: Sequence[str], data_dir: str, *, download: bool = False) -> dict[str, dict]:
+    """Make sure every task's file is in `data_dir` (fetched first when `download` and missing), before any model is
+    loaded; returns {task: {path, sha256, source}} for the results file (source: the download record, or None).
+
+    A missing file without `download` is an error naming every missing file, the fields it needs and --download."""
+    tasks = [get_task(name) for name in task_names]  # unknown names fail before anything else
+    missing = [task for task in tasks if not task_file(data_dir, task.name).is_file()]
+    if missing and not download:
+        raise TaskDataError("; ".join(missing_file_message(task, task_file(data_dir, task.name)) for task in missing))
+    for task in missing:
+        path = task_file(data_dir, task.name)
+        logging.info("zeroshot: downloading %s (%s, %s) to %s", task.name, task.dataset_id, task.public_split, path)
+        source = zeroshot_download.download_task(task, path)
+        logging.info("zeroshot: %s: %d records @ %s", path, source["records"], source["revision"])
+    files = {}
+    for task in tasks:
+        path = task_file(data_dir, task.name)
+        files[task.name] = {
+            "path": str(path),
+            "sha256": zeroshot_download.file_sha256(path),
+            "source": zeroshot_download.recorded_source(path),
+        }
+    return files
 
 
 def run_zeroshot(
@@ -140,13 +187,17 @@ def run_zeroshot(
     limit: int | None = None,
     batch_size: int = 8,
     pad_multiple: int = DEFAULT_PAD_MULTIPLE,
+    download: bool = False,
     output_dir: str = "eval",
     record_args: dict | None = None,
 ) -> tuple[dict, pathlib.Path]:
-    """Evaluate `run` on the named tasks and write the results file; returns (results, path)."""
-    tasks = [get_task(name) for name in task_names]  # unknown names fail before any scoring
+    """Evaluate `run` on the named tasks and write the results file; returns (results, path).
+
+    download: fetch missing task files into data_dir first (prepare_task_files)."""
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
+    task_files = prepare_task_files(task_names, data_dir, download=download)  # unknown names fail before any scoring
+    tasks = [get_task(name) for name in task_names]
     docs_by_task = {task.name: read_docs(task, task_file(data_dir, task.name), limit=limit) for task in tasks}
     loglikelihood = model_loglikelihood_fn(run, batch_size=batch_size, pad_multiple=pad_multiple)
     results = {task.name: evaluate_task(task, docs_by_task[task.name], loglikelihood) for task in tasks}
@@ -156,10 +207,8 @@ def run_zeroshot(
         limit=limit,
         batch_size=batch_size,
         pad_multiple=pad_multiple,
-        task_files={
-            name: {"path": str(task_file(data_dir, name)), "sha256": _sha256(task_file(data_dir, name))}
-            for name in task_names
-        },
+        download=download,
+        task_files=task_files,
     )
     path = common.write_results(run, "zeroshot", args, results, output_dir=output_dir, record_args=record_args)
     return results, path
@@ -179,7 +228,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     fv = flag_values
     common.define_common_flags(fv)
     flags.DEFINE_list("tasks", list(TASKS), f"Tasks to evaluate, from: {', '.join(TASKS)}.", flag_values=fv)
-    flags.DEFINE_string("data_dir", "data/zeroshot", "Directory holding <task>.jsonl for every task.", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir",
+        "data/zeroshot",
+        "Directory holding <task>.jsonl for every task, one JSON object per line (the split the harness evaluates, "
+        "with its dataset's field names; the module docstring above lists the datasets), with these fields: "
+        + "; ".join(f"{task.name}.jsonl: {', '.join(task.fields)}" for task in TASKS.values())
+        + ".",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "download",
+        False,
+        "Fetch every missing <task>.jsonl into --data_dir first, from the Hugging Face Hub (needs the network and the "
+        "`datasets` package, requirements-eval.txt); the dataset, split and commit are recorded with the results.",
+        flag_values=fv,
+    )
     flags.DEFINE_integer("limit", None, "Evaluate only the first N documents of every task.", flag_values=fv)
     flags.DEFINE_integer(
         "pad_multiple",
@@ -190,8 +254,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run_from_flags(fv: flags.FlagValues) -> tuple[dict, pathlib.Path]:
+    # Task files first: a missing one (or a failed download) is reported before the checkpoint is read.
+    prepare_task_files(fv.tasks, fv.data_dir, download=fv.download)
     return common.evaluate_from_flags(
-        fv, run_zeroshot, fv.tasks, fv.data_dir, limit=fv.limit, batch_size=fv.batch_size, pad_multiple=fv.pad_multiple
+        fv,
+        run_zeroshot,
+        fv.tasks,
+        fv.data_dir,
+        limit=fv.limit,
+        batch_size=fv.batch_size,
+        pad_multiple=fv.pad_multiple,
+        download=fv.download,
     )
 
 

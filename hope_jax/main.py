@@ -12,6 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from hope_jax.log_setup import configure_logging as _configure_logging
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics (resumes if it has any).")
 _DEVICES = flags.DEFINE_string(
@@ -36,23 +38,51 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in [0
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout_s", 300, "Seconds to wait for every process to join the coordinator."
 )
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _configure_logging() -> None:
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.use_python_logging()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout, force=True
-    )
-    # Third-party chatter (orbax's per-file messages, absl's duplicate handler) drowns the training log.
-    for noisy in ("absl", "orbax", "jax._src", "tensorflow", "grain"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the resolved config, parameter count and compiled memory per device, then exit without training or "
+    "writing anything (--workdir is not needed).",
+)
+flags.mark_flags_as_required(["config"])
+flags.register_validator(
+    "workdir",
+    lambda value: value is not None or flags.FLAGS.dry_run,
+    message="--workdir is required (unless --dry_run)",
+)
 
 
 def main(argv) -> None:
+    try:
+        _main(argv)
+    except _user_errors() as error:
+        # Bad input or a run that cannot go on: the message names the key, file or step; a traceback would bury it.
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from data_pipeline.errors import DataError
+    from hope_jax.train.checkpoint import (
+        CheckpointWriteError,
+        ConfigMismatchError,
+        NoGoodCheckpointError,
+        NonFiniteStateError,
+    )
+    from hope_jax.train.loop import ConfigError, NonFiniteLossError
+
+    return (
+        ConfigError,
+        DataError,
+        ConfigMismatchError,
+        NoGoodCheckpointError,
+        CheckpointWriteError,
+        NonFiniteStateError,
+        NonFiniteLossError,
+    )
+
+
+def _main(argv) -> None:
     del argv
     _configure_logging()
     from hope_jax.visible_devices import apply_visible_devices, log_devices
@@ -77,6 +107,13 @@ def main(argv) -> None:
         print("resolved config:\n" + str(config), flush=True)
         print(f"devices: {jax.devices()}", flush=True)
     log_devices(ordinals)
+    if _DRY_RUN.value:
+        from hope_jax.train.dry_run import describe, dry_run
+
+        report = dry_run(config)
+        if distributed.is_primary():
+            print(describe(report), flush=True)
+        return
     result = train(config, _WORKDIR.value)
     if result.stopped_during_startup:
         print(f"stopped by SIGTERM during start-up, before step {result.final_step + 1}; nothing saved", flush=True)

@@ -89,3 +89,35 @@ def test_perplexity_command_end_to_end(tiny_run, tiny_run_workdir, text_files, t
         perplexity.run_perplexity(
             tiny_run, perplexity.PerplexityArgs(files=["/nonexistent.txt"]), output_dir=str(tmp_path)
         )
+
+
+def test_unknown_tokens_are_counted_against_the_tokenizers_unknown_id():
+    class Tokenizer:
+        unk_id = 2
+
+    assert perplexity.unknown_tokens(Tokenizer(), [5, 2, 7, 2]) == 2
+    Tokenizer.unk_id = -1  # sentencepiece's answer for a model without <unk>
+    assert perplexity.unknown_tokens(Tokenizer(), [5, 2]) is None
+    assert perplexity.unknown_tokens(object(), [5, 2]) is None
+    assert perplexity.summarize(1.0, tokens=4, words=4, num_bytes=8, unknown=1)["unknown_token_fraction"] == 0.25
+
+
+def test_text_out_of_the_tokenizers_vocabulary_is_recorded_and_warned_about_once(
+    tiny_run, text_files, tmp_path, caplog
+):
+    # Three words of twelve are outside the built-in vocabulary: 25% <unk>, far over the 1% threshold.
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("alice lives in paris . zyzzyva bob likes tea . quux xylograph")
+    args = perplexity.PerplexityArgs(files=[text_files[1], str(foreign)], segment_len=16, num_bins=4)
+    with caplog.at_level("WARNING"):
+        results, path = perplexity.run_perplexity(tiny_run, args, output_dir=str(tmp_path))
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert str(foreign) in warnings[0] and "25.0%" in warnings[0] and "out of the vocabulary" in warnings[0]
+    assert results["files"][str(foreign)]["unknown_tokens"] == 3
+    assert results["files"][str(foreign)]["unknown_token_fraction"] == pytest.approx(0.25)
+    assert results["files"][text_files[1]]["unknown_token_fraction"] == 0.0  # in-vocabulary text: no warning
+    assert results["total"]["unknown_tokens"] == 3
+    record = json.loads(path.read_text())
+    assert record["results"]["files"][str(foreign)]["unknown_token_fraction"] == pytest.approx(0.25)
+    assert "25.0% <unk>" in perplexity.format_table(results)

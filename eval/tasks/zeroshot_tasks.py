@@ -1,9 +1,10 @@
 """The zero-shot tasks, prompted exactly as lm-evaluation-harness prompts them (DESIGN D12).
 
-Each task reads one local JSONL file whose records carry the field names of the dataset's public release, and turns a
-record into text requests: a context and a continuation whose summed log-likelihood the model scores. The templates,
-the target delimiter (" ") between context and answer, the answer choices and the gold index follow the harness's task
-YAMLs (lm-eval 0.4.x), so scores here are comparable with published harness numbers:
+Each task reads one local JSONL file whose records carry the field names of the dataset's public release (the Hugging
+Face dataset the harness loads; eval/tasks/zeroshot_download.py fetches it), and turns a record into text requests: a
+context and a continuation whose summed log-likelihood the model scores. The templates, the target delimiter (" ")
+between context and answer, the answer choices and the gold index follow the harness's task YAMLs (lm-eval 0.4.x), so
+scores here are comparable with published harness numbers:
 
 =============  ==================================  =======================================================  ===========
 task           harness task / public split         context -> continuation(s)                               metrics
@@ -18,6 +19,18 @@ siqa           social_iqa / validation             "Q: {context} {question}\\nA:
 boolq          boolq (super_glue) / validation     "{passage}\\nQuestion: {question}?\\nAnswer:" -> " no"/" yes"  acc, norm
 lambada        lambada_openai / test               text without its last word -> " {last word}"             acc, ppl
 =============  ==================================  =======================================================  ===========
+
+The files, the dataset (configuration) and split each holds, as the harness's YAMLs load them, and the fields every
+record must have (other fields are ignored; `describe_task_files()` prints this from TASKS):
+
+    piqa.jsonl           baber/piqa, validation                          goal, sol1, sol2, label
+    hellaswag.jsonl      Rowan/hellaswag, validation                     activity_label, ctx_a, ctx_b, endings, label
+    winogrande.jsonl     allenai/winogrande (winogrande_xl), validation  sentence, option1, option2, answer
+    arc_easy.jsonl       allenai/ai2_arc (ARC-Easy), test                question, choices.text, choices.label, answerKey
+    arc_challenge.jsonl  allenai/ai2_arc (ARC-Challenge), test           question, choices.text, choices.label, answerKey
+    siqa.jsonl           lighteval/siqa, validation                      context, question, answerA, answerB, answerC, label
+    boolq.jsonl          aps/super_glue (boolq), validation              passage, question, label (or answer)
+    lambada.jsonl        EleutherAI/lambada_openai (default), test       text
 
 WinoGrande uses the harness's partial scoring: the two options give two contexts, and the shared continuation (the
 sentence after the blank) is scored under each. BoolQ takes the gold answer from `answer` (a bool, the google/boolq
@@ -74,6 +87,12 @@ class Task:
     fields: tuple[str, ...]  # the record fields it reads (the public release's names)
     build: Callable[[Mapping[str, Any]], Doc]
     metrics: tuple[str, ...]
+    dataset_path: str  # the Hugging Face dataset the harness's task YAML loads (dataset_path) ...
+    dataset_name: str | None  # ... and its configuration (dataset_name)
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset_path + (f" ({self.dataset_name})" if self.dataset_name else "")
 
 
 def _answer_choices(context: str, choices: list[str], gold: int) -> MultipleChoiceDoc:
@@ -156,7 +175,16 @@ _CHOICE_METRICS = ("acc", "acc_norm", "acc_bytes")
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        Task("piqa", "piqa", "validation", ("goal", "sol1", "sol2", "label"), piqa_doc, _CHOICE_METRICS),
+        Task(
+            "piqa",
+            "piqa",
+            "validation",
+            ("goal", "sol1", "sol2", "label"),
+            piqa_doc,
+            _CHOICE_METRICS,
+            dataset_path="baber/piqa",
+            dataset_name=None,
+        ),
         Task(
             "hellaswag",
             "hellaswag",
@@ -164,6 +192,8 @@ TASKS: dict[str, Task] = {
             ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
             hellaswag_doc,
             _CHOICE_METRICS,
+            dataset_path="Rowan/hellaswag",
+            dataset_name=None,
         ),
         Task(
             "winogrande",
@@ -172,6 +202,8 @@ TASKS: dict[str, Task] = {
             ("sentence", "option1", "option2", "answer"),
             winogrande_doc,
             ("acc",),
+            dataset_path="allenai/winogrande",
+            dataset_name="winogrande_xl",
         ),
         Task(
             "arc_easy",
@@ -180,6 +212,8 @@ TASKS: dict[str, Task] = {
             ("question", "choices.text", "choices.label", "answerKey"),
             arc_doc,
             _CHOICE_METRICS,
+            dataset_path="allenai/ai2_arc",
+            dataset_name="ARC-Easy",
         ),
         Task(
             "arc_challenge",
@@ -188,6 +222,8 @@ TASKS: dict[str, Task] = {
             ("question", "choices.text", "choices.label", "answerKey"),
             arc_doc,
             _CHOICE_METRICS,
+            dataset_path="allenai/ai2_arc",
+            dataset_name="ARC-Challenge",
         ),
         Task(
             "siqa",
@@ -196,11 +232,49 @@ TASKS: dict[str, Task] = {
             ("context", "question", "answerA", "answerB", "answerC", "label"),
             siqa_doc,
             _CHOICE_METRICS,
+            dataset_path="lighteval/siqa",
+            dataset_name=None,
         ),
-        Task("boolq", "boolq", "validation", ("passage", "question", "answer (or label)"), boolq_doc, _CHOICE_METRICS),
-        Task("lambada", "lambada_openai", "test", ("text",), lambada_doc, ("acc", "perplexity")),
+        Task(
+            "boolq",
+            "boolq",
+            "validation",
+            ("passage", "question", "label (or answer)"),
+            boolq_doc,
+            _CHOICE_METRICS,
+            dataset_path="aps/super_glue",
+            dataset_name="boolq",
+        ),
+        Task(
+            "lambada",
+            "lambada_openai",
+            "test",
+            ("text",),
+            lambada_doc,
+            ("acc", "perplexity"),
+            dataset_path="EleutherAI/lambada_openai",
+            dataset_name="default",
+        ),
     )
 }
+
+
+def missing_file_message(task: Task, path: str | pathlib.Path) -> str:
+    """What a missing task file must hold and the two ways to get it (download, or written by hand)."""
+    return (
+        f"{task.name}: no task file {path}; it must hold the {task.public_split} split of {task.dataset_id} as "
+        f"JSONL, one record per line with fields {', '.join(task.fields)}. Fetch it with eval.zeroshot --download "
+        f"(network needed; or `python -m eval.tasks.zeroshot_download --data_dir={pathlib.Path(path).parent} "
+        f"--tasks={task.name}` on a machine that has it, then copy the file), or write it by hand"
+    )
+
+
+def describe_task_files() -> str:
+    """One line per task: its file, the dataset and split it holds, and the fields every record must have."""
+    return "\n".join(
+        f"{task.name + '.jsonl':<20} {task.dataset_id + ', ' + task.public_split:<48} {', '.join(task.fields)}"
+        for task in TASKS.values()
+    )
 
 
 def get_task(name: str) -> Task:
@@ -217,10 +291,7 @@ def read_docs(task: Task, path: str | pathlib.Path, *, limit: int | None = None)
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise TaskDataError(
-            f"{task.name}: no task file {path}; write the {task.public_split} split of the public release as JSONL "
-            f"with fields {', '.join(task.fields)}"
-        )
+        raise TaskDataError(missing_file_message(task, path))
     docs: list[Doc] = []
     with path.open(encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):

@@ -79,8 +79,9 @@ def kind_transform(level) -> optax.GradientTransformation:
     raise ValueError(f"unknown optimiser kind {level.kind!r}")
 
 
-def level_transform(level, *, period: int, total_steps: int, decay_mask) -> optax.GradientTransformation:
-    schedule = make_schedule(
+def level_schedule(level, *, total_steps: int):
+    """lr(global step) of a resolved level: its warmup and decay are counted in global optimiser steps."""
+    return make_schedule(
         level.schedule,
         peak_lr=level.lr,
         warmup_steps=level.warmup_steps,
@@ -88,6 +89,19 @@ def level_transform(level, *, period: int, total_steps: int, decay_mask) -> opta
         end_lr_ratio=level.end_lr_ratio,
         total_steps=total_steps,
     )
+
+
+def learning_rates(optim_cfg, step: int, *, total_steps: int) -> dict[str, float]:
+    """Each level's learning rate at global step `step` (1-based, as the loop counts): the rate its update at that
+    step is scaled by, schedule(step - 1). A level with a period k > 1 applies it only on every k-th step."""
+    return {
+        name: float(level_schedule(resolve_level(name, level_cfg), total_steps=total_steps)(step - 1))
+        for name, level_cfg in optim_cfg.levels.items()
+    }
+
+
+def level_transform(level, *, period: int, total_steps: int, decay_mask) -> optax.GradientTransformation:
+    schedule = level_schedule(level, total_steps=total_steps)
     parts = [kind_transform(level)]
     if level.weight_decay > 0:
         parts.append(optax.add_decayed_weights(level.weight_decay, mask=decay_mask))

@@ -15,11 +15,17 @@ from clu import periodic_actions
 from data_pipeline.loader import check_vocab
 from hope_jax.distributed import StopAgreement, barrier, process_loader, to_host
 from hope_jax.models.registry import flops_per_token
+from hope_jax.optim.builder import learning_rates
 from hope_jax.train.checkpoint import Checkpointer, checkpoint_directory, config_hash
 from hope_jax.train.metrics import MetricsLogger, peak_flops_per_device
+from hope_jax.train.report import StepClock, describe_memory, memory_per_device, save_resolved_config, step_line
 from hope_jax.train.state import create_train_state
 from hope_jax.train.trainer import build_trainer
 from hope_jax.train.validate import validate_config
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (shape, key, value, data not built), found before anything is built or written."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,25 +72,6 @@ def _device_batch(batch, sharding):
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def _log_memory_analysis(compiled) -> None:
-    try:
-        analysis = compiled.memory_analysis()
-    except (NotImplementedError, RuntimeError):  # some backends do not report it
-        analysis = None
-    if analysis is None:
-        logging.info("compiled train step: no memory analysis on this backend")
-        return
-    gib = 1 << 30
-    logging.info(
-        "compiled train step memory per device: arguments %.3f GiB, outputs %.3f GiB, temporaries %.3f GiB, "
-        "generated code %.3f GiB",
-        analysis.argument_size_in_bytes / gib,
-        analysis.output_size_in_bytes / gib,
-        analysis.temp_size_in_bytes / gib,
-        analysis.generated_code_size_in_bytes / gib,
-    )
-
-
 def _loader(config, split: str):
     """This process's slice of a split, in batches of the configured shape (its reading shards: data.num_shards)."""
     return process_loader(config, split)
@@ -104,6 +91,17 @@ def evaluate(config, trainer, params) -> float:
     return nll_total / weight_total
 
 
+def check_settings(config, *, data: bool = True) -> None:
+    """Every check that needs no model: shapes, keys and values, and (with `data`) that the data exist and fit the
+    vocabulary. Raises ConfigError, which the entry point prints as one line rather than a traceback."""
+    try:
+        validate_config(config, jax.device_count())
+        if data:
+            check_vocab(config.data, config.model.vocab_size)
+    except ValueError as error:  # DataError included
+        raise ConfigError(str(error)) from error
+
+
 def train(config, workdir: str) -> TrainResult:
     # SIGTERM from the first line on: a preemption during start-up (build, restore, compile) stops the run cleanly
     # before its first step instead of killing it with -15.
@@ -112,8 +110,7 @@ def train(config, workdir: str) -> TrainResult:
 
 
 def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
-    validate_config(config, jax.device_count())
-    check_vocab(config.data, config.model.vocab_size)
+    check_settings(config)
     jax.config.update("jax_default_matmul_precision", config.train.matmul_precision)
     os.makedirs(workdir, exist_ok=True)
 
@@ -155,12 +152,15 @@ def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
     compiled_step = trainer.lower().compile()
     logging.info("train step compiled in %.1f s", time.time() - compile_start)
     barrier("compiled")  # multi-process: every process starts step 1 together
-    _log_memory_analysis(compiled_step)
+    logging.info(describe_memory(memory_per_device(compiled_step)))
 
     metrics_logger = MetricsLogger.from_config(
         workdir, config, resumed_step=int(state.step) if latest is not None else None
     )
     metrics_logger.write_hparams({"config_hash": config_hash(config), "num_params": trainer.num_params})
+    metrics_logger.write_config(config)
+    if jax.process_index() == 0:
+        logging.info("resolved config saved in %s", save_resolved_config(config, workdir))
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=config.train.num_steps, writer=metrics_logger.progress_writer(), every_secs=30
     )
@@ -168,9 +168,10 @@ def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
     peak_flops = peak_flops_per_device(config.logging.peak_flops_per_device)
     start_step = int(state.step)
     losses: dict[int, float] = {}
-    eval_loss = None
+    eval_loss, evaluated_at = None, None
     pending: tuple[int, dict] | None = None  # the previous step's metrics, read one step late so the device never idles
     window_start, window_tokens = time.time(), 0.0
+    clock = StepClock(start_step + 1, config.train.num_steps)
 
     last_saved = start_step
     skipped: list[int] = []
@@ -219,15 +220,13 @@ def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
             scalars["model_tflops_per_s"] = tokens_per_s * flops["total"] / 1e12
             if peak_flops is not None:
                 scalars["mfu"] = tokens_per_s * flops["total"] / (peak_flops * jax.device_count())
+            rates = learning_rates(config.optim, step, total_steps=config.train.num_steps)
+            scalars.update({f"lr/{name}": lr for name, lr in rates.items()})
             metrics_logger.write_scalars(step, scalars)
-            logging.info(
-                "step %d: loss %.4f, grad_norm %.3f, %.0f tokens/s",
-                step,
-                host["loss"],
-                host["grad_norm"],
-                tokens_per_s,
-            )
+            logging.info(step_line(step, config.train.num_steps, scalars, rates, clock.tick(step)))
             window_start, window_tokens = time.time(), 0.0
+        else:
+            clock.tick(step)
 
     agreement = StopAgreement()  # multi-process: every process stops after the same step
     stopped_at_start = stopped = agreement.should_stop(start_step, stop.received)
@@ -245,7 +244,7 @@ def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
                 pending = None
                 save(step)
             if config.eval.every_steps and step % config.eval.every_steps == 0:
-                eval_loss = evaluate(config, trainer, state.params)
+                eval_loss, evaluated_at = evaluate(config, trainer, state.params), step
                 metrics_logger.write_scalars(step, {"eval_loss": eval_loss})
                 logging.info("step %d: eval loss %.4f", step, eval_loss)
             if agreement.should_stop(step, stop.received):
@@ -260,7 +259,7 @@ def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
         final_step = int(state.step)
         if not stopped and final_step > start_step:
             save(final_step, force=True)
-            if config.eval.num_batches:
+            if config.eval.num_batches and evaluated_at != final_step:  # the last step's eval is written once
                 eval_loss = evaluate(config, trainer, state.params)
                 metrics_logger.write_scalars(final_step, {"eval_loss": eval_loss})
                 logging.info("final eval loss %.4f", eval_loss)
@@ -269,7 +268,9 @@ def _train(config, workdir: str, stop: _StopSignal) -> TrainResult:
             checkpointer.close()
         metrics_logger.close()
     if stopped_at_start:
-        logging.warning("stopped by signal during start-up, before step %d: nothing to save; rerun to resume", last_step + 1)
+        logging.warning(
+            "stopped by signal during start-up, before step %d: nothing to save; rerun to resume", last_step + 1
+        )
     elif stopped:
         logging.warning("stopped by signal after step %d; the checkpoint is saved, rerun to resume", final_step)
     if skipped:

@@ -1,0 +1,56 @@
+"""hope_jax/log_setup.py as the evaluation commands use it: our INFO lines pass, third-party INFO (orbax's, which
+goes through absl's logger) does not."""
+
+import logging
+import pathlib
+import subprocess
+import sys
+
+from eval import common
+from hope_jax import log_setup
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _absl_record(pathname, level=logging.INFO):
+    return logging.LogRecord("absl", level, pathname, 1, "message", None, None)
+
+
+def test_absl_logger_passes_our_info_and_only_warnings_of_third_parties():
+    log_setup.quiet_third_party()
+    absl_logger = logging.getLogger("absl")
+    orbax_file = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    assert not absl_logger.filter(_absl_record(orbax_file))
+    assert absl_logger.filter(_absl_record(orbax_file, logging.WARNING))
+    assert absl_logger.filter(_absl_record(str(REPO_ROOT / "eval" / "grid.py")))  # eval/grid.py logs through absl
+    assert not absl_logger.filter(_absl_record(str(REPO_ROOT / ".venv" / "lib" / "orbax.py")))
+    for noisy in ("orbax", "jax._src", "tensorflow", "grain"):
+        assert logging.getLogger(noisy).getEffectiveLevel() == logging.WARNING
+    log_setup.quiet_third_party()
+    assert absl_logger.filters.count(log_setup._FILTER) == 1  # idempotent
+
+
+def test_command_logging_prints_our_info_and_drops_orbax_info():
+    code = """
+import logging
+from absl import logging as absl_logging
+from hope_jax.log_setup import configure_logging
+configure_logging()
+logging.info("ours via root")
+logging.getLogger("orbax").info("orbax chatter")
+logging.getLogger("orbax").warning("orbax warning")
+absl_logging.info("absl info from a file outside the repository")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    out = result.stdout + result.stderr
+    assert "INFO ours via root" in result.stdout and "WARNING orbax warning" in result.stdout
+    assert "orbax chatter" not in out and "absl info from a file outside" not in out
+
+
+def test_run_command_holds_third_party_loggers_at_warning(monkeypatch):
+    monkeypatch.setattr(logging.getLogger("orbax"), "level", logging.INFO)
+    result = common.run_command(lambda fv: None, lambda fv: ({}, pathlib.Path("x")), ["cmd"])
+    assert result == ({}, pathlib.Path("x"))
+    assert logging.getLogger("orbax").level == logging.WARNING
