@@ -24,8 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from data_pipeline import readers, text_filters
-from data_pipeline.progress import Progress
+from data_pipeline import progress, readers, text_filters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,14 +135,29 @@ def main(argv: list[str] | None = None) -> dict:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
-    progress = Progress(f"filter {output.name}")
+    start = time.perf_counter()
+    # The bar counts the documents read. Its total (and so an ETA) is counted beforehand for input files; not for a
+    # streamed dataset, nor under a limit (which may stop the run long before the end of its inputs).
+    total = None
+    if not args.hf_dataset and not settings.limit:
+        total = sum(
+            readers.count_documents(path, text_split=args.text_split) for path in readers.expand_inputs(args.inputs)
+        )
+    bar = progress.bar(f"filter {output.name}", total=total)
+
+    def counted() -> Iterator[str]:
+        for document in documents():
+            bar.update()
+            yield document
+
     temporary = output.with_suffix(output.suffix + ".tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
-        for text in filter_documents(documents(), settings, counts):
+        for text in filter_documents(counted(), settings, counts):
             handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-            progress.update()
     temporary.replace(output)
-    seconds = progress.close()
+    bar.set_postfix(kept=counts["kept"], refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - start
     stats = {
         "output": str(output),
         "sources": args.inputs or [f"hf:{args.hf_dataset}"],

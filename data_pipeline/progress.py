@@ -1,39 +1,46 @@
-"""A progress line on stderr for long streaming jobs (count, rate, elapsed), at most a few updates per
-second."""
+"""Progress bars of the long data steps (filter, train_tokenizer, shard): tqdm on stderr.
+
+On a terminal the bar redraws in place (count, total, rate, ETA). When stderr is a file or a pipe (Slurm logs,
+`2> log`) the same bar is written as a line of its own when it starts, at most every 30 s, and when it ends, so the
+log stays readable. TQDM_* environment variables tune the rest (TQDM_DISABLE=1: no bars).
+"""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
+
+LOG_INTERVAL_S = 30.0
 
 
-class Progress:
-    def __init__(
-        self, description: str, unit: str = "docs", total: int | None = None, every_s: float = 0.5
-    ) -> None:
-        self.description, self.unit, self.total, self.every_s = description, unit, total, every_s
-        self.count = 0
-        self.start = self.last_shown = time.perf_counter()
-        self.interactive = sys.stderr.isatty()
+class _Lines:
+    """The stream of a bar that is not on a terminal: each redraw ('\\r' + bar) becomes a line of its own."""
 
-    def update(self, amount: int = 1) -> None:
-        self.count += amount
-        now = time.perf_counter()
-        # Non-interactive logs (Slurm) get a line every 30 s instead of a redrawn one.
-        if now - self.last_shown >= (self.every_s if self.interactive else 30.0):
-            self.last_shown = now
-            self._show(now, end="\r" if self.interactive else "\n")
+    def __init__(self, stream) -> None:
+        self.stream = stream
 
-    def close(self) -> float:
-        now = time.perf_counter()
-        self._show(now, end="\n")
-        return now - self.start
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self.stream.write(text + "\n")
 
-    def _show(self, now: float, end: str) -> None:
-        elapsed = max(now - self.start, 1e-9)
-        total = f"/{self.total}" if self.total else ""
-        sys.stderr.write(
-            f"{self.description}: {self.count}{total} {self.unit} "
-            f"[{elapsed:.1f}s, {self.count / elapsed:,.0f} {self.unit}/s]{end}"
-        )
-        sys.stderr.flush()
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar(description: str, *, total: int | None = None, unit: str = "docs") -> tqdm:
+    """A tqdm bar on stderr, advanced by update(n) and ended by close(); `total` None shows a count and a rate (no
+    ETA)."""
+    stream = sys.stderr
+    if stream.isatty():
+        return tqdm(desc=description, total=total, unit=unit, file=stream, dynamic_ncols=True)
+    return tqdm(
+        desc=description,
+        total=total,
+        unit=unit,
+        file=_Lines(stream),
+        mininterval=LOG_INTERVAL_S,
+        maxinterval=2 * LOG_INTERVAL_S,
+        ascii=True,
+    )

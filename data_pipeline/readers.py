@@ -86,6 +86,32 @@ def read_hf_dataset(
         yield str(record[text_field])
 
 
+def count_documents(path: str, *, text_split: str = "blank_line") -> int:
+    """How many documents read_documents(path) yields, without building them (a progress bar's total): one pass over
+    the lines, or a Parquet file's row count from its footer."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as parquet
+        except ImportError as error:
+            raise DataError(f"reading {path} needs pyarrow (pip install pyarrow)") from error
+        return parquet.ParquetFile(path).metadata.num_rows
+    jsonl = suffix in (".jsonl", ".json")
+    if not jsonl and text_split not in TEXT_SPLITS:
+        raise DataError(f"text split {text_split!r} is not one of {TEXT_SPLITS}")
+    if not jsonl and text_split == "file":
+        return 1
+    # Opened as read_jsonl / read_text open it, so that the lines and the blank lines are the same ones.
+    paragraphs = not jsonl and text_split == "blank_line"
+    count, in_paragraph = 0, False
+    with open(path, encoding="utf-8", errors="strict" if jsonl else "replace") as handle:
+        for line in handle:
+            blank = not line.strip()
+            count += not blank and not (paragraphs and in_paragraph)
+            in_paragraph = not blank
+    return count
+
+
 def read_documents(path: str, *, text_field: str = "text", text_split: str = "blank_line") -> Iterator[str]:
     """Dispatch on the file suffix: .jsonl/.json, .parquet, anything else is plain text."""
     suffix = Path(path).suffix.lower()

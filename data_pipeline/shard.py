@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline import readers
+from data_pipeline import progress, readers
 from data_pipeline.errors import DataError
 from data_pipeline.mixture import CorpusSpec, MixtureSpec, load_mixture, write_corpus_manifest
-from data_pipeline.progress import Progress
 from data_pipeline.tokenizer import EOS_ID, PAD_ID, sha256_of_file
 
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheapest random access for grain's shuffled reads
@@ -103,7 +102,10 @@ def shard_corpus(
         document for file in files for document in readers.read_documents(file, text_field=corpus.text_field)
     )
     shards = []
-    progress = Progress(f"shard {corpus.name}")
+    start = time.perf_counter()
+    total = sum(readers.count_documents(file) for file in files)
+    bar = progress.bar(f"shard {corpus.name}", total=total)
+    shard_count = -(-total // mixture.documents_per_shard)
     for index in itertools.count():
         shard_documents = list(itertools.islice(documents, mixture.documents_per_shard))
         if not shard_documents:
@@ -118,12 +120,12 @@ def shard_corpus(
                     f"not {tokenizer_sha256}; "
                     f"delete {corpus.shard_dir} to re-shard with the new tokenizer"
                 )
-            progress.update(len(shard_documents))
+            bar.update(len(shard_documents))
         else:
             token_lists = []
             for batch in _batches(iter(shard_documents), batch_size):
                 token_lists.extend(tokenizer.tokenize(batch))
-                progress.update(len(batch))
+                bar.update(len(batch))
             _write_shard(path, token_lists, dtype)
             record = {
                 "file": path.name,
@@ -134,7 +136,9 @@ def shard_corpus(
             }
             sidecar.write_text(json.dumps(record) + "\n")
         shards.append({key: record[key] for key in ("file", "documents", "tokens", "bytes")})
-    seconds = progress.close()
+        bar.set_postfix(shards=f"{len(shards)}/{shard_count}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - start
     if not shards:
         raise DataError(f"corpus {corpus.name!r}: its inputs {corpus.inputs} hold no documents")
     manifest = {

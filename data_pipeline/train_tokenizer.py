@@ -22,9 +22,8 @@ import time
 
 import sentencepiece as spm
 
-from data_pipeline import readers
+from data_pipeline import progress, readers
 from data_pipeline.mixture import MixtureSpec, load_mixture
-from data_pipeline.progress import Progress
 from data_pipeline.tokenizer import EOS_ID, PAD_ID, UNK_ID, sha256_of_file
 
 
@@ -36,21 +35,26 @@ def sample_sentences(mixture: MixtureSpec, max_sentences: int, seed: int) -> lis
         quota = max(1, round(max_sentences * corpus.weight / total_weight))
         reservoir: list[str] = []
         seen = 0
-        progress = Progress(f"sample {corpus.name}", unit="lines")
-        for path in readers.expand_inputs(corpus.inputs):
-            for document in readers.read_documents(path, text_field=corpus.text_field):
-                for line in document.split("\n"):
-                    if not line:
-                        continue
-                    seen += 1
-                    progress.update()
-                    if len(reservoir) < quota:
-                        reservoir.append(line)
-                    else:
-                        slot = rng.randrange(seen)
-                        if slot < quota:
-                            reservoir[slot] = line
-        progress.close()
+        paths = readers.expand_inputs(corpus.inputs)
+        total = sum(readers.count_documents(path) for path in paths)
+        documents = (
+            document for path in paths for document in readers.read_documents(path, text_field=corpus.text_field)
+        )
+        bar = progress.bar(f"sample {corpus.name}", total=total)
+        for document in documents:
+            bar.update()
+            for line in document.split("\n"):
+                if not line:
+                    continue
+                seen += 1
+                if len(reservoir) < quota:
+                    reservoir.append(line)
+                else:
+                    slot = rng.randrange(seen)
+                    if slot < quota:
+                        reservoir[slot] = line
+        bar.set_postfix(lines=seen, refresh=False)
+        bar.close()
         sample.extend(reservoir)
     rng.shuffle(sample)
     return sample

@@ -45,6 +45,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from eval import common, plots
+from eval.results import results_stem, write_results
 from hope_jax.models.config import apply_overrides
 from hope_jax.models.registry import build_model
 
@@ -261,7 +262,7 @@ def run_continual(run: common.Run, args: ContinualArgs, *, output_dir: str = "ev
     """Evaluate, write the results JSON and both plots. Returns (results, path)."""
     segments = read_manifest(args.manifest)
     results = evaluate_continual(run, segments, args)
-    stem = common.results_stem(run, COMMAND, output_dir=output_dir)
+    stem = results_stem(run, COMMAND, output_dir=output_dir)
     names = [s.name for s in segments]
     title = f"continual ({args.mode}{', carried' if args.carry_state else ', reset'}) — {run.name}"
     written = {
@@ -270,7 +271,7 @@ def run_continual(run: common.Run, args: ContinualArgs, *, output_dir: str = "ev
         "loss_curves": plot_curves(pathlib.Path(f"{stem}-loss_curves.png"), results["loss"]["matrix"],
                                    results["loss"]["baseline"], names, title=title),
     }  # fmt: skip
-    path = common.write_results(
+    path = write_results(
         run, COMMAND, args, results, plots={k: str(v) for k, v in written.items()}, stem=stem, record_args=record_args
     )
     return results, path

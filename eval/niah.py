@@ -23,6 +23,7 @@ import numpy as np
 from absl import flags
 
 from eval import common, grid, haystack, ruler, scoring
+from eval.results import plot_title, results_stem, write_results
 
 COMMAND = "niah"
 
@@ -132,12 +133,12 @@ def run_niah(run: common.Run, args: NiahArgs, *, output_dir: str = "eval", recor
         length: float(np.mean([summary["by_length"][length] for summary in results["tasks"].values()]))
         for length in sorted(args.lengths)
     }
-    stem = common.results_stem(run, COMMAND, output_dir=output_dir)
+    stem = results_stem(run, COMMAND, output_dir=output_dir)
     plot_paths = {}
     for name, summary in results["tasks"].items():
-        path = grid.heatmap(pathlib.Path(f"{stem}-{name}.png"), summary, title=common.plot_title(run, name))
+        path = grid.heatmap(pathlib.Path(f"{stem}-{name}.png"), summary, title=plot_title(run, name))
         plot_paths[name] = str(path)
-    path = common.write_results(run, COMMAND, args, results, plots=plot_paths, stem=stem, record_args=record_args)
+    path = write_results(run, COMMAND, args, results, plots=plot_paths, stem=stem, record_args=record_args)
     return results, path
 
 

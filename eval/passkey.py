@@ -21,6 +21,7 @@ import numpy as np
 from absl import flags
 
 from eval import common, grid, haystack, scoring
+from eval.results import plot_title, results_stem, write_results
 
 COMMAND = "passkey"
 TASK_DESCRIPTION = (
@@ -88,9 +89,9 @@ def run_passkey(run: common.Run, args: PasskeyArgs, *, output_dir: str = "eval",
 
     records = grid.answer_and_score(run, args, prompts_of_length, exact_match, command=COMMAND)
     results = grid.summary(records, overall="accuracy")
-    stem = common.results_stem(run, COMMAND, output_dir=output_dir)
-    heatmap = grid.heatmap(pathlib.Path(f"{stem}-heatmap.png"), results, title=common.plot_title(run, "passkey"))
-    path = common.write_results(
+    stem = results_stem(run, COMMAND, output_dir=output_dir)
+    heatmap = grid.heatmap(pathlib.Path(f"{stem}-heatmap.png"), results, title=plot_title(run, "passkey"))
+    path = write_results(
         run, COMMAND, args, results, plots={"heatmap": str(heatmap)}, stem=stem, record_args=record_args
     )
     return results, path

@@ -31,6 +31,7 @@ import numpy as np
 from absl import flags
 
 from eval import common, plots
+from eval.results import plot_title, results_stem, write_results
 
 COMMAND = "perplexity"
 UNKNOWN_WARN_FRACTION = 0.01  # more <unk> tokens than this share of a file's tokens: a warning
@@ -153,15 +154,15 @@ def run_perplexity(run: common.Run, args: PerplexityArgs, *, output_dir: str = "
         "train_seq_len": train_len,
         "by_position": curve,
     }
-    stem = common.results_stem(run, COMMAND, output_dir=output_dir)
+    stem = results_stem(run, COMMAND, output_dir=output_dir)
     plot = plots.loss_by_position(
         pathlib.Path(f"{stem}-loss_by_position.png"),
         [*curve["bin_start"], curve["bin_end"][-1]],
         curve["mean_loss"],
         train_seq_len=train_len,
-        title=common.plot_title(run, "loss by position"),
+        title=plot_title(run, "loss by position"),
     )
-    path = common.write_results(
+    path = write_results(
         run, COMMAND, args, results, plots={"loss_by_position": str(plot)}, stem=stem, record_args=record_args
     )
     return results, path

@@ -36,6 +36,7 @@ from data_pipeline.builtin_corpus import (
     copied_name_positions,
 )
 from eval import common, plots
+from eval.results import plot_title, results_stem, write_results
 
 COMMAND = "recall"
 COPY_CONTROL = "name (copy)"
@@ -172,18 +173,16 @@ def run_recall(run: common.Run, args: RecallArgs, *, output_dir: str = "eval", r
     documents = held_out_documents(run, args)
     results = summarize(score_documents(run, documents, args))
     results["first_document"] = documents.first_index
-    stem = common.results_stem(run, COMMAND, output_dir=output_dir)
+    stem = results_stem(run, COMMAND, output_dir=output_dir)
     kinds = list(results["by_kind"])
     chart = plots.accuracy_against_chance(
         pathlib.Path(f"{stem}-by-kind.png"),
         kinds + ["all"],
         [results["by_kind"][k]["accuracy"] for k in kinds] + [results["accuracy"]],
         [results["by_kind"][k]["chance"] for k in kinds] + [results["chance"]],
-        title=common.plot_title(run, "in-context recall"),
+        title=plot_title(run, "in-context recall"),
     )
-    path = common.write_results(
-        run, COMMAND, args, results, plots={"by_kind": str(chart)}, stem=stem, record_args=record_args
-    )
+    path = write_results(run, COMMAND, args, results, plots={"by_kind": str(chart)}, stem=stem, record_args=record_args)
     return results, path
 
 

@@ -24,6 +24,7 @@ from absl import flags
 from flax import nnx
 
 from eval import common
+from eval.results import write_results
 from hope_jax.models.generate import decode, sample_token
 
 COMMAND = "sample"
@@ -229,7 +230,7 @@ def run_sample(
                 }
             )
     results = {"samples": samples, "streamed": args.stream}
-    path = common.write_results(run, COMMAND, args, results, output_dir=output_dir, record_args=record_args)
+    path = write_results(run, COMMAND, args, results, output_dir=output_dir, record_args=record_args)
     return results, path
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from absl import flags
 
 from eval import common
+from eval.results import write_results
 from eval.tasks import zeroshot_download
 from eval.tasks.zeroshot_tasks import (
     TASKS,
@@ -210,7 +211,7 @@ def run_zeroshot(
         download=download,
         task_files=task_files,
     )
-    path = common.write_results(run, "zeroshot", args, results, output_dir=output_dir, record_args=record_args)
+    path = write_results(run, "zeroshot", args, results, output_dir=output_dir, record_args=record_args)
     return results, path
 
 

@@ -4,16 +4,27 @@ Our own modules log through the root logger (`logging.info`) or absl's (`absl.lo
 reach stdout at INFO. Third-party libraries log at WARNING and above only: orbax alone writes dozens of INFO lines per
 checkpoint restore, and it logs through absl's logger, so absl's logger passes INFO records only when they come from
 this repository's own files.
+
+TensorFlow's C++ logging (TensorFlow comes with clu's TensorBoard writer, which hope_jax.train.loop imports, and with
+tensorflow-text) is set by TF_CPP_MIN_LOG_LEVEL, read once in each C++ library. jax reads the same variable for XLA's
+C++ logging and sets it to '1' on import if it is unset, so quiet_tensorflow runs when the hope_jax package is imported
+(hope_jax/__init__.py; eval/__init__.py sets the same value), before jax; the setup functions call it again.
+'2' hides TensorFlow's and XLA's C++ INFO and WARNING lines and keeps errors; a value the user set is kept
+(TF_CPP_MIN_LOG_LEVEL=0 shows everything). The few lines TensorFlow 2.21 prints while it loads, before absl's C++ log
+is initialised, ignore the variable.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import sys
 
 NOISY_LOGGERS = ("absl", "orbax", "jax._src", "tensorflow", "grain")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+# TensorFlow's (and XLA's) C++ log level unless the user set TF_CPP_MIN_LOG_LEVEL: INFO and WARNING hidden, errors kept.
+TF_CPP_MIN_LOG_LEVEL = "2"
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 _OWN_DIRS = tuple(str(_REPO_ROOT / name) + "/" for name in ("hope_jax", "eval", "data_pipeline", "configs", "launch"))
@@ -29,9 +40,16 @@ class _OwnInfoOnly(logging.Filter):
 _FILTER = _OwnInfoOnly()
 
 
+def quiet_tensorflow() -> None:
+    """TF_CPP_MIN_LOG_LEVEL = TF_CPP_MIN_LOG_LEVEL unless the environment already sets it (a user's value is kept).
+    Takes effect only before jax and TensorFlow are imported (see the module docstring)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_MIN_LOG_LEVEL)
+
+
 def quiet_third_party() -> None:
-    """Third-party loggers at WARNING; absl's logger passes INFO from our own files only. Leaves handlers alone (safe
-    inside pytest or a notebook)."""
+    """Third-party loggers at WARNING; absl's logger passes INFO from our own files only; TensorFlow's C++ logging at
+    errors (quiet_tensorflow). Leaves handlers alone (safe inside pytest or a notebook)."""
+    quiet_tensorflow()
     for noisy in NOISY_LOGGERS:
         if noisy != "absl":
             logging.getLogger(noisy).setLevel(logging.WARNING)

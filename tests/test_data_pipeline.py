@@ -16,6 +16,7 @@ from data_pipeline import shard, train_tokenizer
 from data_pipeline.config import default_data_config
 from data_pipeline.errors import DataError
 from data_pipeline.loader import load_tokenizer, make_loader
+from data_pipeline.mixture import load_mixture
 
 WORDS = [
     "the",
@@ -119,14 +120,28 @@ def test_round_trip_text_to_batches_to_text(built):
     assert sorted(decoded) == sorted(documents)
 
 
-def test_resharding_skips_finished_shards(built, tmp_path):
+def test_resharding_skips_finished_shards(built, tmp_path, capsys):
     root = _copy(built, tmp_path)
     shard_path = root / "data/shards/tiny/tiny/tiny-00001.array_record"
     before = shard_path.stat().st_mtime_ns
     (root / "data/shards/tiny/tiny/tiny-00002.array_record").unlink()
+    capsys.readouterr()
     shard.main([f"--mixture={root / 'tiny.yaml'}"])
     assert shard_path.stat().st_mtime_ns == before
     assert (root / "data/shards/tiny/tiny/tiny-00002.array_record").is_file()
+    # The progress bar (stderr) counts every document, skipped shards included, out of the corpus's total.
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("shard tiny:") and "| 60/60 [" in last and "shards=3/3" in last
+
+
+def test_tokenizer_sample_bar_counts_the_corpus_documents(built, capsys):
+    root, documents = built
+    capsys.readouterr()
+    sentences = train_tokenizer.sample_sentences(load_mixture(root / "tiny.yaml"), max_sentences=1000, seed=0)
+    last = capsys.readouterr().err.splitlines()[-1]
+    lines = sum(1 for document in documents for line in document.split("\n") if line)
+    assert len(sentences) == lines  # the quota exceeds the corpus: every line is sampled
+    assert last.startswith("sample tiny:") and "| 60/60 [" in last and f"lines={lines}" in last
 
 
 @pytest.mark.parametrize(

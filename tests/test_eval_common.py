@@ -1,4 +1,5 @@
-"""eval/common.py: a run reloaded from its workdir equals the trained model; scoring and streaming are exact."""
+"""eval/common.py: a run reloaded from its workdir equals the trained model; scoring and streaming are exact. And
+eval/results.py's results file records its provenance."""
 
 import json
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from eval import common
+from eval.results import write_results
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_loglikelihoods_equal_the_sum_of_token_logprobs(hope_run):
 
 
 def test_write_results_records_provenance(tmp_path, hope_run):
-    path = common.write_results(hope_run, "unit", {"n": 1}, {"score": np.float32(0.5)}, output_dir=str(tmp_path))
+    path = write_results(hope_run, "unit", {"n": 1}, {"score": np.float32(0.5)}, output_dir=str(tmp_path))
     record = json.loads(path.read_text())
     assert path.parent == tmp_path / hope_run.name
     assert record["checkpoint_step"] == 2
