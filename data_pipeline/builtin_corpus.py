@@ -128,7 +128,7 @@ def generate_document(
     """Document ``index`` of the corpus with ``seed``, as whitespace-separated words (no <eos>).
 
     After each fact come 0..max_fillers filler sentences; every person is asked about one of their facts, or about all
-    three with ask_all_facts (a denser recall signal: configs/recall.py). min_people..max_people people per document
+    three with ask_all_facts (a denser recall signal for eval.recall). min_people..max_people people per document
     (one person: every answer is the only word of its kind in the facts, so no NAME has to be matched). The defaults
     are the corpus every other config trains on; other values change the documents, not the draws of the defaults.
     """

@@ -20,10 +20,10 @@ def default_data_config() -> ml_collections.ConfigDict:
                 "num_documents": 20000,
                 "num_validation_documents": 200,
                 # Filler sentences after each fact: 0..max_fillers. ask_all_facts: every person is asked about all
-                # three of their facts, not one (a denser in-context recall signal; configs/recall.py).
+                # three of their facts, not one (a denser in-context recall signal for eval.recall).
                 "max_fillers": 2,
                 "ask_all_facts": False,
-                # People per document, drawn from min_people..max_people (one: no NAME to match, configs/recall.py).
+                # People per document, drawn from min_people..max_people (one: no NAME to match).
                 "min_people": 2,
                 "max_people": 4,
             },
