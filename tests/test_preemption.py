@@ -28,7 +28,7 @@ TINY_OVERRIDES = [
 ]
 
 
-def start_training(workdir, *extra):
+def start_training(workdir, *extra, env=None):
     return subprocess.Popen(
         [
             sys.executable,
@@ -43,6 +43,7 @@ def start_training(workdir, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
 
 
@@ -88,8 +89,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
 
 
 def test_sigterm_during_start_up_exits_zero_before_the_first_step(tmp_path):
-    workdir = str(tmp_path)
-    process = start_training(workdir, "--config.train.num_steps=100000")
+    workdir = str(tmp_path / "run")
+    # An empty compilation cache: with the suite's shared cache (conftest.py) the earlier tests' compiles make start-up
+    # take well under the 2 s below, and the signal would arrive after step 1.
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jit_cache")}
+    process = start_training(workdir, "--config.train.num_steps=100000", env=env)
     output_lines = []
     for line in process.stdout:  # main prints the devices just before it calls train(), which installs the handler
         output_lines.append(line)
