@@ -16,9 +16,8 @@ import pytest
 from flax import nnx
 
 import hope_jax  # noqa: F401
-from hope_jax.memory.self_modifying import SelfModConfig
+from hope_jax.memory.self_modifying import SelfModConfig, self_modifying_sequence
 from hope_jax.models import apply_overrides, build_model, default_model_config
-from hope_jax.models.self_modifying import self_modifying_sequence
 
 GENS = ("k", "v", "eta", "alpha")
 
@@ -42,7 +41,7 @@ def test_gradient_is_finite_when_the_retention_gate_underflows():
     reduction = {"eta_w": jnp.zeros(dim), "eta_b": jnp.zeros(()), "alpha_w": jnp.zeros(dim)}
 
     def loss(streams, fast, reduction, alpha_b):
-        (y, _, _), end = self_modifying_sequence(streams, fast, {**reduction, "alpha_b": alpha_b}, gens=GENS, cfg=cfg)
+        (y, _, _), end = self_modifying_sequence(streams, fast, {**reduction, "alpha_b": alpha_b}, cfg)
         return jnp.sum(y**2) + sum(jnp.sum(a**2) for a in jax.tree.leaves(end))
 
     # α = 0 (forget everything) and α = 1 − 1e-13 (keep everything), the two ends of the gate
@@ -81,7 +80,7 @@ def long_run():
         out = {}
         for name, cfg, start in (("normalized", dataclasses.replace(base, normalize_values=True), normalized_fast),
                                  ("literal", base, literal_fast)):  # fmt: skip
-            _, end = self_modifying_sequence({"x": x, "q": q}, start, reduction, gens=GENS, cfg=cfg)
+            _, end = self_modifying_sequence({"x": x, "q": q}, start, reduction, cfg)
             out[name] = jnp.max(jnp.abs(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(end)])))
         return out
 

@@ -43,6 +43,14 @@ CONFIGS = {
         use_weight_decay=False,
         adaptive_q=True,
     ),
+    # A-Table 6 'w/o adaptive k' and 'w/o adaptive v': static streams, no M_k / M_v; equal chunk sizes (one joint scan)
+    "static_kv_joint": SelfModConfig(
+        chunk_size_other=4, chunk_size_memory=4, eta_max=0.3, adaptive_k=False, adaptive_v=False
+    ),
+    # 'w/o adaptive k' with adaptive q and unequal chunk sizes (two scans)
+    "static_k_adaptiveq": SelfModConfig(
+        chunk_size_other=4, chunk_size_memory=8, eta_max=0.3, adaptive_k=False, adaptive_q=True
+    ),
 }
 
 
@@ -67,6 +75,13 @@ def make_inputs(cfg, seed=0, dtype=np.float32, length=T):
     return x, q, state, reduction
 
 
+def static_kv(cfg, seed=0, length=T):
+    """The static k / v streams of the switches that are off (keyword arguments of self_modifying_titans)."""
+    rng = np.random.default_rng(seed + 100)
+    names = [name for name, on in (("k", cfg.adaptive_k), ("v", cfg.adaptive_v)) if not on]
+    return {name: rng.normal(size=(B, H, length, D)).astype(np.float32) * 0.5 for name in names}
+
+
 chunked = jax.jit(self_modifying_titans, static_argnums=4)
 per_token = jax.jit(reference.self_modifying_reference, static_argnums=4)
 
@@ -82,8 +97,9 @@ def default_run():
 def test_chunked_matches_per_token_reference(name):
     cfg = CONFIGS[name]
     inputs = make_inputs(cfg)
-    y, state, keys, values = default_run()[1] if name == "default" else chunked(*inputs, cfg)
-    y_ref, state_ref, keys_ref, values_ref = per_token(*inputs, cfg)
+    static = static_kv(cfg)
+    y, state, keys, values = default_run()[1] if name == "default" else chunked(*inputs, cfg, **static)
+    y_ref, state_ref, keys_ref, values_ref = per_token(*inputs, cfg, **static)
     assert np.abs(y_ref).max() < 20.0  # bounded dynamics: a tight tolerance means something
     np.testing.assert_allclose(y, y_ref, **TOL)
     np.testing.assert_allclose(keys, keys_ref, **TOL)
@@ -150,8 +166,13 @@ def test_outer_gradient_matches_finite_differences():
 def test_bad_arguments_raise_clear_errors():
     cfg = CONFIGS["default"]
     x, q, state, reduction = make_inputs(cfg)
-    with pytest.raises(ValueError, match="static queries"):
+    with pytest.raises(ValueError, match="adaptive_q=False needs a static q"):
         self_modifying_titans(x, None, state, reduction, cfg)
+    with pytest.raises(ValueError, match="adaptive_k=True generates k from M_k: pass k=None"):
+        self_modifying_titans(x, q, state, reduction, cfg, k=x)
+    static_k = SelfModConfig(adaptive_k=False)
+    with pytest.raises(ValueError, match="adaptive_k=False needs a static k"):
+        self_modifying_titans(x, q, state, reduction, static_k)
     with pytest.raises(ValueError, match="config needs"):
         self_modifying_titans(x, None, state, reduction, SelfModConfig(adaptive_q=True))
     with pytest.raises(ValueError, match="dgd_layers"):

@@ -1,4 +1,4 @@
-"""HOPE, HOPE-Attention and Titans: ablation switches, CMS semantics, agreement with memory/self_modifying.py.
+"""HOPE, HOPE-Attention and Titans: ablation switches, CMS semantics, the mixer against the per-token reference.
 
 The generic properties (causality, isolation, pieces == whole, generation, initial loss, axis names) are in
 tests/test_models.py, which covers every registered variant.
@@ -14,12 +14,12 @@ from flax import nnx
 
 import hope_jax  # noqa: F401
 from hope_jax.layers import swiglu
-from hope_jax.memory import fast_mlp
-from hope_jax.memory.self_modifying import SelfModConfig, init_self_modifying_state, self_modifying_titans
+from hope_jax.memory import fast_mlp, reference
+from hope_jax.memory.self_modifying import init_self_modifying_state
 from hope_jax.models import apply_overrides, build_model, count_params, default_model_config, flops_per_token
 from hope_jax.models.cms import CMS, level_param_regex, outer_level_periods
 from hope_jax.models.config import validate_model_config
-from hope_jax.models.self_modifying import SelfModifyingMixer, generator_names, self_modifying_sequence
+from hope_jax.models.self_modifying import SelfModifyingMixer
 from hope_jax.optim.labels import param_paths
 
 BASE = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
@@ -218,46 +218,39 @@ def test_bad_cms_config_is_named(cms, message):
         build_model(make_cfg(HOPE, {"cms": cms}), rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("adaptive_q", [False, True], ids=["static_q", "adaptive_q"])
-def test_mixer_agrees_with_memory_self_modifying_titans(adaptive_q):
-    """With adaptive k and v (the switches memory/self_modifying.py lacks are off) the model's orchestration is
-    memory/self_modifying.py's: same outputs, keys, values and end states."""
-    batch, heads, length, dim, hidden = 2, 2, 12, 8, 8
-    cfg = SelfModConfig(chunk_size_memory=8, chunk_size_other=4, adaptive_q=adaptive_q, eta_max=0.3, remat_group=0)
-    mem_cfg = make_cfg(HOPE, {"memory": {"adaptive_q": adaptive_q}}).memory
-    gens = generator_names(mem_cfg)
-    rng = np.random.default_rng(0)
-    normal = lambda *shape, scale=1.0: jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
-    initial = {
-        name: {"w_in": normal(heads, dim, hidden, scale=0.3), "w_out": normal(heads, hidden, dim, scale=0.3)}
-        for name in (*gens, "memory")
-    }
-    state = init_self_modifying_state(initial, batch, cfg)
-    reduction = {"eta_w": normal(heads, dim), "eta_b": normal(heads), "alpha_w": normal(heads, dim),
-                 "alpha_b": jnp.full((heads,), 3.0)}  # fmt: skip
-    x = normal(batch, heads, length, dim, scale=0.5)
-    q = None if adaptive_q else normal(batch, heads, length, dim)
-    y_ref, state_ref, keys_ref, values_ref = jax.jit(self_modifying_titans, static_argnums=4)(
-        x, q, state, reduction, cfg
-    )
+MIXER_SWITCHES = {
+    "unequal_chunks": {"chunk_size": 8, "aux_chunk_size": 4},
+    "adaptive_q": {"chunk_size": 4, "aux_chunk_size": 4, "adaptive_q": True},
+    "static_k_static_v": {"chunk_size": 4, "aux_chunk_size": 4, "adaptive_k": False, "adaptive_v": False},
+    "static_v_unequal": {"chunk_size": 4, "aux_chunk_size": 8, "adaptive_v": False},
+}
 
-    stack = lambda tree, names: jax.tree.map(lambda *a: jnp.stack(a, axis=2), *[tree[n] for n in names])
-    fast = {"gen": stack(state["weights"], gens), "memory": stack(state["weights"], ("memory",))}
-    fast.update(gen_s=stack(state["momentum"], gens), memory_s=stack(state["momentum"], ("memory",)))
-    streams = {"x": x} if adaptive_q else {"x": x, "q": q}
-    run = jax.vmap(jax.vmap(lambda s, f, r: self_modifying_sequence(s, f, r, gens=gens, cfg=cfg)), in_axes=(0, 0, None))
-    (y, keys, values), new_fast = jax.jit(run)(streams, fast, reduction)
-    for got, want in ((y, y_ref), (keys, keys_ref), (values, values_ref)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    for i, name in enumerate(gens):
-        mine = jax.tree.map(lambda a, i=i: a[:, :, i], new_fast["gen"])
-        jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), mine, state_ref["weights"][name]
-        )
-    memory = jax.tree.map(lambda a: a[:, :, 0], new_fast["memory"])
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), memory, state_ref["weights"]["memory"]
+
+@pytest.mark.parametrize("memory", list(MIXER_SWITCHES.values()), ids=list(MIXER_SWITCHES))
+def test_mixer_runs_the_per_token_reference(memory):
+    """What the HOPE mixer runs is the per-token reference (memory/reference.py) on the mixer's own streams and
+    meta-learned initial memories: outputs, keys and values, for every A-Table 6 switch and both chunk layouts."""
+    cfg = make_cfg(HOPE, {"memory": {**memory, "eta_max": 0.5}})
+    mixer = SelfModifyingMixer(cfg, out_init_std=0.3, rngs=nnx.Rngs(3))
+    batch, length = 2, 12
+    x_btd = jax.random.normal(jax.random.key(4), (batch, length, cfg.d_model))
+    out, _, keys, values = mixer(x_btd, None)
+
+    # the mixer's streams, built as its __call__ builds them, as [B, H, T, hd]
+    conv_out, _ = mixer.conv(mixer.w_in(x_btd).reshape(batch, length, -1), None)
+    streams = jax.nn.silu(conv_out).reshape(batch, length, len(mixer.streams), mixer.n_heads, mixer.head_dim)
+    streams = {name: jnp.swapaxes(streams[:, :, i], 1, 2) for i, name in enumerate(mixer.streams)}
+    initial = {name: memory_init.value() for name, memory_init in mixer.memories.items()}
+    state = init_self_modifying_state(initial, batch, mixer.cfg)
+    y_ref, _, keys_ref, values_ref = reference.self_modifying_reference(
+        streams["x"], streams.get("q"), state, mixer.reduction(), mixer.cfg, k=streams.get("k"), v=streams.get("v")
     )
+    to_btd = lambda a: jnp.swapaxes(a, 1, 2).reshape(batch, length, -1)
+    gate = jax.nn.silu(mixer.w_gate(x_btd))
+    out_ref = mixer.w_out(mixer.out_norm(jnp.swapaxes(y_ref, 1, 2)) * gate)
+    assert float(jnp.abs(keys_ref[:, :, -1] - keys_ref[:, :, 0]).max()) > 1e-2  # the memories moved the keys
+    for got, want in ((out, out_ref), (keys, to_btd(keys_ref)), (values, to_btd(values_ref))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_flops_report_inner_loop_separately():

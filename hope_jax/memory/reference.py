@@ -147,8 +147,9 @@ def dgd_token_step(
     return new_w, (new_s if s is not None else None)
 
 
-def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
-    """Per-token self-modifying Titans; same API as self_modifying_titans."""
+def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, *, k=None, v=None):
+    """Per-token self-modifying Titans; same API as self_modifying_titans (k, v: the static streams of the
+    'w/o adaptive k/v' switches)."""
     gens = generator_names(cfg)
     names = updated_names(cfg)
     dgd_kw = dict(
@@ -163,10 +164,10 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
     fwd = lambda w, u: fast_mlp.forward(w, u[None], residual=True, activation=cfg.activation)[0]
     unit = lambda u: u / jnp.sqrt(jnp.sum(u**2) + 1e-6)
 
-    def one_sequence(x, q_static, weights, momentum, reduction):
+    def one_sequence(x, q_static, k_static, v_static, weights, momentum, reduction):
         def step(carry, inputs):
             w, s, snapshot = carry
-            t, x_t, q_t = inputs
+            t, x_t, q_t, k_static_t, v_static_t = inputs
             snapshot = {
                 name: _refresh(
                     t,
@@ -177,7 +178,9 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
                 for name in names
             }
             out = {name: fwd(snapshot[name], x_t) for name in gens}
-            k_t, v_t = unit(out["k"]), (unit(out["v"]) if cfg.normalize_values else out["v"])
+            k_t = unit(out["k"] if cfg.adaptive_k else k_static_t)
+            v_t = out["v"] if cfg.adaptive_v else v_static_t
+            v_t = unit(v_t) if cfg.normalize_values else v_t
             q_t = unit(out["q"] if cfg.adaptive_q else q_t)
             eta_t = cfg.eta_max * jax.nn.sigmoid(out["eta"] @ reduction["eta_w"] + reduction["eta_b"])
             alpha_t = (
@@ -203,17 +206,16 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig):
             return (new_w, new_s if s is not None else None, snapshot), (y_t, k_t, v_t)
 
         steps = jnp.arange(x.shape[0])
-        (w, s, _), (y, k, v) = lax.scan(step, (weights, momentum, weights), (steps, x, q_static))
+        (w, s, _), (y, k, v) = lax.scan(step, (weights, momentum, weights), (steps, x, q_static, k_static, v_static))
         return y, w, s, k, v
 
     momentum = state.get("momentum") if cfg.use_momentum else None
-    if q_static is None:
-        q_static = jnp.zeros_like(x)
-    per_head = jax.vmap(one_sequence, in_axes=(0, 0, 0, 0, 0))
-    batched = jax.vmap(per_head, in_axes=(0, 0, 0, 0, None))
-    y, w, s, k, v = batched(x, q_static, state["weights"], momentum, reduction)
+    static = [jnp.zeros_like(x) if stream is None else stream for stream in (q_static, k, v)]
+    per_head = jax.vmap(one_sequence, in_axes=(0, 0, 0, 0, 0, 0, 0))
+    batched = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, 0, None))
+    y, w, s, keys, values = batched(x, *static, state["weights"], momentum, reduction)
     new_state = {"weights": w, "momentum": s} if cfg.use_momentum else {"weights": w}
-    return y, new_state, k, v
+    return y, new_state, keys, values
 
 
 def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu", use_dgd=True, normalize_step=True):

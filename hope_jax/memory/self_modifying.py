@@ -1,5 +1,8 @@
 """Self-modifying Titans: every projection is a memory trained in context by DGD (HOPE_SPEC §5, E20–E28; DESIGN D5).
 
+This is the inner loop the HOPE mixer runs (models/self_modifying.py calls `joint_sequence` or
+`self_modifying_sequence` per sequence and head); memory/reference.py is its per-token reference.
+
 Per head, memories □ ∈ {k, v, q (adaptive_q only), eta, alpha (weight decay only), memory}, each a 2-layer residual MLP
 M(u) = u + σ(u W_in) W_out (E24). For token t in chunk c (s(t) = last token of the previous chunk, A1):
 
@@ -10,9 +13,11 @@ M(u) = u + σ(u W_in) W_out (E24). For token t in chunk c (s(t) = last token of 
     y_t = M_memory,s(t)(q_t)                                                                            (E22, E27)
     every □: DGD step on ½‖M_□(k_t) − v̂_□,t‖² with lr η_t and retention α_t (dgd.py; E28 + A4/A5/A15)
 
-Two chunk sizes: `chunk_size_other` for the generators (k, v, q, eta, alpha), `chunk_size_memory` for M_memory. The
-memory's state never feeds the generators, so the sequence is processed in two chunked scans — generators first
-(producing k, v, q, η, α for every token), then the memory — and the two sizes need not divide each other.
+A-Table 6's 'w/o adaptive k' ('w/o adaptive v') replaces k_t (v_t) by a static stream (a projection of the block
+input) and M_k (M_v) does not exist. Two chunk sizes: `chunk_size_other` for the generators, `chunk_size_memory` for
+M_memory. The memory's state never feeds the generators, so unequal sizes run as two chunked scans (generators
+first, producing k, v, q, η, α for every token, then the memory) and need not divide each other; equal sizes run as
+one scan over one stack of every memory (`joint_sequence`).
 """
 
 import dataclasses
@@ -27,11 +32,13 @@ from hope_jax.memory.dgd import DGD_LAYER_CHOICES, dgd_chunk_update
 
 @dataclasses.dataclass(frozen=True)
 class SelfModConfig:
-    """Static options of self_modifying_titans (hashable; every HOPE ablation row is one field)."""
+    """Static options of self-modifying Titans (hashable; every HOPE ablation row is one field)."""
 
     chunk_size_memory: int = 16
     chunk_size_other: int = 16
     adaptive_q: bool = False  # A2: q from a memory instead of the static W_q projection
+    adaptive_k: bool = True  # False: k is a static stream and M_k does not exist ("w/o adaptive k")
+    adaptive_v: bool = True  # False: v is a static stream and M_v does not exist ("w/o adaptive v")
     use_dgd: bool = True  # False: plain GD with decay ("w/o DGD")
     dgd_layers: str = "all"  # A4: 'all' = per-layer DGD (first reading); 'first' = x̂x̂ᵀ term on the first layer only
     use_momentum: bool = True  # A5
@@ -48,7 +55,7 @@ class SelfModConfig:
     normalize_step: bool = True
     step_bound: str = "chunk"  # dgd.dgd_chunk_update: 'chunk' (C·h) | 'gram' (the chunk's Gram matrix)
     activation: str = "silu"
-    remat_group: int = 1  # chunks per jax.checkpoint group (0 = off)
+    remat_group: int = 1  # chunks per jax.checkpoint group (0 = off; the model rematerialises whole periods)
     truncate_grad: bool = False  # DESIGN D4 speed switch (see recurrence.chunk_end_state)
     accum_dtype: str = "float32"
 
@@ -63,13 +70,26 @@ class SelfModConfig:
 
 
 def generator_names(cfg: SelfModConfig) -> tuple[str, ...]:
-    """Memories that generate the per-token quantities (all updated with the generator chunk size)."""
-    return ("k", "v") + (("q",) if cfg.adaptive_q else ()) + ("eta",) + (("alpha",) if cfg.use_weight_decay else ())
+    """Memories generating per-token quantities, in their stacking order (M_memory comes after them)."""
+    names = ("k",) if cfg.adaptive_k else ()
+    names += ("v",) if cfg.adaptive_v else ()
+    names += ("q",) if cfg.adaptive_q else ()
+    return names + ("eta",) + (("alpha",) if cfg.use_weight_decay else ())
 
 
 def updated_names(cfg: SelfModConfig) -> tuple[str, ...]:
     """Every memory in the state."""
     return generator_names(cfg) + ("memory",)
+
+
+def static_stream_names(cfg: SelfModConfig) -> tuple[str, ...]:
+    """Input streams: 'x' feeds the memories; static 'q', 'k', 'v' replace the generators that are switched off."""
+    return (
+        ("x",)
+        + (() if cfg.adaptive_q else ("q",))
+        + (() if cfg.adaptive_k else ("k",))
+        + (() if cfg.adaptive_v else ("v",))
+    )
 
 
 def init_self_modifying_state(initial_weights: dict, batch_size: int, cfg: SelfModConfig) -> dict:
@@ -92,122 +112,183 @@ def _check_names(weights: dict, cfg: SelfModConfig):
             raise ValueError(f"memory {name!r} must be a 2-layer MLP {{'w_in', 'w_out'}}, got keys {sorted(w)}")
 
 
-def _stack(trees: list) -> dict:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+# ---- one chunk: the per-token quantities, the read, the DGD step ----------------------------------------------------
 
 
-def _unstack(stacked: dict, names: tuple[str, ...]) -> dict:
-    return {name: jax.tree.map(lambda a, i=i: a[i], stacked) for i, name in enumerate(names)}
-
-
-def _update_memories(weights, momentum, keys, values, eta, log_alpha, cfg, chunk_size: int):
-    """DGD over one chunk on a stack of memories (leading axis), each regressing the keys onto its own output on the
+def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig, chunk_size: int):
+    """One chunk of DGD on a stack of memories (leading axis), each regressing the keys onto its own output on the
     values (E21). Stacking the memories keeps the compiled program one memory wide."""
 
     def one_memory(w, s):
-        target = fast_mlp.forward(w, values, residual=True, activation=cfg.activation)
-        return dgd_chunk_update(
-            w,
-            s if cfg.use_momentum else None,
-            keys,
-            target,
-            eta,
-            None,
-            log_retention=log_alpha,
-            residual=True,
-            activation=cfg.activation,
-            use_dgd=cfg.use_dgd,
-            dgd_layers=cfg.dgd_layers,
-            gated_delta=cfg.gated_delta_form,
-            momentum_decay=cfg.momentum_decay,
-            truncate_grad=cfg.truncate_grad,
-            normalize_step=cfg.normalize_step,
-            chunk_size=chunk_size,
-            step_bound=cfg.step_bound,
+        # The target M(v) and the inner gradient's forward pass M(k) read the same weights: one pass over both.
+        key_parts, target_parts = fast_mlp.forward_parts_of_blocks(
+            w, (keys, values), residual=True, activation=cfg.activation
         )
+        return dgd_chunk_update(
+            w, s if cfg.use_momentum else None, keys, target_parts["out"], eta, None, log_retention=log_alpha,
+            residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
+            gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
+            key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
+        )  # fmt: skip
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
     return new_w, (new_s if cfg.use_momentum else {})
 
 
-def _one_sequence(x, q_static, weights, momentum, reduction, *, cfg: SelfModConfig):
+def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
+    """(q, k, v, η, log α) from the generators' outputs `out` (leading axis: memories in `index` order) and the static
+    streams. log α is computed in log space: log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α
+    reached z = −302 in the smoke run) and its gradient in the decay products is then NaN; log_sigmoid stays finite."""
+    keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
+    values = out[index["v"]] if "v" in index else xs["v"]
+    values = l2_normalize(values) if cfg.normalize_values else values
+    queries = l2_normalize(out[index["q"]] if "q" in index else xs["q"])
+    eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
+    if "alpha" in index:
+        log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
+    else:
+        log_alpha = jnp.zeros_like(eta)
+    return queries, keys, values, eta, log_alpha
+
+
+def _generate(w, xs, reduction, index: dict, cfg: SelfModConfig):
+    """Per-token (q, k, v, η, log α) of one chunk from the generators' chunk-start weights (stacked, leading axis)."""
+    out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
+    return _per_token(out, xs, reduction, index, cfg)
+
+
+def _read_memory(w, queries, cfg: SelfModConfig):
+    return fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
+
+
+# ---- one sequence, one head ----------------------------------------------------------------------------------------
+
+
+def join_fast(fast: dict, axis: int = 0) -> dict:
+    """{'gen', 'memory', 'gen_s', 'memory_s'} -> {'w': generators then M_memory, 's': their momenta}, stacked along the
+    memories' axis (0 for one sequence and head, 1 for the mixer's [H, n, ...] initial weights)."""
+    cat = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=axis), a, b)
+    joined = {"w": cat(fast["gen"], fast["memory"])}
+    if "gen_s" in fast:
+        joined["s"] = cat(fast["gen_s"], fast["memory_s"])
+    return joined
+
+
+def split_fast(joined: dict, n_gens: int) -> dict:
+    """Inverse of join_fast along axis 0 (one sequence and head)."""
+    part = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)
+    fast = {"gen": part(joined["w"], slice(n_gens)), "memory": part(joined["w"], slice(n_gens, None))}
+    if "s" in joined:
+        fast.update(gen_s=part(joined["s"], slice(n_gens)), memory_s=part(joined["s"], slice(n_gens, None)))
+    return fast
+
+
+def joint_sequence(streams, joined, reduction, cfg: SelfModConfig):
+    """Equal chunk sizes: the generators and M_memory update on the same chunks from the same (k, v, η, α), so one
+    scan carries all of them as one stack (join_fast layout) and they take their DGD step together. With static
+    queries every memory's chunk-start read is one stacked forward pass (the generators read x, M_memory the
+    queries); with adaptive_q the queries come from M_q first. Returns ((y, keys, values) [T, d], new joined)."""
     gens = generator_names(cfg)
+    index = {name: i for i, name in enumerate(gens)}
+    n_gens = len(gens)
+
+    def joint_chunk(carry, xs):
+        w, s = carry
+        if "q" in index:
+            queries, keys, values, eta, log_alpha = _generate(
+                jax.tree.map(lambda a: a[:n_gens], w), xs, reduction, index, cfg
+            )
+            y = _read_memory(jax.tree.map(lambda a: a[n_gens:], w), queries, cfg)
+        else:
+            inputs = jnp.stack([xs["x"]] * n_gens + [l2_normalize(xs["q"])])
+            out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
+            queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
+            y = out[n_gens]
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), (y, keys, values)
+
+    start = (joined["w"], joined.get("s", {}))
+    (w, s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size_memory, cfg.remat_group)
+    return outputs, ({"w": w, "s": s} if cfg.use_momentum else {"w": w})
+
+
+def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
+    """One sequence, one head. streams: {'x', and the static ones of static_stream_names}: [T, d]; fast: {'gen':
+    stacked generators, 'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values)
+    [T, d], new fast).
+
+    With equal chunk sizes this is joint_sequence on the joined stack (the mixer keeps its state in that layout);
+    otherwise the generators scan over their chunks first, then M_memory over its own.
+    """
+    gens = generator_names(cfg)
+    if cfg.chunk_size_other == cfg.chunk_size_memory:
+        outputs, joined = joint_sequence(streams, join_fast(fast), reduction, cfg)
+        return outputs, split_fast(joined, len(gens))
     index = {name: i for i, name in enumerate(gens)}
 
     def generator_chunk(carry, xs):
         w, s = carry
-        x_c, q_c = xs
-        out = jax.vmap(lambda w_: fast_mlp.forward(w_, x_c, residual=True, activation=cfg.activation))(w)
-        keys, values = l2_normalize(out[index["k"]]), out[index["v"]]
-        values = l2_normalize(values) if cfg.normalize_values else values
-        queries = l2_normalize(out[index["q"]] if cfg.adaptive_q else q_c)
-        eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
-        if cfg.use_weight_decay:  # log α in log space: log(sigmoid(z)) would be log(0) = −inf for very negative z
-            log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
-        else:
-            log_alpha = jnp.zeros_like(eta)
-        carry = _update_memories(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_other)
-        return carry, (queries, keys, values, eta, log_alpha)
+        per_token = _generate(w, xs, reduction, index, cfg)
+        return _update_stack(w, s, *per_token[1:], cfg, cfg.chunk_size_other), per_token
 
     def memory_chunk(carry, xs):
         w, s = carry
         queries, keys, values, eta, log_alpha = xs
-        y = fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
-        return _update_memories(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), y
+        y = _read_memory(w, queries, cfg)
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), y
 
-    stacked = lambda tree, names: _stack([tree[name] for name in names]) if tree else {}
-    (gen_w, gen_s), per_token = scan_chunks(
-        generator_chunk,
-        (stacked(weights, gens), stacked(momentum, gens)),
-        (x, q_static),
-        cfg.chunk_size_other,
-        cfg.remat_group,
-    )
-    (mem_w, mem_s), y = scan_chunks(
-        memory_chunk,
-        (stacked(weights, ("memory",)), stacked(momentum, ("memory",))),
-        per_token,
-        cfg.chunk_size_memory,
-        cfg.remat_group,
-    )
-    _, keys, values, _, _ = per_token
-    new_w = {**_unstack(gen_w, gens), **_unstack(mem_w, ("memory",))}
-    new_s = {**_unstack(gen_s, gens), **_unstack(mem_s, ("memory",))} if cfg.use_momentum else {}
-    return y, new_w, new_s, keys, values
+    start_gen = (fast["gen"], fast.get("gen_s", {}))
+    (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.chunk_size_other, cfg.remat_group)
+    start_memory = (fast["memory"], fast.get("memory_s", {}))
+    (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size_memory, cfg.remat_group)
+    new_fast = {"gen": gen_w, "memory": mem_w}
+    if cfg.use_momentum:
+        new_fast.update(gen_s=gen_s, memory_s=mem_s)
+    return (y, per_token[1], per_token[2]), new_fast
+
+
+# ---- a batch of heads, state by memory name --------------------------------------------------------------------------
 
 
 def self_modifying_titans(
-    x: jax.Array, q: jax.Array | None, state: dict, reduction: dict, cfg: SelfModConfig
+    x: jax.Array, q: jax.Array | None, state: dict, reduction: dict, cfg: SelfModConfig, *, k=None, v=None
 ) -> tuple[jax.Array, dict, jax.Array, jax.Array]:
     """Self-modifying Titans over a batch; returns (y [B,H,T,d], new state, keys [B,H,T,d], values [B,H,T,d]).
 
     x: [B, H, T, d] the block input already split into heads (after conv/projection).
     q: [B, H, T, d] static queries (x W_q) when cfg.adaptive_q is False; must be None when it is True.
+    k, v: [B, H, T, d] static keys / values, given exactly when cfg.adaptive_k / cfg.adaptive_v is False.
     state: {'weights': {□: {'w_in': [B,H,d,h], 'w_out': [B,H,h,d]}}, 'momentum': same (only with use_momentum)}.
     reduction: outer parameters of A3, {'eta_w': [H, d], 'eta_b': [H], 'alpha_w': [H, d], 'alpha_b': [H]}
       (alpha_* only with use_weight_decay; set alpha_b large, e.g. 4-6, so that α ≈ 1 at initialisation).
-    The returned keys are the ℓ2-normalised generated keys and the values the generated values (CMS `local` uses
+    The returned keys are the ℓ2-normalised keys and the values the values every memory regressed on (CMS `local` uses
     them). T need not be a multiple of either chunk size (a trailing partial chunk is a chunk of its own).
     """
     if x.ndim != 4:
         raise ValueError(f"x must be [B, H, T, d], got shape {x.shape}")
-    if cfg.adaptive_q and q is not None:
-        raise ValueError("adaptive_q=True generates q from M_q: pass q=None")
-    if not cfg.adaptive_q and (q is None or q.shape != x.shape):
-        raise ValueError(
-            f"adaptive_q=False needs static queries q with x's shape {x.shape}, got {None if q is None else q.shape}"
-        )
+    given = {"q": q, "k": k, "v": v}
+    static = static_stream_names(cfg)[1:]
+    for name, stream in given.items():
+        switch = f"adaptive_{name}"
+        if name not in static and stream is not None:
+            raise ValueError(f"{switch}=True generates {name} from M_{name}: pass {name}=None")
+        if name in static and (stream is None or stream.shape != x.shape):
+            shape = None if stream is None else stream.shape
+            raise ValueError(f"{switch}=False needs a static {name} with x's shape {x.shape}, got {shape}")
     _check_names(state["weights"], cfg)
     if cfg.use_momentum and "momentum" not in state:
         raise ValueError("use_momentum=True needs state['momentum'] (see init_self_modifying_state)")
+    gens = generator_names(cfg)
     dtype = jnp.dtype(cfg.accum_dtype)
     cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
-    momentum = cast(state["momentum"]) if cfg.use_momentum else {}
-    q_in = cast(q) if q is not None else jnp.zeros(x.shape, dtype)
-    per_head = jax.vmap(lambda *a: _one_sequence(*a, cfg=cfg))
-    batched = jax.vmap(per_head, in_axes=(0, 0, 0, 0, None))
-    y, w_end, s_end, keys, values = batched(cast(x), q_in, cast(state["weights"]), momentum, cast(reduction))
-    new_state = {"weights": w_end}
+    stack = lambda tree, names: jax.tree.map(lambda *a: jnp.stack(a, axis=2), *[cast(tree[n]) for n in names])
+    fast = {"gen": stack(state["weights"], gens), "memory": stack(state["weights"], ("memory",))}
     if cfg.use_momentum:
-        new_state["momentum"] = s_end
+        fast.update(gen_s=stack(state["momentum"], gens), memory_s=stack(state["momentum"], ("memory",)))
+    streams = {"x": cast(x), **{name: cast(given[name]) for name in static}}
+    per_head = jax.vmap(lambda s, f, r: self_modifying_sequence(s, f, r, cfg))
+    (y, keys, values), end = jax.vmap(per_head, in_axes=(0, 0, None))(streams, fast, cast(reduction))
+    unstack = lambda tree, names: {n: jax.tree.map(lambda a, i=i: a[:, :, i], tree) for i, n in enumerate(names)}
+    new_state = {"weights": {**unstack(end["gen"], gens), **unstack(end["memory"], ("memory",))}}
+    if cfg.use_momentum:
+        new_state["momentum"] = {**unstack(end["gen_s"], gens), **unstack(end["memory_s"], ("memory",))}
     return y.astype(x.dtype), new_state, keys.astype(x.dtype), values.astype(x.dtype)

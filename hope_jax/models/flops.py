@@ -41,18 +41,18 @@ def mlp_memory(d: int, hidden: int, chunk: int, matrix=dgd_matrix) -> float:
 
 
 def selfmod_dense(model_cfg: ml_collections.ConfigDict) -> float:
-    from hope_jax.models.self_modifying import static_streams
+    from hope_jax.models.self_modifying import selfmod_config, static_stream_names
 
     d = model_cfg.d_model
-    return 6.0 * d * d * (len(static_streams(model_cfg.memory)) + 2)  # input streams, gate, output
+    return 6.0 * d * d * (len(static_stream_names(selfmod_config(model_cfg))) + 2)  # input streams, gate, output
 
 
 def selfmod_inner(model_cfg: ml_collections.ConfigDict) -> float:
-    from hope_jax.models.self_modifying import generator_names
+    from hope_jax.models.self_modifying import generator_names, selfmod_config
 
     mem, hd = model_cfg.memory, head_dim(model_cfg)
     hidden = mem.hidden_factor * hd
-    generators = len(generator_names(mem)) * mlp_memory(hd, hidden, mem.aux_chunk_size)
+    generators = len(generator_names(selfmod_config(model_cfg))) * mlp_memory(hd, hidden, mem.aux_chunk_size)
     memory = mlp_memory(hd, hidden, mem.chunk_size)
     return model_cfg.n_heads * (generators + memory)
 

@@ -7,11 +7,10 @@
 Values are ℓ2-normalised like the keys (memory.normalize_values, our stabiliser: with self-generated targets a value
 longer than the unit key makes the inner maps expansive), and α reaches the DGD solver as log α (log_sigmoid).
 
-The chunked maths is memory/dgd.py and memory/fast_mlp.py. The orchestration below is memory/self_modifying.py's
-(generators first over chunks of `chunk_size_other`, then M_memory over chunks of `chunk_size_memory`), extended by
-the A-Table 6 switches 'w/o adaptive k' and 'w/o adaptive v', which memory/self_modifying.py does not offer: a static
-key (value) is a projection of the block input instead of M_k's (M_v's) output, and M_k (M_v) then does not exist.
-With both switches off the two agree exactly (tests/test_models_hope.py).
+The inner loop is memory/self_modifying.py (per sequence and head: `joint_sequence` for equal chunk sizes, else
+`self_modifying_sequence`, with the A-Table 6 switches 'w/o adaptive k/v'); this module owns the outer parameters
+(projections, the meta-learned initial memories, the η/α reductions), the chunked carry across pieces and the
+diagnostics.
 """
 
 from __future__ import annotations
@@ -25,9 +24,15 @@ from flax import nnx
 
 from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import l2_normalize, l2_normalize_scale, scan_chunks
-from hope_jax.memory.dgd import dgd_chunk_update
-from hope_jax.memory.self_modifying import SelfModConfig
+from hope_jax.memory.chunking import l2_normalize_scale
+from hope_jax.memory.self_modifying import (
+    SelfModConfig,
+    generator_names,
+    join_fast,
+    joint_sequence,
+    self_modifying_sequence,
+    static_stream_names,
+)
 from hope_jax.models import chunk_carry
 from hope_jax.models.config import compute_dtype, head_dim
 from hope_jax.sharding import constrain
@@ -39,6 +44,8 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         chunk_size_memory=mem.chunk_size,
         chunk_size_other=mem.aux_chunk_size,
         adaptive_q=mem.adaptive_q,
+        adaptive_k=mem.adaptive_k,
+        adaptive_v=mem.adaptive_v,
         use_dgd=mem.dgd,
         dgd_layers=mem.dgd_layers,
         use_momentum=mem.momentum,
@@ -53,14 +60,6 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
         truncate_grad=mem.truncate_bptt,
     )
-
-
-def generator_names(mem_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Memories generating per-token quantities, in a fixed order (M_memory comes after them)."""
-    names = ("k",) if mem_cfg.adaptive_k else ()
-    names += ("v",) if mem_cfg.adaptive_v else ()
-    names += ("q",) if mem_cfg.adaptive_q else ()
-    return names + ("eta",) + (("alpha",) if mem_cfg.weight_decay else ())
 
 
 # Generators whose outputs are the keys, values and queries every memory regresses on (E20).
@@ -78,141 +77,9 @@ def generator_out_std(model_cfg: ml_collections.ConfigDict, name: str) -> float:
     return model_cfg.init_std
 
 
-def static_streams(mem_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Projected input streams: 'x' feeds the memories; 'q', 'k', 'v' replace memories that are switched off."""
-    return (
-        ("x",)
-        + (() if mem_cfg.adaptive_q else ("q",))
-        + (() if mem_cfg.adaptive_k else ("k",))
-        + (() if mem_cfg.adaptive_v else ("v",))
-    )
-
-
 def mixer_period(mem_cfg: ml_collections.ConfigDict) -> int:
     """Both memories sit on a chunk boundary every lcm of the two chunk sizes tokens."""
     return math.lcm(mem_cfg.chunk_size, mem_cfg.aux_chunk_size)
-
-
-def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig, chunk_size: int):
-    """One chunk of DGD on a stack of memories, each regressing the keys onto its own output on the values (E21)."""
-
-    def one_memory(w, s):
-        # The target M(v) and the inner gradient's forward pass M(k) read the same weights: one pass over both.
-        key_parts, target_parts = fast_mlp.forward_parts_of_blocks(
-            w, (keys, values), residual=True, activation=cfg.activation
-        )
-        return dgd_chunk_update(
-            w, s if cfg.use_momentum else None, keys, target_parts["out"], eta, None, log_retention=log_alpha,
-            residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
-            gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
-            key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
-        )  # fmt: skip
-
-    new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
-    return new_w, (new_s if cfg.use_momentum else {})
-
-
-def _generate(w, xs, reduction, index: dict, cfg: SelfModConfig):
-    """Per-token (q, k, v, η, log α) of one chunk from the generators' chunk-start weights (stacked, leading axis)."""
-    out = jax.vmap(lambda w_: fast_mlp.forward(w_, xs["x"], residual=True, activation=cfg.activation))(w)
-    return _per_token(out, xs, reduction, index, cfg)
-
-
-def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
-    """(q, k, v, η, log α) from the generators' outputs `out` (leading axis: memories in `index` order) and the static
-    streams. log α is computed in log space: log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α
-    reached z = −302 in the smoke run) and its gradient in the decay products is then NaN; log_sigmoid stays finite."""
-    keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
-    values = out[index["v"]] if "v" in index else xs["v"]
-    values = l2_normalize(values) if cfg.normalize_values else values
-    queries = l2_normalize(out[index["q"]] if "q" in index else xs["q"])
-    eta = cfg.eta_max * jax.nn.sigmoid(out[index["eta"]] @ reduction["eta_w"] + reduction["eta_b"])
-    if "alpha" in index:
-        log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
-    else:
-        log_alpha = jnp.zeros_like(eta)
-    return queries, keys, values, eta, log_alpha
-
-
-def _read_memory(w, queries, cfg: SelfModConfig):
-    return fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
-
-
-def join_fast(fast: dict, axis: int = 0) -> dict:
-    """{'gen', 'memory', 'gen_s', 'memory_s'} -> {'w': generators then M_memory, 's': their momenta}, stacked along the
-    memories' axis (0 for one sequence and head, 1 for the mixer's [H, n, ...] initial weights)."""
-    cat = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=axis), a, b)
-    joined = {"w": cat(fast["gen"], fast["memory"])}
-    if "gen_s" in fast:
-        joined["s"] = cat(fast["gen_s"], fast["memory_s"])
-    return joined
-
-
-def split_fast(joined: dict, n_gens: int) -> dict:
-    """Inverse of join_fast along axis 0 (one sequence and head)."""
-    part = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)
-    fast = {"gen": part(joined["w"], slice(n_gens)), "memory": part(joined["w"], slice(n_gens, None))}
-    if "s" in joined:
-        fast.update(gen_s=part(joined["s"], slice(n_gens)), memory_s=part(joined["s"], slice(n_gens, None)))
-    return fast
-
-
-def joint_sequence(streams, joined, reduction, *, gens, cfg: SelfModConfig):
-    """Equal chunk sizes: the generators and M_memory update on the same chunks from the same (k, v, η, α), so one
-    scan carries all of them as one stack (join_fast layout) and they take their DGD step together. With static
-    queries every memory's chunk-start read is one stacked forward pass (the generators read x, M_memory the
-    queries); with adaptive_q the queries come from M_q first. Returns ((y, keys, values) [T, d], new joined)."""
-    index = {name: i for i, name in enumerate(gens)}
-    n_gens = len(gens)
-
-    def joint_chunk(carry, xs):
-        w, s = carry
-        if "q" in index:
-            queries, keys, values, eta, log_alpha = _generate(
-                jax.tree.map(lambda a: a[:n_gens], w), xs, reduction, index, cfg
-            )
-            y = _read_memory(jax.tree.map(lambda a: a[n_gens:], w), queries, cfg)
-        else:
-            inputs = jnp.stack([xs["x"]] * n_gens + [l2_normalize(xs["q"])])
-            out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
-            queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
-            y = out[n_gens]
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), (y, keys, values)
-
-    (w, s), outputs = scan_chunks(joint_chunk, (joined["w"], joined.get("s", {})), streams, cfg.chunk_size_memory, 0)
-    return outputs, ({"w": w, "s": s} if cfg.use_momentum else {"w": w})
-
-
-def self_modifying_sequence(streams, fast, reduction, *, gens, cfg: SelfModConfig):
-    """One sequence, one head. streams: {'x', and static 'q'/'k'/'v'}: [T, d]; fast: {'gen': stacked generators,
-    'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values) [T, d], new fast).
-
-    With equal chunk sizes this is joint_sequence on the joined stack (the mixer keeps its state in that layout);
-    otherwise the generators scan over their chunks first, then M_memory over its own.
-    """
-    if cfg.chunk_size_other == cfg.chunk_size_memory:
-        outputs, joined = joint_sequence(streams, join_fast(fast), reduction, gens=gens, cfg=cfg)
-        return outputs, split_fast(joined, len(gens))
-    index = {name: i for i, name in enumerate(gens)}
-
-    def generator_chunk(carry, xs):
-        w, s = carry
-        per_token = _generate(w, xs, reduction, index, cfg)
-        return _update_stack(w, s, *per_token[1:], cfg, cfg.chunk_size_other), per_token
-
-    def memory_chunk(carry, xs):
-        w, s = carry
-        queries, keys, values, eta, log_alpha = xs
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), _read_memory(w, queries, cfg)
-
-    start_gen = (fast["gen"], fast.get("gen_s", {}))
-    (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.chunk_size_other, 0)
-    start_memory = (fast["memory"], fast.get("memory_s", {}))
-    (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size_memory, 0)
-    new_fast = {"gen": gen_w, "memory": mem_w}
-    if cfg.use_momentum:
-        new_fast.update(gen_s=gen_s, memory_s=mem_s)
-    return (y, per_token[1], per_token[2]), new_fast
 
 
 class MemoryInit(nnx.Module):
@@ -237,8 +104,8 @@ class SelfModifyingMixer(nnx.Module):
         mem = model_cfg.memory
         self.dtype = compute_dtype(model_cfg)
         self.cfg = selfmod_config(model_cfg)
-        self.gens = generator_names(mem)
-        self.streams = static_streams(mem)
+        self.gens = generator_names(self.cfg)
+        self.streams = static_stream_names(self.cfg)
         self.period = mixer_period(mem)
         # Equal chunk sizes: the generators and M_memory update on the same chunks (joint_sequence).
         self.joint = mem.chunk_size == mem.aux_chunk_size
@@ -342,7 +209,7 @@ class SelfModifyingMixer(nnx.Module):
         streams = {name: streams[:, :, i] for i, name in enumerate(self.streams)}
         reduction = jax.tree.map(lambda a: a.astype(jnp.float32), self.reduction())
         sequence_fn = joint_sequence if self.joint else self_modifying_sequence
-        per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, gens=self.gens, cfg=self.cfg), in_axes=(0, 0, 0))
+        per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, self.cfg), in_axes=(0, 0, 0))
         per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
 
         def chunk_fn(fast, chunk):  # chunk leaves [B, P, H, d] -> per (batch, head) sequences [P, d]
