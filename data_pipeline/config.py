@@ -47,7 +47,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             # Disjoint reading shards of the stream (each shuffles its slice of every epoch and packs on its own);
             # process p of P reads shards [p*S/P, (p+1)*S/P). 0: one per process. A fixed value (a multiple of every
             # process count you will use) makes the batches independent of the process count
-            # (hope_jax.distributed.process_loader).
+            # (data_pipeline/process_shards.py).
             "num_shards": 0,
         }
     )

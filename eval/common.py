@@ -3,8 +3,8 @@ stateful model API, common flags and the command entry point (`command_main`, `e
 The results file every command writes (DESIGN D12) is eval/results.py's.
 
 A run is evaluated with its own configuration: the checkpoint's metadata holds the flattened config it was trained
-with, and `load_run` rebuilds the ConfigDict from configs/base.py plus those values, then restores only the model
-parameters (the optimiser state is never read).
+with, and `load_run` rebuilds the ConfigDict from the library's schema (hope_jax/config_schema.py) plus those values,
+then restores only the model parameters (the optimiser state is never read).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from absl import app, flags
 from etils import epath
 from flax import nnx
 
-from configs import base
 from data_pipeline.loader import load_tokenizer
 from hope_jax import log_setup
+from hope_jax.config_schema import default_config
 from hope_jax.models.generate import generate
 from hope_jax.models.registry import build_model
-from hope_jax.train import integrity
-from hope_jax.train.checkpoint import config_hash
+from hope_jax.train import checkpoint, integrity
 from hope_jax.train.state import model_spec
 
 
@@ -52,8 +51,9 @@ class RunLoadError(ValueError):
 
 
 def config_from_flat(flat: dict[str, Any], source: str) -> ml_collections.ConfigDict:
-    """configs/base.py with every key of a flattened config (as the checkpoint metadata stores it) set to its value."""
-    config = base.get_config()
+    """The config schema (hope_jax/config_schema.py) with every key of a flattened config (as the checkpoint metadata
+    stores it) set to its value."""
+    config = default_config()
     for dotted, value in flat.items():
         *parents, leaf = dotted.split(".")
         node = config
@@ -74,24 +74,19 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
 
 
-def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-    )
-
-
 def load_run(workdir: str, step: int | None = None, *, checkpoint_dir: str = "") -> Run:
     """The model of a training run at `step` (default: the newest good checkpoint), with its config and tokenizer.
 
     Every restore is verified against the fingerprints saved with it (hope_jax/train/integrity.py). Without `step`, a
     damaged checkpoint is named, set aside under `<checkpoints>/damaged/` as a resume would, and the next older one is
     loaded; a damaged `step` asked for by name is an error."""
-    directory = checkpoint_dir or os.path.join(os.path.abspath(workdir), "checkpoints")
+    try:
+        directory = checkpoint_dir or checkpoint.run_checkpoint_directory(workdir)
+    except ValueError as error:
+        raise RunLoadError(str(error)) from None
     if not epath.Path(directory).exists():
         raise RunLoadError(f"no checkpoints in {directory}: is --workdir the directory a training run wrote?")
-    manager = _checkpoint_manager(directory)
+    manager = checkpoint.read_only_manager(directory)
     try:
         available = manager.all_steps()
         if not available:
@@ -128,7 +123,7 @@ def load_run(workdir: str, step: int | None = None, *, checkpoint_dir: str = "")
         model=model,
         tokenizer=load_tokenizer(config.data),
         step=int(step),
-        config_hash=config_hash(config),
+        config_hash=checkpoint.config_hash(config),
     )
 
 
@@ -137,7 +132,8 @@ def _restore_params(manager, directory: str, step: int):
     step_dir = f"{directory}/{step}"
     integrity.check_files(step, step_dir)
     try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        meta_args = ocp.args.Composite(**{checkpoint.META_ITEM: ocp.args.JsonRestore()})
+        meta = manager.restore(step, args=meta_args)[checkpoint.META_ITEM]
         flat_config = meta["config"]
     except Exception as error:  # noqa: BLE001 - any failure to read the item is damage to it
         raise integrity.CheckpointDamagedError(step, f"{step_dir}/meta", integrity.describe(error)) from None
@@ -155,9 +151,9 @@ def _restore_params(manager, directory: str, step: int):
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True),
+                **{checkpoint.STATE_ITEM: ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)}
             ),
-        )["state"]
+        )[checkpoint.STATE_ITEM]
     except Exception as error:  # noqa: BLE001
         raise integrity.CheckpointDamagedError(step, f"{step_dir}/state", integrity.describe(error)) from None
     if "fingerprints" in meta:
@@ -173,7 +169,7 @@ def random_run(config: ml_collections.ConfigDict, *, seed: int = 0, name: str = 
         model=build_model(config.model, rngs=nnx.Rngs(seed)),
         tokenizer=load_tokenizer(config.data),
         step=None,
-        config_hash=config_hash(config),
+        config_hash=checkpoint.config_hash(config),
     )
 
 
@@ -345,8 +341,8 @@ def define_common_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string(
         "checkpoint_dir",
         "",
-        "Where the run's checkpoints are when it set checkpoint.directory (a path or a gs:// / s3:// URL); "
-        "default <workdir>/checkpoints.",
+        "Where the run's checkpoints are (a path or a gs:// / s3:// URL); default: the checkpoint.directory of "
+        "<workdir>/config.json, else <workdir>/checkpoints.",
         flag_values=fv,
     )
     flags.DEFINE_integer("batch_size", 8, "Sequences per forward pass.", flag_values=fv)

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from configs import smoke_transformer
+from data_pipeline import process_shards
 from data_pipeline.loader import make_loader
+from data_pipeline.process_shards import process_loader
 from hope_jax import distributed
-from hope_jax.distributed import ProcessSettings, expand_hostlist, process_loader, resolve_settings, settings_from_slurm
+from hope_jax.distributed import ProcessSettings, expand_hostlist, resolve_settings, settings_from_slurm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILES = ("h100", "h200", "a100", "rtx6000ada")
@@ -152,9 +154,9 @@ def test_validation_shards_pad_until_every_shard_is_done():
 
 def test_shard_count_must_divide_processes_and_batch():
     with pytest.raises(ValueError, match="data.num_shards=3 is not divisible by the process count 2"):
-        distributed.data_shards(loader_config(num_shards=3), 2)
+        process_shards.data_shards(loader_config(num_shards=3), 2)
     with pytest.raises(ValueError, match="global_batch_size=8 is not divisible by data.num_shards=16"):
-        distributed.data_shards(loader_config(num_shards=16), 2)
+        process_shards.data_shards(loader_config(num_shards=16), 2)
 
 
 SLURM_SCRIPT = ("bash", "launch/slurm.sh")

@@ -2,6 +2,8 @@
 eval/results.py's results file records its provenance."""
 
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -30,6 +32,21 @@ def test_load_run_restores_config_and_parameters(tiny_hope_run_workdir, hope_run
 def test_load_run_names_a_missing_directory(tmp_path):
     with pytest.raises(common.RunLoadError, match=str(tmp_path / "checkpoints")):
         common.load_run(str(tmp_path))
+
+
+def test_load_run_finds_checkpoints_where_the_run_config_put_them(tiny_hope_run_workdir, tmp_path):
+    """A run trained with checkpoint.directory elsewhere is evaluated from --workdir alone: the directory comes from
+    the resolved config the run wrote (<workdir>/config.json)."""
+    elsewhere, workdir = tmp_path / "bucket" / "run", tmp_path / "workdir"
+    shutil.copytree(pathlib.Path(tiny_hope_run_workdir) / "checkpoints", elsewhere)
+    workdir.mkdir()
+    config = json.loads((pathlib.Path(tiny_hope_run_workdir) / "config.json").read_text())
+    config["checkpoint"]["directory"] = str(elsewhere)
+    (workdir / "config.json").write_text(json.dumps(config))
+    assert common.load_run(str(workdir)).step == 2
+    (workdir / "config.json").write_text("{not json")
+    with pytest.raises(common.RunLoadError, match="config.json: not the JSON config a training run writes"):
+        common.load_run(str(workdir))
 
 
 def test_streaming_in_segments_equals_one_pass(hope_run):

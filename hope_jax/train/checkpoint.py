@@ -17,6 +17,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from hope_jax.config_schema import default_config
 from hope_jax.distributed import barrier
 from hope_jax.train import integrity
 from hope_jax.train.state import StateLayout, TrainState
@@ -52,7 +53,10 @@ def config_hash(config) -> str:
 def checkpoint_directory(checkpoint_cfg, workdir: str) -> str:
     """checkpoint.directory if set (a URL such as gs://bucket/run is passed to orbax untouched; a local path is made
     absolute), else <workdir>/checkpoints."""
-    configured = checkpoint_cfg.directory
+    return _resolve_directory(checkpoint_cfg.directory, workdir)
+
+
+def _resolve_directory(configured: str, workdir: str) -> str:
     if not configured:
         return os.path.join(os.path.abspath(workdir), "checkpoints")
     if "://" in configured:
@@ -60,15 +64,41 @@ def checkpoint_directory(checkpoint_cfg, workdir: str) -> str:
     return os.path.abspath(os.path.expanduser(configured))
 
 
+def run_checkpoint_directory(workdir: str) -> str:
+    """Where the run trained in `workdir` keeps its checkpoints: checkpoint_directory of the resolved config it wrote
+    at start (<workdir>/config.json, train/report.py), else <workdir>/checkpoints. Eval finds a run's checkpoints
+    through this, so a run with checkpoint.directory set elsewhere is evaluated from --workdir alone."""
+    path = os.path.join(workdir, "config.json")
+    configured = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as file:
+            try:
+                configured = json.load(file).get("checkpoint", {}).get("directory", "") or ""
+            except (json.JSONDecodeError, AttributeError) as error:
+                raise ValueError(f"{path}: not the JSON config a training run writes ({error})") from None
+    return _resolve_directory(configured, workdir)
+
+
+# The items of one checkpoint step (train saves all three; eval reads meta and the params inside state).
+STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data", "meta"
+
+
+def read_only_manager(directory: str) -> ocp.CheckpointManager:
+    """A manager that reads a run's checkpoints and never writes, creates or cleans anything (eval)."""
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()},
+    )
+
+
 class ConfigMismatchError(ValueError):
     pass
 
 
 def _code_defaults() -> dict[str, object]:
-    """Every config key at its default (configs/base.py), flattened."""
-    from configs import base  # the repository's config package; imported late, it imports hope_jax itself
-
-    return flatten_config(base.get_config())
+    """Every config key at its default (hope_jax/config_schema.py), flattened."""
+    return flatten_config(default_config())
 
 
 def check_compatible(saved_flat: dict, config, directory: str) -> None:
@@ -123,9 +153,9 @@ class Checkpointer:
                 cleanup_tmp_directories=True,  # partial saves of a crashed run never block a resume
             ),
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
+                STATE_ITEM: ocp.StandardCheckpointHandler(),
+                DATA_ITEM: grain.checkpoint.CheckpointHandler(),
+                META_ITEM: ocp.JsonCheckpointHandler(),
             },
         )
 

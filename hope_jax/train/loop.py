@@ -13,7 +13,8 @@ import numpy as np
 from clu import periodic_actions
 
 from data_pipeline.loader import check_vocab
-from hope_jax.distributed import StopAgreement, barrier, process_loader, to_host
+from data_pipeline.process_shards import process_loader
+from hope_jax.distributed import StopAgreement, barrier, to_host
 from hope_jax.models.registry import flops_per_token
 from hope_jax.optim.builder import learning_rates
 from hope_jax.train.checkpoint import Checkpointer, checkpoint_directory, config_hash
