@@ -35,7 +35,7 @@ import pytest  # noqa: E402
 
 
 def _tiny_run_config(model_name: str):
-    from hope_jax.models.hope import TINY_CMS, TINY_MEMORY
+    from tests.model_variants import TINY_CMS, TINY_MEMORY
     from tests.test_main_e2e import tiny_smoke_config
 
     config = tiny_smoke_config()

@@ -23,7 +23,7 @@ from hope_jax.models import (
     known_models,
 )
 from hope_jax.models.generate import filter_logits, sample_token
-from hope_jax.models.registry import model_entry
+from tests.model_variants import MODEL_VARIANTS
 
 LOGICAL_AXES = {
     "vocab",
@@ -47,8 +47,14 @@ SPLITS_OFF_BOUNDARIES = (5, 13, 14, 19)
 VARIANTS = [
     pytest.param((name, overrides), id=f"{name}-{variant}")
     for name in known_models()
-    for variant, overrides in model_entry(name).test_variants.items()
+    for variant, overrides in MODEL_VARIANTS.get(name, {}).items()
 ]
+
+
+def test_every_registered_model_has_variants():
+    """A registered model must have tiny configurations in tests/model_variants.py, or no property test runs on it."""
+    assert set(known_models()) - set(MODEL_VARIANTS) == set(), "add them to tests/model_variants.py"
+    assert set(MODEL_VARIANTS) - set(known_models()) == set(), "variants of models that are not registered"
 
 
 def tolerance(cfg) -> float:

@@ -92,23 +92,7 @@ class HopeAttentionBlock(nnx.Module):
         return x_btd, {"attn": cache, "cms": cms_state}
 
 
-TINY_MEMORY = {"chunk_size": 8, "aux_chunk_size": 4}
-TINY_CMS = {"periods": (4, 8, 0), "objectives": ("local", "local", "frozen"), "hidden": (32, 32, 32)}
-
-
-@register(
-    "hope",
-    test_variants={
-        "default": {"memory": TINY_MEMORY, "cms": TINY_CMS},
-        "ablations_nested_bf16": {
-            "memory": {**TINY_MEMORY, "adaptive_q": True, "adaptive_k": False, "momentum": False, "dgd": False},
-            "cms": {**TINY_CMS, "variant": "nested"},
-            "compute_dtype": "bfloat16",
-            "remat": "full",
-            "n_layers": 1,
-        },
-    },
-)
+@register("hope")
 class HopeLM(LMTestTimeTraining, BlockStackLM):
     block_class = HopeBlock
 
@@ -121,16 +105,7 @@ class HopeLM(LMTestTimeTraining, BlockStackLM):
         return {"dense": dense, "attention": 0.0, "inner": inner, "total": dense + inner}
 
 
-@register(
-    "hope_attention",
-    test_variants={
-        "independent_window": {"cms": {**TINY_CMS, "variant": "independent"}, "attention_window": 6, "n_layers": 1},
-        # CMS `lm` objective (models/lm_ttt.py): two test-time-trained levels (periods 4 and 8) and a frozen one. On
-        # HOPE-Attention because the chunked TTT differentiates the whole model per chunk, which compiles ~4x faster
-        # without the self-modifying mixer (the driver is model-agnostic: it only runs the blocks' stateful path).
-        "lm": {"cms": {**TINY_CMS, "objectives": ("lm", "lm", "frozen"), "inner_lr": 0.5}, "n_layers": 1},
-    },
-)
+@register("hope_attention")
 class HopeAttentionLM(LMTestTimeTraining, BlockStackLM):
     block_class = HopeAttentionBlock
 

@@ -1,18 +1,16 @@
 """Model registry: `config.model.name` → model class; parameter counts and training FLOPs per token.
 
-A model file registers its class with `@register('name', test_variants={...})`. The class must provide
+A model file registers its class with `@register('name')`. The class must provide
 `__init__(model_cfg, *, rngs)`, `init_state(batch_size, max_len=None)`, `__call__(tokens_bt, state=None)`
 returning (float32 logits[B, T, V], new_state), and a static `flops_per_token(model_cfg, seq_len)`
-returning dict(dense=, attention=, inner=, total=). `test_variants` maps a variant id to model-config
-overrides on a tiny base config; tests/test_models.py runs every property test on every variant of every
-registered model.
+returning dict(dense=, attention=, inner=, total=). Its tiny test configurations go in tests/model_variants.py;
+tests/test_models.py runs every property test on every variant of every registered model.
 Import the model's module in hope_jax/models/__init__.py, so registration happens on import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,25 +23,19 @@ REQUIRED_METHODS = ("init_state", "__call__", "flops_per_token")
 FLOPS_KEYS = ("dense", "attention", "inner", "total")
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    cls: type
-    test_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+_MODELS: dict[str, type] = {}
 
 
-_MODELS: dict[str, ModelEntry] = {}
-
-
-def register(name: str, *, test_variants: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[[type], type]:
+def register(name: str) -> Callable[[type], type]:
     """Class decorator adding a model under `name` (the value of config.model.name)."""
 
     def add(cls: type) -> type:
         if name in _MODELS:
-            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].cls.__qualname__}")
+            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__qualname__}")
         missing = [method for method in REQUIRED_METHODS if not hasattr(cls, method)]
         if missing:
             raise TypeError(f"model {name!r} ({cls.__qualname__}) lacks {', '.join(missing)}")
-        _MODELS[name] = ModelEntry(cls, dict(test_variants or {"default": {}}))
+        _MODELS[name] = cls
         return cls
 
     return add
@@ -53,7 +45,7 @@ def known_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def model_entry(name: str) -> ModelEntry:
+def model_class(name: str) -> type:
     if name not in _MODELS:
         raise ValueError(f"unknown model name {name!r} (config model.name); known: {', '.join(known_models())}")
     return _MODELS[name]
@@ -61,7 +53,7 @@ def model_entry(name: str) -> ModelEntry:
 
 def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
     validate_model_config(model_cfg)
-    return model_entry(model_cfg.name).cls(model_cfg, rngs=rngs)
+    return model_class(model_cfg.name)(model_cfg, rngs=rngs)
 
 
 def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
@@ -78,7 +70,7 @@ def count_params(model_cfg: ml_collections.ConfigDict) -> int:
 def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
     """Training FLOPs per token (forward + backward): dense matmuls, attention scores, inner loops, total."""
     validate_model_config(model_cfg)
-    flops = model_entry(model_cfg.name).cls.flops_per_token(model_cfg, seq_len)
+    flops = model_class(model_cfg.name).flops_per_token(model_cfg, seq_len)
     if set(flops) != set(FLOPS_KEYS):
         raise ValueError(f"{model_cfg.name}.flops_per_token returned keys {sorted(flops)}, expected {FLOPS_KEYS}")
     return flops

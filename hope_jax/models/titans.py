@@ -411,9 +411,6 @@ def _attention(model_cfg, seq_len: int, window: int, keys_factor: int = 1) -> fl
     )
 
 
-TINY_TITANS = {"chunk_size": 4, "segment_size": 8}
-
-
 class LMMBlock(TitansBlock):
     mixer_class = LMMMixer
 
@@ -426,7 +423,7 @@ class MACBlock(TitansBlock):
     mixer_class = MACMixer
 
 
-@register("titans_lmm", test_variants={"default": {"titans": TINY_TITANS, "n_layers": 1}})
+@register("titans_lmm")
 class TitansLMM(BlockStackLM):
     block_class = LMMBlock
 
@@ -436,10 +433,7 @@ class TitansLMM(BlockStackLM):
         return titans_flops(model_cfg, mixer_matmul_params=5 * d * d + 3 * d * model_cfg.n_heads)
 
 
-@register(
-    "titans_mag",
-    test_variants={"default": {"titans": TINY_TITANS, "n_layers": 1, "attention_window": 6, "n_persistent_tokens": 2}},
-)
+@register("titans_mag")
 class TitansMAG(BlockStackLM):
     block_class = MAGBlock
 
@@ -452,10 +446,7 @@ class TitansMAG(BlockStackLM):
         )  # fmt: skip
 
 
-@register(
-    "titans_mac",
-    test_variants={"default": {"titans": {**TINY_TITANS, "memory_depth": 1}, "n_layers": 1, "n_persistent_tokens": 2}},
-)
+@register("titans_mac")
 class TitansMAC(BlockStackLM):
     block_class = MACBlock
 

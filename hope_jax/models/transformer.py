@@ -63,14 +63,7 @@ class TransformerBlock(nnx.Module):
         return x_btd + self.mlp(self.mlp_norm(x_btd)), new_cache
 
 
-@register(
-    "transformer",
-    test_variants={
-        "full": {},
-        "window_persistent": {"attention_window": 5, "n_persistent_tokens": 2},
-        "tied_bf16_remat": {"tie_embeddings": True, "compute_dtype": "bfloat16", "remat": "dots_saveable"},
-    },
-)
+@register("transformer")
 class TransformerLM(BlockStackLM):
     """Embedding → Transformer++ blocks → final RMSNorm → fp32 logits (the frame of hope_jax.models.stack)."""
 
