@@ -242,13 +242,14 @@ def test_mixer_runs_the_per_token_reference(memory):
     streams = {name: jnp.swapaxes(streams[:, :, i], 1, 2) for i, name in enumerate(mixer.streams)}
     initial = {name: memory_init.value() for name, memory_init in mixer.memories.items()}
     state = init_self_modifying_state(initial, batch, mixer.cfg)
-    y_ref, _, keys_ref, values_ref = reference.self_modifying_reference(
+    y_ref, end_state, keys_ref, values_ref = reference.self_modifying_reference(
         streams["x"], streams.get("q"), state, mixer.reduction(), mixer.cfg, k=streams.get("k"), v=streams.get("v")
     )
     to_btd = lambda a: jnp.swapaxes(a, 1, 2).reshape(batch, length, -1)
     gate = jax.nn.silu(mixer.w_gate(x_btd))
     out_ref = mixer.w_out(mixer.out_norm(jnp.swapaxes(y_ref, 1, 2)) * gate)
-    assert float(jnp.abs(keys_ref[:, :, -1] - keys_ref[:, :, 0]).max()) > 1e-2  # the memories moved the keys
+    for name, weights in end_state["weights"].items():  # every memory wrote something, so the agreement covers it
+        assert float(jnp.abs(weights["w_out"] - state["weights"][name]["w_out"]).max()) > 1e-4, name
     for got, want in ((out, out_ref), (keys, to_btd(keys_ref)), (values, to_btd(values_ref))):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
