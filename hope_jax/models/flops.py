@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from hope_jax.layers import attention_flops_per_token
 from hope_jax.models.config import head_dim
 
 
@@ -72,3 +73,27 @@ def cms_inner(model_cfg: ml_collections.ConfigDict) -> float:
         if objective == "local":
             total += 2 * dgd_matrix(d, hidden, period) + dgd_matrix(hidden, d, period)
     return total
+
+
+def titans(model_cfg, *, mixer_matmul_params: float, attention: float = 0.0, memories: int = 1) -> dict[str, float]:
+    """mixer_matmul_params: per-layer matmul parameters of the mixer (a token passes through each once);
+    attention: per-layer attention FLOPs per token; memories: Titans memories per layer."""
+    t, hd = model_cfg.titans, head_dim(model_cfg)
+    per_layer = 6.0 * (3 * model_cfg.d_model * model_cfg.mlp_hidden + mixer_matmul_params)
+    if t.memory_depth == 1:
+        per_head = titans_matrix(hd, hd, t.chunk_size)
+    else:
+        per_head = mlp_memory(hd, t.hidden_factor * hd, t.chunk_size, titans_matrix)
+    dense = embedding_head(model_cfg) + model_cfg.n_layers * per_layer
+    inner = model_cfg.n_layers * memories * model_cfg.n_heads * per_head
+    attention = model_cfg.n_layers * attention
+    return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}
+
+
+def titans_attention(model_cfg, seq_len: int, window: int, keys_factor: int = 1) -> float:
+    """Per-layer attention FLOPs per token of a Titans mixer: keys_factor × the (windowed) causal attention over
+    seq_len tokens, plus the persistent tokens' share."""
+    return keys_factor * attention_flops_per_token(seq_len, model_cfg.n_heads, head_dim(model_cfg), window, 0) + (
+        attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, model_cfg.n_persistent_tokens)
+        - attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, 0)
+    )

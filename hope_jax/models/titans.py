@@ -36,7 +36,6 @@ from hope_jax.layers import (
     SwiGLU,
     apply_rotary,
     attend,
-    attention_flops_per_token,
     normal_init,
 )
 from hope_jax.memory import fast_mlp
@@ -387,30 +386,6 @@ class TitansBlock(nnx.Module):
         return x_btd + self.mlp(self.mlp_norm(x_btd)), new_state
 
 
-def titans_flops(
-    model_cfg, *, mixer_matmul_params: float, attention: float = 0.0, memories: int = 1
-) -> dict[str, float]:
-    """mixer_matmul_params: per-layer matmul parameters of the mixer (a token passes through each once);
-    attention: per-layer attention FLOPs per token; memories: Titans memories per layer."""
-    t, hd = model_cfg.titans, head_dim(model_cfg)
-    per_layer = 6.0 * (3 * model_cfg.d_model * model_cfg.mlp_hidden + mixer_matmul_params)
-    if t.memory_depth == 1:
-        per_head = flops.titans_matrix(hd, hd, t.chunk_size)
-    else:
-        per_head = flops.mlp_memory(hd, t.hidden_factor * hd, t.chunk_size, flops.titans_matrix)
-    dense = flops.embedding_head(model_cfg) + model_cfg.n_layers * per_layer
-    inner = model_cfg.n_layers * memories * model_cfg.n_heads * per_head
-    attention = model_cfg.n_layers * attention
-    return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}
-
-
-def _attention(model_cfg, seq_len: int, window: int, keys_factor: int = 1) -> float:
-    return keys_factor * attention_flops_per_token(seq_len, model_cfg.n_heads, head_dim(model_cfg), window, 0) + (
-        attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, model_cfg.n_persistent_tokens)
-        - attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, 0)
-    )
-
-
 class LMMBlock(TitansBlock):
     mixer_class = LMMMixer
 
@@ -430,7 +405,7 @@ class TitansLMM(BlockStackLM):
     @staticmethod
     def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
         d = model_cfg.d_model
-        return titans_flops(model_cfg, mixer_matmul_params=5 * d * d + 3 * d * model_cfg.n_heads)
+        return flops.titans(model_cfg, mixer_matmul_params=5 * d * d + 3 * d * model_cfg.n_heads)
 
 
 @register("titans_mag")
@@ -440,9 +415,9 @@ class TitansMAG(BlockStackLM):
     @staticmethod
     def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
         d = model_cfg.d_model
-        return titans_flops(
+        return flops.titans(
             model_cfg, mixer_matmul_params=8 * d * d + 3 * d * model_cfg.n_heads,
-            attention=_attention(model_cfg, seq_len, model_cfg.attention_window),
+            attention=flops.titans_attention(model_cfg, seq_len, model_cfg.attention_window),
         )  # fmt: skip
 
 
@@ -454,7 +429,7 @@ class TitansMAC(BlockStackLM):
     def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
         d, segment = model_cfg.d_model, min(model_cfg.titans.segment_size, seq_len)
         # query d², attention q + (k, v on x and on h) + out 6d², memory write q/k/v 3d², combine d²
-        return titans_flops(
+        return flops.titans(
             model_cfg, mixer_matmul_params=11 * d * d + 3 * d * model_cfg.n_heads,
-            attention=_attention(model_cfg, segment, 0, keys_factor=2),
+            attention=flops.titans_attention(model_cfg, segment, 0, keys_factor=2),
         )  # fmt: skip
