@@ -4,7 +4,8 @@ This is the inner loop the HOPE mixer runs (models/self_modifying.py calls `join
 `self_modifying_sequence` per sequence and head); memory/reference.py is its per-token reference.
 
 Per head, memories □ ∈ {k, v, q (adaptive_q only), eta, alpha (weight decay only), memory}, each a 2-layer residual MLP
-M(u) = u + σ(u W_in) W_out (E24). For token t in chunk c (s(t) = last token of the previous chunk, A1):
+M(u) = u + σ(u W_in) W_out (E24); with memory_depth 1, M_memory is a matrix, M(u) = u W (§5.3, E25/E26). For token t
+in chunk c (s(t) = last token of the previous chunk, A1):
 
     k_t = l2(M_k,s(t)(x_t))   v_t = M_v,s(t)(x_t)   q_t = l2(M_q,s(t)(x_t) or the static q_t)              (E20, E27)
     η_t = η_max·sigmoid(w_ηᵀ M_η,s(t)(x_t) + b_η)   α_t = sigmoid(w_αᵀ M_α,s(t)(x_t) + b_α)   (A3; α_t = 1 without decay)
@@ -17,7 +18,7 @@ A-Table 6's 'w/o adaptive k' ('w/o adaptive v') replaces k_t (v_t) by a static s
 input) and M_k (M_v) does not exist. Two chunk sizes: `chunk_size_other` for the generators, `chunk_size_memory` for
 M_memory. The memory's state never feeds the generators, so unequal sizes run as two chunked scans (generators
 first, producing k, v, q, η, α for every token, then the memory) and need not divide each other; equal sizes run as
-one scan over one stack of every memory (`joint_sequence`).
+one scan over one stack of every memory (`joint_sequence`) when M_memory has the generators' form.
 """
 
 import dataclasses
@@ -36,6 +37,7 @@ class SelfModConfig:
 
     chunk_size_memory: int = 16
     chunk_size_other: int = 16
+    memory_depth: int = 2  # M_memory: 2 = the residual MLP of E24; 1 = a matrix (HOPE_SPEC §5.3)
     adaptive_q: bool = False  # A2: q from a memory instead of the static W_q projection
     adaptive_k: bool = True  # False: k is a static stream and M_k does not exist ("w/o adaptive k")
     adaptive_v: bool = True  # False: v is a static stream and M_v does not exist ("w/o adaptive v")
@@ -66,7 +68,20 @@ class SelfModConfig:
             )
         if self.dgd_layers not in DGD_LAYER_CHOICES:
             raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {self.dgd_layers!r}")
+        if self.memory_depth not in (1, 2):
+            raise ValueError(f"memory_depth must be 1 (matrix) or 2 (residual MLP), got {self.memory_depth}")
         fast_mlp.activation_fn(self.activation)
+
+
+def runs_jointly(cfg: SelfModConfig) -> bool:
+    """Whether every memory updates on the same chunks and stacks with the others (joint_sequence): equal chunk sizes
+    and an M_memory of the generators' form."""
+    return cfg.chunk_size_other == cfg.chunk_size_memory and cfg.memory_depth == 2
+
+
+def memory_form(name: str, cfg: SelfModConfig) -> str:
+    """fast_mlp.memory_kind of memory `name`: 'linear' for a matrix M_memory, else 'mlp'."""
+    return "linear" if name == "memory" and cfg.memory_depth == 1 else "mlp"
 
 
 def generator_names(cfg: SelfModConfig) -> tuple[str, ...]:
@@ -108,8 +123,11 @@ def _check_names(weights: dict, cfg: SelfModConfig):
             f"self-modifying state has memories {sorted(weights)}; config needs {sorted(updated_names(cfg))}"
         )
     for name, w in weights.items():
-        if fast_mlp.memory_kind(w) != "mlp":
-            raise ValueError(f"memory {name!r} must be a 2-layer MLP {{'w_in', 'w_out'}}, got keys {sorted(w)}")
+        if fast_mlp.memory_kind(w) != memory_form(name, cfg):
+            expected = "a matrix {'w'}" if memory_form(name, cfg) == "linear" else "a 2-layer MLP {'w_in', 'w_out'}"
+            raise ValueError(
+                f"memory {name!r} must be {expected} (memory_depth {cfg.memory_depth}), got keys {sorted(w)}"
+            )
 
 
 # ---- one chunk: the per-token quantities, the read, the DGD step ----------------------------------------------------
@@ -216,11 +234,11 @@ def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
     stacked generators, 'memory': stacked (1) M_memory, 'gen_s'/'memory_s': momenta}. Returns ((y, keys, values)
     [T, d], new fast).
 
-    With equal chunk sizes this is joint_sequence on the joined stack (the mixer keeps its state in that layout);
+    When runs_jointly(cfg) this is joint_sequence on the joined stack (the mixer keeps its state in that layout);
     otherwise the generators scan over their chunks first, then M_memory over its own.
     """
     gens = generator_names(cfg)
-    if cfg.chunk_size_other == cfg.chunk_size_memory:
+    if runs_jointly(cfg):
         outputs, joined = joint_sequence(streams, join_fast(fast), reduction, cfg)
         return outputs, split_fast(joined, len(gens))
     index = {name: i for i, name in enumerate(gens)}
@@ -257,7 +275,8 @@ def self_modifying_titans(
     x: [B, H, T, d] the block input already split into heads (after conv/projection).
     q: [B, H, T, d] static queries (x W_q) when cfg.adaptive_q is False; must be None when it is True.
     k, v: [B, H, T, d] static keys / values, given exactly when cfg.adaptive_k / cfg.adaptive_v is False.
-    state: {'weights': {□: {'w_in': [B,H,d,h], 'w_out': [B,H,h,d]}}, 'momentum': same (only with use_momentum)}.
+    state: {'weights': {□: {'w_in': [B,H,d,h], 'w_out': [B,H,h,d]}, with memory_depth 1 'memory': {'w': [B,H,d,d]}},
+      'momentum': same (only with use_momentum)}.
     reduction: outer parameters of A3, {'eta_w': [H, d], 'eta_b': [H], 'alpha_w': [H, d], 'alpha_b': [H]}
       (alpha_* only with use_weight_decay; set alpha_b large, e.g. 4-6, so that α ≈ 1 at initialisation).
     The returned keys are the ℓ2-normalised keys and the values the values every memory regressed on (CMS `local` uses

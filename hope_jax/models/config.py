@@ -54,6 +54,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.memory.chunk_size = 16  # main memory M_memory
     cfg.memory.aux_chunk_size = 16  # the k / v / q / η / α memories
     cfg.memory.hidden_factor = 1  # hidden width of the 2-layer residual memory MLPs, as a multiple of head_dim
+    # M_memory's form: 2 = the residual MLP of E24 (the paper's choice for every memory); 1 = a matrix, HOPE_SPEC
+    # §5.3's special case (E25/E26), the only form whose in-context recall we have seen train at CPU sizes
+    # (BUILD_NOTES "In-context recall"). The generators M_k, M_v, M_q, M_η, M_α stay residual MLPs.
+    cfg.memory.memory_depth = 2
     cfg.memory.activation = "silu"
     cfg.memory.dgd = True  # False: plain GD inner step (ablation 'w/o DGD')
     cfg.memory.dgd_layers = "all"  # HOPE_SPEC A4: 'all' per-layer DGD | 'first' the x̂x̂ᵀ term on first layers only
@@ -151,6 +155,9 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.inner_precision = {model_cfg.inner_precision!r}; known: {', '.join(INNER_PRECISIONS)}")
     if model_cfg.memory.step_bound not in STEP_BOUNDS:
         raise ValueError(f"model.memory.step_bound = {model_cfg.memory.step_bound!r}; known: {', '.join(STEP_BOUNDS)}")
+    if model_cfg.memory.memory_depth not in (1, 2):
+        depth = model_cfg.memory.memory_depth
+        raise ValueError(f"model.memory.memory_depth must be 1 (matrix) or 2 (residual MLP), got {depth}")
     if model_cfg.memory.diagnostics_stride < 1:
         raise ValueError(f"model.memory.diagnostics_stride must be ≥ 1, got {model_cfg.memory.diagnostics_stride}")
     if model_cfg.d_model % model_cfg.n_heads:

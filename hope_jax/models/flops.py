@@ -54,7 +54,10 @@ def selfmod_inner(model_cfg: ml_collections.ConfigDict) -> float:
     mem, hd = model_cfg.memory, head_dim(model_cfg)
     hidden = mem.hidden_factor * hd
     generators = len(generator_names(selfmod_config(model_cfg))) * mlp_memory(hd, hidden, mem.aux_chunk_size)
-    memory = mlp_memory(hd, hidden, mem.chunk_size)
+    if mem.memory_depth == 1:
+        memory = dgd_matrix(hd, hd, mem.chunk_size)
+    else:
+        memory = mlp_memory(hd, hidden, mem.chunk_size)
     return model_cfg.n_heads * (generators + memory)
 
 

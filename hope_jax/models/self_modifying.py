@@ -30,6 +30,7 @@ from hope_jax.memory.self_modifying import (
     generator_names,
     join_fast,
     joint_sequence,
+    runs_jointly,
     self_modifying_sequence,
     static_stream_names,
 )
@@ -43,6 +44,7 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
     return SelfModConfig(
         chunk_size_memory=mem.chunk_size,
         chunk_size_other=mem.aux_chunk_size,
+        memory_depth=mem.memory_depth,
         adaptive_q=mem.adaptive_q,
         adaptive_k=mem.adaptive_k,
         adaptive_v=mem.adaptive_v,
@@ -97,6 +99,18 @@ class MemoryInit(nnx.Module):
         return {"w_in": self.w_in[...], "w_out": self.w_out[...]}
 
 
+class MatrixMemoryInit(nnx.Module):
+    """Meta-learned initial M_memory as a matrix per head, M(u) = u W (memory.memory_depth 1; HOPE_SPEC §5.3). W
+    starts random with unit-scale rows (std 1/√dim), as the Titans linear memory: the read is a rotation-like map
+    of the query, and its self-generated target W v differs from the prediction W k wherever k and v do."""
+
+    def __init__(self, n_heads: int, dim: int, *, rngs: nnx.Rngs):
+        self.w = nnx.Param(normal_init(rngs, (n_heads, dim, dim), dim**-0.5), out_sharding=("heads", "head_dim", "kv"))
+
+    def value(self) -> dict:
+        return {"w": self.w[...]}
+
+
 class SelfModifyingMixer(nnx.Module):
     """Returns (output [B, T, d_model], new state, keys [B, T, d_model], values [B, T, d_model]) for a piece."""
 
@@ -107,8 +121,8 @@ class SelfModifyingMixer(nnx.Module):
         self.gens = generator_names(self.cfg)
         self.streams = static_stream_names(self.cfg)
         self.period = mixer_period(mem)
-        # Equal chunk sizes: the generators and M_memory update on the same chunks (joint_sequence).
-        self.joint = mem.chunk_size == mem.aux_chunk_size
+        # Equal chunk sizes and one memory form: every memory updates on the same chunks as one stack (joint_sequence).
+        self.joint = runs_jointly(self.cfg)
         self.remat = mem.remat_chunks
         self.diagnostics_stride = mem.diagnostics_stride
         d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
@@ -119,12 +133,16 @@ class SelfModifyingMixer(nnx.Module):
             len(self.streams) * heads * hd, model_cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
         )
         hidden = mem.hidden_factor * hd
-        self.memories = nnx.Dict(
-            {
-                name: MemoryInit(heads, hd, hidden, out_std=generator_out_std(model_cfg, name), rngs=rngs)
-                for name in (*self.gens, "memory")
-            }
+        memories = {
+            name: MemoryInit(heads, hd, hidden, out_std=generator_out_std(model_cfg, name), rngs=rngs)
+            for name in self.gens
+        }
+        memories["memory"] = (
+            MatrixMemoryInit(heads, hd, rngs=rngs)
+            if mem.memory_depth == 1
+            else MemoryInit(heads, hd, hidden, out_std=generator_out_std(model_cfg, "memory"), rngs=rngs)
         )
+        self.memories = nnx.Dict(memories)
         self.eta_w = nnx.Param(normal_init(rngs, (heads, hd), model_cfg.init_std), out_sharding=("heads", "head_dim"))
         self.eta_b = nnx.Param(jnp.full((heads,), mem.eta_bias_init, jnp.float32), out_sharding=("heads",))
         if mem.weight_decay:
