@@ -40,6 +40,10 @@ def test_every_config_file_is_found():
 @pytest.mark.parametrize("module_name", CONFIG_FILES)
 def test_config_validates_and_lowers_its_train_step(module_name):
     config = load(module_name)
+    if config.train.global_batch_size < jax.device_count():  # a one-device CPU config (configs/recall.py): the
+        validate_config(config, 1)  # mesh it runs on, then the 8-device lowering at one sequence per device
+        with config.unlocked():
+            config.train.global_batch_size = jax.device_count()
     validate_config(config, jax.device_count())
     with config.unlocked():
         config.model.n_layers = 1
@@ -60,3 +64,31 @@ def test_unknown_rows_and_models_are_named():
         load("configs.ablations.hope", "no_dgdd")
     with pytest.raises(ValueError, match="unknown model 'mamba'"):
         load("configs.pilot", "mamba")
+
+
+def _flat(config) -> dict:
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(walk(config.to_dict(), ""))
+
+
+def test_recall_variants_change_one_thing_each():
+    """configs/recall.py: the ablation switches off exactly the in-context learners (mixer writes, CMS inner lr); the
+    Transformer++ sees the same data and schedule with HOPE's parameter count (±1%)."""
+    from hope_jax.models.registry import count_params
+
+    hope, no_memory, transformer = (load("configs.recall", v) for v in ("hope", "no_memory", "transformer"))
+    changed = {key for key, value in _flat(no_memory).items() if _flat(hope)[key] != value}
+    assert changed == {"model.memory.eta_max", "model.cms.inner_lr"}
+    assert no_memory.model.memory.eta_max == 0 and no_memory.model.cms.inner_lr == 0
+    assert transformer.model.name == "transformer" and hope.model.name == "hope"
+    assert transformer.data.to_dict() == hope.data.to_dict() and transformer.train.to_dict() == hope.train.to_dict()
+    assert transformer.optim.to_dict() == hope.optim.to_dict()
+    assert abs(count_params(transformer.model) / count_params(hope.model) - 1) < 0.01
+    with pytest.raises(ValueError, match="unknown variant 'mamba'"):
+        load("configs.recall", "mamba")
