@@ -11,7 +11,7 @@ import pytest
 from configs import smoke_transformer
 from hope_jax.optim.config import level_config
 from hope_jax.train.validate import validate_config
-from tests.test_configs import CONFIG_FILES, load
+from tests.test_configs import CONFIG_FILES, load, validation_devices
 
 # (level key, a value it must refuse)
 REFUSED_LEVEL_VALUES = [
@@ -116,10 +116,27 @@ def test_a_negative_learning_rate_stops_training_before_anything_is_built(tmp_pa
 
 @pytest.mark.parametrize("module_name", CONFIG_FILES)
 def test_every_shipped_config_still_validates(module_name):
-    validate_config(load(module_name), jax.device_count())
+    config = load(module_name)
+    validate_config(config, validation_devices(config))
 
 
 @pytest.mark.parametrize("module_name", ["configs.ablations.hope", "configs.ablations.titans"])
 def test_every_ablation_row_still_validates(module_name):
     for row in importlib.import_module(module_name).ROWS:
         validate_config(load(module_name, row), jax.device_count())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("memory_target", "values", "model.memory.memory_target = 'values'; known: self, value"),
+        ("memory_depth", 3, "model.memory.memory_depth must be 1 .matrix. or 2 .residual MLP., got 3"),
+    ],
+)
+def test_memory_form_errors_name_the_key(key, value, message):
+    from hope_jax.models.config import validate_model_config
+
+    model = smoke_transformer.get_config().model
+    model.memory[key] = value
+    with pytest.raises(ValueError, match=message):
+        validate_model_config(model)

@@ -225,6 +225,9 @@ MIXER_SWITCHES = {
     "static_v_unequal": {"chunk_size": 4, "aux_chunk_size": 8, "adaptive_v": False},
     # A matrix M_memory never stacks with the generators: two scans even at equal chunk sizes.
     "matrix_memory": {"chunk_size": 4, "aux_chunk_size": 4, "memory_depth": 1},
+    # M_memory regressing onto v itself (HOPE_SPEC 5.1's shared target), in the joint stack and as a matrix
+    "value_target_joint": {"chunk_size": 4, "aux_chunk_size": 4, "memory_target": "value"},
+    "value_target_matrix": {"chunk_size": 4, "aux_chunk_size": 8, "memory_depth": 1, "memory_target": "value"},
 }
 
 

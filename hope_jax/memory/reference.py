@@ -191,7 +191,8 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
             y_t = fwd(snapshot["memory"], q_t)
             new_w, new_s = {}, {}
             for name in names:
-                target = fwd(snapshot[name], v_t)
+                onto_values = name == "memory" and cfg.memory_target == "value"
+                target = v_t if onto_values else fwd(snapshot[name], v_t)
                 new_w[name], new_s[name] = dgd_token_step(
                     w[name],
                     s[name] if s is not None else None,

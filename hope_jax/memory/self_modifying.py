@@ -11,6 +11,7 @@ in chunk c (s(t) = last token of the previous chunk, A1):
     η_t = η_max·sigmoid(w_ηᵀ M_η,s(t)(x_t) + b_η)   α_t = sigmoid(w_αᵀ M_α,s(t)(x_t) + b_α)   (A3; α_t = 1 without decay)
     normalize_values: v_t = l2(M_v,s(t)(x_t)) (our addition; see SelfModConfig)
     v̂_□,t = M_□,s(t)(v_t)                                                                               (E21)
+    memory_target 'value': v̂_memory,t = v_t (the shared target of §5.1's fully adaptive variant)
     y_t = M_memory,s(t)(q_t)                                                                            (E22, E27)
     every □: DGD step on ½‖M_□(k_t) − v̂_□,t‖² with lr η_t and retention α_t (dgd.py; E28 + A4/A5/A15)
 
@@ -30,6 +31,8 @@ from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize, scan_chunks
 from hope_jax.memory.dgd import DGD_LAYER_CHOICES, dgd_chunk_update
 
+MEMORY_TARGETS = ("self", "value")
+
 
 @dataclasses.dataclass(frozen=True)
 class SelfModConfig:
@@ -38,6 +41,9 @@ class SelfModConfig:
     chunk_size_memory: int = 16
     chunk_size_other: int = 16
     memory_depth: int = 2  # M_memory: 2 = the residual MLP of E24; 1 = a matrix (HOPE_SPEC §5.3)
+    # M_memory's regression target: 'self' = its own read of the value, v̂ = M_s(v) (E21); 'value' = v itself, the
+    # shared target of the 'fully adaptive' variant (HOPE_SPEC §5.1, NL-A Eqs. 79–82). The generators keep E21.
+    memory_target: str = "self"
     adaptive_q: bool = False  # A2: q from a memory instead of the static W_q projection
     adaptive_k: bool = True  # False: k is a static stream and M_k does not exist ("w/o adaptive k")
     adaptive_v: bool = True  # False: v is a static stream and M_v does not exist ("w/o adaptive v")
@@ -68,6 +74,8 @@ class SelfModConfig:
             )
         if self.dgd_layers not in DGD_LAYER_CHOICES:
             raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {self.dgd_layers!r}")
+        if self.memory_target not in MEMORY_TARGETS:
+            raise ValueError(f"memory_target must be one of {MEMORY_TARGETS}, got {self.memory_target!r}")
         if self.memory_depth not in (1, 2):
             raise ValueError(f"memory_depth must be 1 (matrix) or 2 (residual MLP), got {self.memory_depth}")
         fast_mlp.activation_fn(self.activation)
@@ -133,23 +141,25 @@ def _check_names(weights: dict, cfg: SelfModConfig):
 # ---- one chunk: the per-token quantities, the read, the DGD step ----------------------------------------------------
 
 
-def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig, chunk_size: int):
+def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModConfig, chunk_size: int, onto_values):
     """One chunk of DGD on a stack of memories (leading axis), each regressing the keys onto its own output on the
-    values (E21). Stacking the memories keeps the compiled program one memory wide."""
+    values (E21), or onto the values themselves where `onto_values` (one bool per memory of the stack) says so.
+    Stacking the memories keeps the compiled program one memory wide."""
 
-    def one_memory(w, s):
+    def one_memory(w, s, onto_v):
         # The target M(v) and the inner gradient's forward pass M(k) read the same weights: one pass over both.
         key_parts, target_parts = fast_mlp.forward_parts_of_blocks(
             w, (keys, values), residual=True, activation=cfg.activation
         )
+        targets = jnp.where(onto_v, values, target_parts["out"]) if any(onto_values) else target_parts["out"]
         return dgd_chunk_update(
-            w, s if cfg.use_momentum else None, keys, target_parts["out"], eta, None, log_retention=log_alpha,
+            w, s if cfg.use_momentum else None, keys, targets, eta, None, log_retention=log_alpha,
             residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
             gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
             key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
         )  # fmt: skip
 
-    new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights)
+    new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights, jnp.asarray(onto_values))
     return new_w, (new_s if cfg.use_momentum else {})
 
 
@@ -222,7 +232,9 @@ def joint_sequence(streams, joined, reduction, cfg: SelfModConfig):
             out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
             queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
             y = out[n_gens]
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), (y, keys, values)
+        onto_values = (False,) * n_gens + (cfg.memory_target == "value",)
+        new = _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory, onto_values)
+        return new, (y, keys, values)
 
     start = (joined["w"], joined.get("s", {}))
     (w, s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size_memory, cfg.remat_group)
@@ -246,13 +258,14 @@ def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
     def generator_chunk(carry, xs):
         w, s = carry
         per_token = _generate(w, xs, reduction, index, cfg)
-        return _update_stack(w, s, *per_token[1:], cfg, cfg.chunk_size_other), per_token
+        return _update_stack(w, s, *per_token[1:], cfg, cfg.chunk_size_other, (False,) * len(gens)), per_token
 
     def memory_chunk(carry, xs):
         w, s = carry
         queries, keys, values, eta, log_alpha = xs
         y = _read_memory(w, queries, cfg)
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory), y
+        onto_values = (cfg.memory_target == "value",)
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory, onto_values), y
 
     start_gen = (fast["gen"], fast.get("gen_s", {}))
     (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.chunk_size_other, cfg.remat_group)

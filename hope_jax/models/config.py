@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from hope_jax.memory.chunking import INNER_PRECISIONS, STEP_BOUNDS
+from hope_jax.memory.self_modifying import MEMORY_TARGETS
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # hope_jax/layers/attention.py
@@ -58,6 +59,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     # §5.3's special case (E25/E26), the only form whose in-context recall we have seen train at CPU sizes
     # (BUILD_NOTES "In-context recall"). The generators M_k, M_v, M_q, M_η, M_α stay residual MLPs.
     cfg.memory.memory_depth = 2
+    # M_memory's regression target: 'self' = E21's v̂ = M_memory(v); 'value' = v itself (HOPE_SPEC §5.1's shared
+    # targets): the self-generated target is minimised by any map sending k and v to one point (BUILD_NOTES).
+    cfg.memory.memory_target = "self"
     cfg.memory.activation = "silu"
     cfg.memory.dgd = True  # False: plain GD inner step (ablation 'w/o DGD')
     cfg.memory.dgd_layers = "all"  # HOPE_SPEC A4: 'all' per-layer DGD | 'first' the x̂x̂ᵀ term on first layers only
@@ -155,6 +159,10 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.inner_precision = {model_cfg.inner_precision!r}; known: {', '.join(INNER_PRECISIONS)}")
     if model_cfg.memory.step_bound not in STEP_BOUNDS:
         raise ValueError(f"model.memory.step_bound = {model_cfg.memory.step_bound!r}; known: {', '.join(STEP_BOUNDS)}")
+    if model_cfg.memory.memory_target not in MEMORY_TARGETS:
+        raise ValueError(
+            f"model.memory.memory_target = {model_cfg.memory.memory_target!r}; known: {', '.join(MEMORY_TARGETS)}"
+        )
     if model_cfg.memory.memory_depth not in (1, 2):
         depth = model_cfg.memory.memory_depth
         raise ValueError(f"model.memory.memory_depth must be 1 (matrix) or 2 (residual MLP), got {depth}")

@@ -45,6 +45,7 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         chunk_size_memory=mem.chunk_size,
         chunk_size_other=mem.aux_chunk_size,
         memory_depth=mem.memory_depth,
+        memory_target=mem.memory_target,
         adaptive_q=mem.adaptive_q,
         adaptive_k=mem.adaptive_k,
         adaptive_v=mem.adaptive_v,
