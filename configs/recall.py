@@ -1,6 +1,6 @@
-"""In-context recall on a CPU (issue 17): does HOPE's memory answer questions from facts stated earlier in the same
-document? HOPE, its ablation without in-context learning, and a parameter-matched Transformer++ on the same tokens.
-Measured (README "In-context recall"): not yet; the Transformer++ does.
+"""In-context recall on a CPU (issue 17): HOPE's memory answers questions from facts stated earlier in the same
+document. HOPE, its ablation without in-context learning, and a parameter-matched Transformer++ on the same tokens
+(README "In-context recall" has the three numbers).
 
     python -m hope_jax.main --config=configs/recall.py --workdir=runs/recall
     python -m eval.recall --workdir=runs/recall
@@ -15,7 +15,9 @@ in the document, so answering it needs the document's facts and nothing else (no
 
 Variants (`configs/recall.py:<variant>`):
 - `hope` (default): one HOPE block, d 128, whose M_memory is a matrix on 4-token chunks (memory.memory_depth 1,
-  HOPE_SPEC §5.3): the memory form with which a Titans LMM learns this task in 1,000 steps (BUILD_NOTES).
+  HOPE_SPEC §5.3, the form with which a Titans LMM learns this task) regressing onto the values themselves
+  (memory.memory_target 'value', §5.1's shared target): with E21's self-generated target M(v) the same model never
+  read the facts (BUILD_NOTES "In-context recall").
 - `no_memory`: the same model with every in-context learner off: the mixer's memories never write (memory.eta_max 0)
   and the CMS in-context level is its plain MLP (cms.inner_lr 0).
 - `transformer`: a one-block Transformer++ with the MLP widened to HOPE's parameter count.
@@ -61,6 +63,7 @@ def get_config(variant: str = "hope"):
     # M_memory on 4-token chunks (its reads see writes 4 tokens back, not 16): held-out loss 0.71 against 0.81 at
     # chunk 16 after 2,000 steps here; the generators keep 16.
     config.model.memory.chunk_size = 4
+    config.model.memory.memory_target = "value"
     if variant == "no_memory":
         config.model.memory.eta_max = 0.0
         config.model.cms.inner_lr = 0.0
