@@ -145,7 +145,10 @@ def test_declaration_matches_whether_a_token_reads_its_chunks_earlier_tokens(lay
     if declared:
         assert change == 0.0, f"{name} declares outputs_from_chunk_start, yet reads its chunk's token 0"
     else:
-        assert change > 1e-4, f"{name}: the output does not depend on its chunk's token 0; declare the property"
+        # Relative to the output's own scale: MAC's output at initialisation is ~6e-6 here (three small-init
+        # projections in a row, none renormalised), and fp32 rounding is ~1e-7 of it.
+        scale = np.abs(np.asarray(runs["probe"])).max()
+        assert change > 1e-3 * scale, f"{name}: the output does not depend on its chunk's token 0; declare it"
 
 
 def sub_jaxprs(eqn):

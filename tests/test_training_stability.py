@@ -176,3 +176,19 @@ def test_hope_keys_and_values_differ_at_initialisation(hope_diagnostics_at_init)
     # M_memory's self-generated regression has something to fit (its loss was ~3e-4 at k ≈ v)
     assert default["inner/memory_loss_before"] > 30 * identity["inner/memory_loss_before"]
     assert default["inner/cms_loss_before"] > 30 * identity["inner/cms_loss_before"]
+
+
+def test_mag_attention_branch_keeps_its_scale():
+    """MAG and MAC stalled at peak lr 3e-3 (held-out 4.92 / 5.58 against the Transformer++'s 4.00 at 100 steps on
+    tinyshakespeare) while an RMSNorm sat on the attention branch of their gate: the attention's output projection
+    was scale-invariant, so Adam rotated it by ~lr/init_std a step. The branch now keeps its scale: doubling the
+    attention's output projection doubles the mixer's output (the memory branch, on x, is unchanged)."""
+    cfg = smoke_model("titans_mag", seq_len=64)
+    cfg.d_model, cfg.n_heads = 32, 2
+    mixer = build_model(cfg, rngs=nnx.Rngs(0)).blocks[0].mixer
+    x = jax.random.normal(jax.random.key(3), (2, 64, 32), jnp.float32)
+    position = jnp.zeros((), jnp.int32)
+    out, _ = mixer(x, position, None)
+    mixer.attn.wo.kernel[...] = 2.0 * mixer.attn.wo.kernel[...]
+    doubled, _ = mixer(x, position, None)
+    np.testing.assert_allclose(np.asarray(doubled), 2.0 * np.asarray(out), rtol=1e-4, atol=1e-6)

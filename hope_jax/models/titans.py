@@ -6,11 +6,11 @@ Every block is x ← x + mixer(RMSNorm(x)); x ← x + SwiGLU(RMSNorm(x)). The mi
   α_t = σ(x w_α + b_α) (forget), η and α handed to the memory as log η = log_sigmoid(z_η), log(1 − α) =
   log_sigmoid(−z_α) (finite at any logit); y_t = M_t(q_t); output = W_out(RMSNorm_head(y) ⊙ SiLU(x W_gate)) (T §4.4).
 - MAG: sliding-window attention with the persistent slots (layers.Attention) ‖ the LMM memory on the same input;
-  output = W_out(RMSNorm(attn) ⊙ σ(RMSNorm(memory))) (the normalised gate of T §4.2).
+  output = W_out(attn ⊙ σ(RMSNorm(memory))) (T §4.2's normalised gate, on the memory branch).
 - MAC: segments of `titans.segment_size` tokens. Per segment: h = M_{before}(q) read with the state before the
   segment (E14); attention of the segment's tokens over [persistent slots ; h ; segment] (E15), where the token at
   offset t sees h_j and x_j only for j ≤ t (h_j is computed from x_j, so seeing a later h_j would read the future);
-  the memory is then written with the attention output y, and o = W_out(RMSNorm(y) ⊙ σ(RMSNorm(M_t(y)))) reads it
+  the memory is then written with the attention output y, and o = W_out(y ⊙ σ(RMSNorm(M_t(y)))) reads it
   after each token's own write (E16, the dual form). The conv runs on the memory's query stream only (the written
   keys/values come from y inside the segment).
 Persistent memory is realised as learned key/value slots of the attention (MAG, MAC; `n_persistent_tokens`); the LMM
@@ -232,16 +232,19 @@ class NeuralMemory(nnx.Module):
 
 
 class GatedCombine(nnx.Module):
-    """W_out(RMSNorm(a) ⊙ σ(RMSNorm(b))): the normalised gate of MAG / MAC."""
+    """W_out(y ⊙ σ(RMSNorm(m))): the attention output y gated by the normalised memory branch m (MAG / MAC).
+
+    The attention branch is not normalised: its output projection feeding an RMSNorm would be scale-invariant, so
+    Adam's steps (≈ lr per element against weights of init_std) rotate it by ~lr/init_std a step, and MAG and MAC
+    stalled at peak lr 3e-3 (BUILD_NOTES "Titans MAG / MAC: the attention branch keeps its scale")."""
 
     def __init__(self, model_cfg, *, rngs: nnx.Rngs):
         dtype, d = compute_dtype(model_cfg), model_cfg.d_model
-        self.norm_a = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
-        self.norm_b = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
+        self.norm_gate = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
         self.out = Dense((d,), (d,), ("embed", "embed"), init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs)
 
-    def __call__(self, a_btd, b_btd):
-        return self.out(self.norm_a(a_btd) * jax.nn.sigmoid(self.norm_b(b_btd)))
+    def __call__(self, attended_btd, memory_btd):
+        return self.out(attended_btd * jax.nn.sigmoid(self.norm_gate(memory_btd)))
 
 
 class LMMMixer(nnx.Module):
