@@ -64,11 +64,15 @@ def _resolve_directory(configured: str, workdir: str) -> str:
     return os.path.abspath(os.path.expanduser(configured))
 
 
+# The resolved config a run writes into its workdir at start (train/report.save_resolved_config).
+RESOLVED_CONFIG = "config.json"
+
+
 def run_checkpoint_directory(workdir: str) -> str:
     """Where the run trained in `workdir` keeps its checkpoints: checkpoint_directory of the resolved config it wrote
     at start (<workdir>/config.json, train/report.py), else <workdir>/checkpoints. Eval finds a run's checkpoints
     through this, so a run with checkpoint.directory set elsewhere is evaluated from --workdir alone."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, RESOLVED_CONFIG)
     configured = ""
     if os.path.exists(path):
         with open(path, encoding="utf-8") as file:
@@ -80,7 +84,7 @@ def run_checkpoint_directory(workdir: str) -> str:
 
 
 # The items of one checkpoint step (train saves all three; eval reads meta and the params inside state).
-STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data", "meta"
+STATE_ITEM, DATA_ITEM, META_ITEM = integrity.ITEMS
 
 
 def read_only_manager(directory: str) -> ocp.CheckpointManager:
@@ -181,9 +185,11 @@ class Checkpointer:
             saved = self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    data=grain.checkpoint.CheckpointSave(data_iterator),
-                    meta=ocp.args.JsonSave(meta),
+                    **{
+                        STATE_ITEM: ocp.args.StandardSave(state),
+                        DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator),
+                        META_ITEM: ocp.args.JsonSave(meta),
+                    }
                 ),
                 force=force,
             )
@@ -198,15 +204,16 @@ class Checkpointer:
         file or array, ConfigMismatchError for a checkpoint of another configuration."""
         integrity.check_files(step, self.step_dir(step))
         try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            meta_args = ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+            meta = self.manager.restore(step, args=meta_args)[META_ITEM]
             config_keys = meta["config"]
         except Exception as error:  # noqa: BLE001 - any failure to read the item is damage to it
-            where = os.path.join(self.step_dir(step), "meta")
+            where = os.path.join(self.step_dir(step), META_ITEM)
             raise integrity.CheckpointDamagedError(step, where, integrity.describe(error)) from None
         check_compatible(config_keys, config, self.directory)
         items = {
-            "state": ocp.args.StandardRestore(layout.abstract),
-            "data": grain.checkpoint.CheckpointRestore(data_iterator),
+            STATE_ITEM: ocp.args.StandardRestore(layout.abstract),
+            DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator),
         }
         restored = {}
         for name, args in items.items():  # one at a time, so that a failure names its item
@@ -215,11 +222,11 @@ class Checkpointer:
             except Exception as error:  # noqa: BLE001
                 where = os.path.join(self.step_dir(step), name)
                 raise integrity.CheckpointDamagedError(step, where, integrity.describe(error)) from None
-        state = jax.tree.map(lambda x: x, restored["state"])
+        state = jax.tree.map(lambda x: x, restored[STATE_ITEM])
         if "fingerprints" in meta:
             integrity.verify_state(step, state, meta["fingerprints"])
             if integrity.data_state_digest(data_iterator) != meta["data_sha256"][jax.process_index()]:
-                where = os.path.join(self.step_dir(step), "data")
+                where = os.path.join(self.step_dir(step), DATA_ITEM)
                 raise integrity.CheckpointDamagedError(step, where, "the iterator state differs from the one saved")
         else:
             logging.warning("checkpoint step %d predates fingerprints: restored unverified", step)

@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 
+from hope_jax.train.checkpoint import RESOLVED_CONFIG
 from hope_jax.train.metrics import move_aside
 
 GIB = 1 << 30
@@ -99,7 +100,7 @@ def resolved_config_json(config) -> str:
 def save_resolved_config(config, workdir: str) -> str:
     """Write the run's resolved config to <workdir>/config.json (atomically). A different one from an earlier start of
     the same workdir is kept as config.json.1 (.2, ...): overrides can change between restarts."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(workdir, RESOLVED_CONFIG)
     text = resolved_config_json(config)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as file:
