@@ -21,22 +21,22 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 CONFIGS = {
     # generators chunk 4 (divides T), memory chunk 16 (does not: a trailing 4-token chunk)
-    "default": SelfModConfig(chunk_size_other=4, chunk_size_memory=16, eta_max=0.3),
+    "default": SelfModConfig(aux_chunk_size=4, chunk_size_memory=16, eta_max=0.3),
     # chunk 1 everywhere: the exact token recurrence
-    "chunk1": SelfModConfig(chunk_size_other=1, chunk_size_memory=1, eta_max=0.3),
+    "chunk1": SelfModConfig(aux_chunk_size=1, chunk_size_memory=1, eta_max=0.3),
     # A15 gated-delta form, A4 alternative, no momentum, ℓ2-normalised values; generator chunk larger than the memory's
     "gated_first_nomom": SelfModConfig(
-        chunk_size_other=16,
+        aux_chunk_size=16,
         chunk_size_memory=4,
         eta_max=0.3,
         normalize_values=True,
-        gated_delta_form=True,
+        gated_delta=True,
         dgd_layers="first",
         use_momentum=False,
     ),
     # w/o DGD, w/o weight decay, adaptive q; chunk sizes that do not divide each other
     "gd_nodecay_adaptiveq": SelfModConfig(
-        chunk_size_other=3,
+        aux_chunk_size=3,
         chunk_size_memory=8,
         eta_max=0.05,
         use_dgd=False,
@@ -45,11 +45,11 @@ CONFIGS = {
     ),
     # A-Table 6 'w/o adaptive k' and 'w/o adaptive v': static streams, no M_k / M_v; equal chunk sizes (one joint scan)
     "static_kv_joint": SelfModConfig(
-        chunk_size_other=4, chunk_size_memory=4, eta_max=0.3, adaptive_k=False, adaptive_v=False
+        aux_chunk_size=4, chunk_size_memory=4, eta_max=0.3, adaptive_k=False, adaptive_v=False
     ),
     # 'w/o adaptive k' with adaptive q and unequal chunk sizes (two scans)
     "static_k_adaptiveq": SelfModConfig(
-        chunk_size_other=4, chunk_size_memory=8, eta_max=0.3, adaptive_k=False, adaptive_q=True
+        aux_chunk_size=4, chunk_size_memory=8, eta_max=0.3, adaptive_k=False, adaptive_q=True
     ),
 }
 
@@ -145,7 +145,7 @@ def test_per_sample_isolation():
 
 def test_outer_gradient_matches_finite_differences():
     """Directional derivative of an outer loss in (x, q, initial states, A3 reduction): autodiff vs central FD, float64."""
-    cfg = SelfModConfig(chunk_size_other=4, chunk_size_memory=8, eta_max=0.3, remat_group=2, accum_dtype="float64")
+    cfg = SelfModConfig(aux_chunk_size=4, chunk_size_memory=8, eta_max=0.3, remat_group=2, accum_dtype="float64")
     with jax.enable_x64(True):
         # 16 tokens: whole groups of whole chunks in both scans, so the backward program stays small to compile
         x, q, state, reduction = make_inputs(cfg, seed=3, dtype=np.float64, length=16)

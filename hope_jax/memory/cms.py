@@ -36,7 +36,7 @@ def cms_local(
     use_dgd: bool = True,
     normalize_step: bool = True,
     step_bound: str = "chunk",
-    truncate_grad: bool = False,
+    truncate_bptt: bool = False,
     remat_group: int = 1,
     accum_dtype=jnp.float32,
 ) -> tuple[jax.Array, dict]:
@@ -78,7 +78,7 @@ def cms_local(
                 residual=False,
                 activation=activation,
                 use_dgd=use_dgd,
-                truncate_grad=truncate_grad,
+                truncate_bptt=truncate_bptt,
                 key_parts=key_parts,
                 normalize_step=normalize_step,
                 chunk_size=period,

@@ -46,7 +46,7 @@ def dgd_chunk_update(
     dgd_layers: str = "all",
     gated_delta: bool = False,
     momentum_decay: float = 0.9,
-    truncate_grad: bool = False,
+    truncate_bptt: bool = False,
     key_parts: dict | None = None,
     normalize_step: bool = True,
     chunk_size: int | None = None,
@@ -118,11 +118,11 @@ def dgd_chunk_update(
         s0 = None if momentum is None else join([momentum[name] for name in names])
         if coeffs is None:
             w_end, s_end = chunk_end_state_in_blocks(
-                w0, s0, x_hat, step, log_retention, log_momentum, beta=beta, truncate_grad=truncate_grad
+                w0, s0, x_hat, step, log_retention, log_momentum, beta=beta, truncate_bptt=truncate_bptt
             )
         else:
             w_end, s_end = chunk_end_state(
-                w0, s0, x_hat, step, coeffs, beta=beta, truncate_grad=truncate_grad,
+                w0, s0, x_hat, step, coeffs, beta=beta, truncate_bptt=truncate_bptt,
                 x_w0=x_w * inv_norm,  # x̂ W_s = (x W_s)/‖x‖, already computed by the forward pass
             )  # fmt: skip
         offsets = np.cumsum([weights[name].shape[-1] for name in names])[:-1].tolist()

@@ -185,13 +185,13 @@ def chunk_end_state(
     step: jax.Array,
     coeffs: ChunkCoefficients,
     beta: jax.Array | None = None,
-    truncate_grad: bool = False,
+    truncate_bptt: bool = False,
     x_w0: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """End-of-chunk (W, S) of the recurrence in the module docstring.
 
     w0, s0: [d_in, d_out] chunk-start weights and momentum (s0 None iff momentum off); x: [C, d_in]; step: ĝ [C, d_out];
-    beta: [C] DGD steps or None (no state-dependent transition). truncate_grad: the data-dependent part of the
+    beta: [C] DGD steps or None (no state-dependent transition). truncate_bptt: the data-dependent part of the
     update is stop-gradient'ed, so outer gradients reach the start state only through its decay (DESIGN D4 switch).
     x_w0: x @ w0 when the caller already has it (DGD only; computed here otherwise).
     """
@@ -222,11 +222,11 @@ def chunk_end_state(
         # xᵀA + xᵀB as xᵀ(A + B): one product with x instead of two.
         write_rows = write_rows + coeffs.decay[last][:, None] * writes
     update = mm(x.T, write_rows)
-    w_end = carried + (lax.stop_gradient(update) if truncate_grad else update)
+    w_end = carried + (lax.stop_gradient(update) if truncate_bptt else update)
     if not has_momentum:
         return w_end, None
     momentum_update = mm(x.T, coeffs.momentum_decay[last][:, None] * step)
-    if truncate_grad:
+    if truncate_bptt:
         momentum_update = lax.stop_gradient(momentum_update)
     return w_end, coeffs.momentum_from_start[last] * s0 + momentum_update
 
@@ -239,7 +239,7 @@ def chunk_end_state_in_blocks(
     log_retain: jax.Array,
     log_momentum: jax.Array | None,
     beta: jax.Array | None = None,
-    truncate_grad: bool = False,
+    truncate_bptt: bool = False,
     block: int = SOLVE_BLOCK,
 ) -> tuple[jax.Array, jax.Array | None]:
     """chunk_end_state for a chunk of any length C, as consecutive sub-chunks of at most `block` tokens.
@@ -257,7 +257,7 @@ def chunk_end_state_in_blocks(
 
     def sub_chunk(state, part):
         coeffs = chunk_coefficients(part["log_retain"], part.get("log_momentum"))
-        return chunk_end_state(*state, part["x"], part["step"], coeffs, part.get("beta"), truncate_grad), None
+        return chunk_end_state(*state, part["x"], part["step"], coeffs, part.get("beta"), truncate_bptt), None
 
     state = (w0, s0)
     n_full = size // block

@@ -157,7 +157,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
         activation=cfg.activation,
         use_dgd=cfg.use_dgd,
         dgd_layers=cfg.dgd_layers,
-        gated_delta=cfg.gated_delta_form,
+        gated_delta=cfg.gated_delta,
         momentum_decay=cfg.momentum_decay,
         normalize_step=cfg.normalize_step,
     )
@@ -171,7 +171,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
             snapshot = {
                 name: _refresh(
                     t,
-                    cfg.chunk_size_memory if name == "memory" else cfg.chunk_size_other,
+                    cfg.chunk_size_memory if name == "memory" else cfg.aux_chunk_size,
                     w[name],
                     snapshot[name],
                 )
@@ -201,7 +201,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
                     target,
                     eta_t,
                     alpha_t,
-                    chunk_size=cfg.chunk_size_memory if name == "memory" else cfg.chunk_size_other,
+                    chunk_size=cfg.chunk_size_memory if name == "memory" else cfg.aux_chunk_size,
                     **dgd_kw,
                 )
             return (new_w, new_s if s is not None else None, snapshot), (y_t, k_t, v_t)

@@ -16,7 +16,7 @@ in chunk c (s(t) = last token of the previous chunk, A1):
     every □: DGD step on ½‖M_□(k_t) − v̂_□,t‖² with lr η_t and retention α_t (dgd.py; E28 + A4/A5/A15)
 
 A-Table 6's 'w/o adaptive k' ('w/o adaptive v') replaces k_t (v_t) by a static stream (a projection of the block
-input) and M_k (M_v) does not exist. Two chunk sizes: `chunk_size_other` for the generators, `chunk_size_memory` for
+input) and M_k (M_v) does not exist. Two chunk sizes: `aux_chunk_size` for the generators, `chunk_size_memory` for
 M_memory. The memory's state never feeds the generators, so unequal sizes run as two chunked scans (generators
 first, producing k, v, q, η, α for every token, then the memory) and need not divide each other; equal sizes run as
 one scan over one stack of every memory (`joint_sequence`) when M_memory has the generators' form.
@@ -39,7 +39,7 @@ class SelfModConfig:
     """Static options of self-modifying Titans (hashable; every HOPE ablation row is one field)."""
 
     chunk_size_memory: int = 16
-    chunk_size_other: int = 16
+    aux_chunk_size: int = 16
     memory_depth: int = 2  # M_memory: 2 = the residual MLP of E24; 1 = a matrix (HOPE_SPEC §5.3)
     # M_memory's regression target: 'self' = its own read of the value, v̂ = M_s(v) (E21); 'value' = v itself, the
     # shared target of the 'fully adaptive' variant (HOPE_SPEC §5.1, NL-A Eqs. 79–82). The generators keep E21.
@@ -52,7 +52,7 @@ class SelfModConfig:
     use_momentum: bool = True  # A5
     momentum_decay: float = 0.9  # ε of the momentum buffer (not given by the paper)
     use_weight_decay: bool = True  # False: α_t = 1 and no M_alpha ("w/o weight decay")
-    gated_delta_form: bool = False  # A15: False = Eq. 88 as printed; True = DGD-consistent gated-delta form
+    gated_delta: bool = False  # A15: False = Eq. 88 as printed; True = DGD-consistent gated-delta form
     eta_max: float = 1.0
     # ℓ2-normalise the values v_t (the paper does not say; keys and queries are normalised). The self-generated
     # target v̂ = M(v) makes the inner map expansive when ‖v‖ > ‖k‖ = 1 (linear case: eigenvalue 1 − η(1 − k·v) > 1
@@ -64,13 +64,13 @@ class SelfModConfig:
     step_bound: str = "chunk"  # dgd.dgd_chunk_update: 'chunk' (C·h) | 'gram' (the chunk's Gram matrix)
     activation: str = "silu"
     remat_group: int = 1  # chunks per jax.checkpoint group (0 = off; the model rematerialises whole periods)
-    truncate_grad: bool = False  # DESIGN D4 speed switch (see recurrence.chunk_end_state)
+    truncate_bptt: bool = False  # DESIGN D4 speed switch (see recurrence.chunk_end_state)
     accum_dtype: str = "float32"
 
     def __post_init__(self):
-        if self.chunk_size_memory < 1 or self.chunk_size_other < 1:
+        if self.chunk_size_memory < 1 or self.aux_chunk_size < 1:
             raise ValueError(
-                f"chunk sizes must be positive, got memory={self.chunk_size_memory} other={self.chunk_size_other}"
+                f"chunk sizes must be positive, got memory={self.chunk_size_memory} other={self.aux_chunk_size}"
             )
         if self.dgd_layers not in DGD_LAYER_CHOICES:
             raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {self.dgd_layers!r}")
@@ -84,7 +84,7 @@ class SelfModConfig:
 def runs_jointly(cfg: SelfModConfig) -> bool:
     """Whether every memory updates on the same chunks and stacks with the others (joint_sequence): equal chunk sizes
     and an M_memory of the generators' form."""
-    return cfg.chunk_size_other == cfg.chunk_size_memory and cfg.memory_depth == 2
+    return cfg.aux_chunk_size == cfg.chunk_size_memory and cfg.memory_depth == 2
 
 
 def memory_form(name: str, cfg: SelfModConfig) -> str:
@@ -155,7 +155,7 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
         return dgd_chunk_update(
             w, s if cfg.use_momentum else None, keys, targets, eta, None, log_retention=log_alpha,
             residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
-            gated_delta=cfg.gated_delta_form, momentum_decay=cfg.momentum_decay, truncate_grad=cfg.truncate_grad,
+            gated_delta=cfg.gated_delta, momentum_decay=cfg.momentum_decay, truncate_bptt=cfg.truncate_bptt,
             key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
         )  # fmt: skip
 
@@ -258,7 +258,7 @@ def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
     def generator_chunk(carry, xs):
         w, s = carry
         per_token = _generate(w, xs, reduction, index, cfg)
-        return _update_stack(w, s, *per_token[1:], cfg, cfg.chunk_size_other, (False,) * len(gens)), per_token
+        return _update_stack(w, s, *per_token[1:], cfg, cfg.aux_chunk_size, (False,) * len(gens)), per_token
 
     def memory_chunk(carry, xs):
         w, s = carry
@@ -268,7 +268,7 @@ def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
         return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory, onto_values), y
 
     start_gen = (fast["gen"], fast.get("gen_s", {}))
-    (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.chunk_size_other, cfg.remat_group)
+    (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.aux_chunk_size, cfg.remat_group)
     start_memory = (fast["memory"], fast.get("memory_s", {}))
     (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size_memory, cfg.remat_group)
     new_fast = {"gen": gen_w, "memory": mem_w}

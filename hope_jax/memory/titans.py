@@ -49,7 +49,7 @@ def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual
 
 
 def _titans_one_sequence(weights, momentum, q, k, v, theta, log_eta, log_keep, *, options):
-    chunk_size, use_momentum, residual, activation, truncate_grad, remat_group, normalize_step = options
+    chunk_size, use_momentum, residual, activation, truncate_bptt, remat_group, normalize_step = options
 
     def chunk_fn(carry, xs):
         w, s = carry
@@ -69,7 +69,7 @@ def _titans_one_sequence(weights, momentum, q, k, v, theta, log_eta, log_keep, *
         new_w, new_s = {}, {}
         for name, (x, _, _) in factors.items():
             new_w[name], s_end = chunk_end_state(
-                w[name], s.get(name), x, steps[name], coeffs, truncate_grad=truncate_grad
+                w[name], s.get(name), x, steps[name], coeffs, truncate_bptt=truncate_bptt
             )
             if use_momentum:
                 new_s[name] = s_end
@@ -97,7 +97,7 @@ def titans_memory(
     use_momentum: bool = True,
     residual: bool = True,
     activation: str = "silu",
-    truncate_grad: bool = False,
+    truncate_bptt: bool = False,
     remat_group: int = 1,
     normalize_step: bool = True,
     accum_dtype=jnp.float32,
@@ -114,7 +114,7 @@ def titans_memory(
       log(σ(z)) / log1p(−σ(z)) are −inf (NaN gradient) once σ saturates in float32 (σ(z) = 1 for z ≳ 17).
     momentum: carried surprise S (same structure as weights); None = zeros. Ignored with use_momentum=False.
     chunk_size: gradients inside a chunk are taken at the chunk-start state; a trailing partial chunk is a chunk.
-    truncate_grad: outer gradients flow through the decay of the carried state and through the in-chunk reads,
+    truncate_bptt: outer gradients flow through the decay of the carried state and through the in-chunk reads,
       not through the end-of-chunk update (DESIGN D4 speed switch).
     normalize_step: each token's gradient on a weight matrix steps by θ_t / (1 + C·θ_t·h_t), h_t its curvature bound
       there (chunking.chunk_step_size: the chunk's summed step stays below the curvature bound); False: by θ_t (E5
@@ -139,7 +139,7 @@ def titans_memory(
         momentum = cast(momentum) if momentum is not None else jax.tree.map(jnp.zeros_like, weights)
     else:
         momentum = {}
-    options = (chunk_size, use_momentum, residual, activation, truncate_grad, remat_group, normalize_step)
+    options = (chunk_size, use_momentum, residual, activation, truncate_bptt, remat_group, normalize_step)
     per_sequence = lambda w, s, *xs: _titans_one_sequence(w, s, *xs, options=options)
     batched = jax.vmap(jax.vmap(per_sequence))
     out_dtype = q.dtype

@@ -205,7 +205,7 @@ class CMS(nnx.Module):
         def chunk_fn(fast, chunk):
             y, new_fast = cms_local(
                 fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
-                period=period, use_dgd=self.use_dgd, truncate_grad=self.truncate, remat_group=0,
+                period=period, use_dgd=self.use_dgd, truncate_bptt=self.truncate, remat_group=0,
                 normalize_step=self.normalize_step, step_bound=self.step_bound,
             )  # fmt: skip
             return y, new_fast

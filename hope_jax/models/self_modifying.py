@@ -43,7 +43,7 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
     mem = model_cfg.memory
     return SelfModConfig(
         chunk_size_memory=mem.chunk_size,
-        chunk_size_other=mem.aux_chunk_size,
+        aux_chunk_size=mem.aux_chunk_size,
         memory_depth=mem.memory_depth,
         memory_target=mem.memory_target,
         adaptive_q=mem.adaptive_q,
@@ -54,14 +54,14 @@ def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
         use_momentum=mem.momentum,
         momentum_decay=mem.momentum_decay,
         use_weight_decay=mem.weight_decay,
-        gated_delta_form=mem.gated_delta,
+        gated_delta=mem.gated_delta,
         eta_max=mem.eta_max,
         normalize_values=mem.normalize_values,
         normalize_step=mem.normalized_step,
         step_bound=mem.step_bound,
         activation=mem.activation,
         remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
-        truncate_grad=mem.truncate_bptt,
+        truncate_bptt=mem.truncate_bptt,
     )
 
 

@@ -61,7 +61,7 @@ class TitansOptions:
     segment_size: int
     memory_depth: int
     momentum: bool
-    truncate_grad: bool
+    truncate_bptt: bool
     remat: bool
     rope_theta: float
     normalize_step: bool
@@ -72,7 +72,7 @@ class TitansOptions:
         return cls(
             n_heads=model_cfg.n_heads, head_dim=head_dim(model_cfg), chunk_size=t.chunk_size,
             segment_size=t.segment_size, memory_depth=t.memory_depth, momentum=t.momentum,
-            truncate_grad=model_cfg.memory.truncate_bptt, remat=model_cfg.memory.remat_chunks,
+            truncate_bptt=model_cfg.memory.truncate_bptt, remat=model_cfg.memory.remat_chunks,
             rope_theta=model_cfg.rope_theta, normalize_step=t.normalized_step,
         )  # fmt: skip
 
@@ -145,7 +145,7 @@ def memory_call(fast: dict, tokens: dict, t: TitansOptions) -> tuple[jax.Array, 
         fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"], None, None,
         fast.get("s"), log_eta=heads_first["log_eta"], log_keep=heads_first["log_keep"],
         chunk_size=t.chunk_size, use_momentum=t.momentum, residual=t.memory_depth == 2,
-        truncate_grad=t.truncate_grad, remat_group=0, normalize_step=t.normalize_step,
+        truncate_bptt=t.truncate_bptt, remat_group=0, normalize_step=t.normalize_step,
     )  # fmt: skip
     return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
 
