@@ -183,10 +183,10 @@ def test_mag_attention_branch_keeps_its_scale():
     tinyshakespeare) while an RMSNorm sat on the attention branch of their gate: the attention's output projection
     was scale-invariant, so Adam rotated it by ~lr/init_std a step. The branch now keeps its scale: doubling the
     attention's output projection doubles the mixer's output (the memory branch, on x, is unchanged)."""
-    cfg = smoke_model("titans_mag", seq_len=64)
+    cfg = smoke_model("titans_mag")
     cfg.d_model, cfg.n_heads = 32, 2
     mixer = build_model(cfg, rngs=nnx.Rngs(0)).blocks[0].mixer
-    x = jax.random.normal(jax.random.key(3), (2, 64, 32), jnp.float32)
+    x = jax.random.normal(jax.random.key(3), (2, 256, 32), jnp.float32)
     position = jnp.zeros((), jnp.int32)
     out, _ = mixer(x, position, None)
     mixer.attn.wo.kernel[...] = 2.0 * mixer.attn.wo.kernel[...]
