@@ -10,10 +10,10 @@ import optax
 
 from hope_jax.optim.config import resolve_level
 from hope_jax.optim.deep_momentum import scale_by_deep_momentum, scale_by_delta_momentum
-from hope_jax.optim.labels import make_labeller, make_weight_decay_mask, param_paths
+from hope_jax.optim.labels import make_labeller, make_weight_decay_mask, param_paths, path_string
 from hope_jax.optim.m3 import scale_by_m3
+from hope_jax.optim.matrix_layout import matrix_layouts
 from hope_jax.optim.muon import scale_by_muon
-from hope_jax.optim.newton_schulz import is_matrix
 from hope_jax.optim.schedules import every_k_schedule, make_schedule
 
 
@@ -31,30 +31,41 @@ def period_in_steps(level_name: str, period_tokens: int, tokens_per_step: int) -
     return period_tokens // tokens_per_step
 
 
-def matrix_or_adamw(matrix_tx: optax.GradientTransformation, level, *, stacked: bool):
-    """Send matrix leaves to `matrix_tx` and every other leaf (biases, norms, conv taps of other ranks) to
-    Adam."""
+# The kinds that orthogonalise weight matrices (and send every other leaf to their AdamW fallback).
+ORTHOGONALISING_KINDS = ("muon", "m3")
+
+
+def matrix_or_adamw(matrix_tx: optax.GradientTransformation, level, layouts):
+    """Send the leaves with a matrix layout to `matrix_tx` and every other leaf (embeddings, LM head, norms, biases,
+    gate vectors, conv taps: layout None) to Adam. `layouts` maps path strings to layouts (matrix_layout.py)."""
     adam = scale_by_adam(level)
-    by_rank = lambda tree: jax.tree.map(lambda leaf: "matrix" if is_matrix(leaf, stacked) else "adam", tree)
-    return optax.partition({"matrix": matrix_tx, "adam": adam}, by_rank)
+    route = lambda path, _: "adam" if layouts[path_string(path)] is None else "matrix"
+    by_layout = lambda tree: jax.tree_util.tree_map_with_path(route, tree)
+    return optax.partition({"matrix": matrix_tx, "adam": adam}, by_layout)
 
 
 def scale_by_adam(level) -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=level.b1, b2=level.b2, eps=level.eps, mu_dtype=jnp.dtype(level.mu_dtype))
 
 
-def kind_transform(level) -> optax.GradientTransformation:
-    """The level's preconditioner / momentum memory, producing a descent direction (before -lr)."""
+def kind_transform(level, layouts) -> optax.GradientTransformation:
+    """The level's preconditioner / momentum memory, producing a descent direction (before -lr). `layouts` (path
+    string -> MatrixLayout or None) covers the level's parameters when its kind orthogonalises."""
     ns = dict(ns_steps=level.ns_steps, ns_coeffs=tuple(level.ns_coeffs), ns_eps=level.ns_eps)
     if level.kind == "adamw":
         return scale_by_adam(level)
     if level.kind == "muon":
         muon = scale_by_muon(
-            momentum=level.muon_momentum, nesterov=level.muon_nesterov, scaling=level.muon_scaling, **ns
+            layouts=layouts,
+            momentum=level.muon_momentum,
+            nesterov=level.muon_nesterov,
+            scaling=level.muon_scaling,
+            **ns,
         )
-        return matrix_or_adamw(muon, level, stacked=level.ns_stacked)
+        return matrix_or_adamw(muon, level, layouts)
     if level.kind == "m3":
         m3 = scale_by_m3(
+            layouts=layouts,
             mode=level.m3_mode,
             beta1=level.m3_beta1,
             beta2=level.m3_beta2,
@@ -64,7 +75,7 @@ def kind_transform(level) -> optax.GradientTransformation:
             eps=level.m3_eps,
             **ns,
         )
-        return matrix_or_adamw(m3, level, stacked=level.ns_stacked)
+        return matrix_or_adamw(m3, level, layouts)
     if level.kind == "deep_momentum":
         if level.dm_variant == "delta":
             return scale_by_delta_momentum(alpha=level.dm_alpha, lr=level.dm_lr, delta_lr=level.dm_delta_lr)
@@ -100,9 +111,9 @@ def learning_rates(optim_cfg, step: int, *, total_steps: int) -> dict[str, float
     }
 
 
-def level_transform(level, *, period: int, total_steps: int, decay_mask) -> optax.GradientTransformation:
+def level_transform(level, *, period: int, total_steps: int, decay_mask, layouts) -> optax.GradientTransformation:
     schedule = level_schedule(level, total_steps=total_steps)
-    parts = [kind_transform(level)]
+    parts = [kind_transform(level, layouts)]
     if level.weight_decay > 0:
         parts.append(optax.add_decayed_weights(level.weight_decay, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(every_k_schedule(schedule, period)))
@@ -112,13 +123,17 @@ def level_transform(level, *, period: int, total_steps: int, decay_mask) -> opta
     return optax.MultiSteps(chain, every_k_schedule=period, use_grad_mean=True).gradient_transformation()
 
 
-def build_optimizer(optim_cfg, params, *, tokens_per_step: int, total_steps: int):
+def build_optimizer(optim_cfg, params, *, tokens_per_step: int, total_steps: int, axis_names=None):
     """(optax.GradientTransformation, labels pytree) for `params` (pure arrays or an nnx.State of params).
 
+    `axis_names` mirrors `params` with each parameter's logical axis names (ModelSpec.logical_specs); Muon and M3
+    levels read from them which axes are a weight's input and output features (matrix_layout.py). Without them only
+    2-D parameters are matrices.
     Labels are recomputed from key paths on every init/update, so the transformation accepts any wrapping of
     the same parameter paths; the returned labels pytree mirrors `params` and feeds `level_update_norms`.
-    Raises on an unlabelled parameter (naming every one), a rule naming an undefined level, or a period in
-    tokens that is not a multiple of tokens_per_step."""
+    Raises on an unlabelled parameter (naming every one), a rule naming an undefined level, a period in
+    tokens that is not a multiple of tokens_per_step, or a parameter of an orthogonalising level whose axis
+    names do not say which are its input and output features."""
     labeller = make_labeller(optim_cfg.rules)
     labels = labeller(params)
     level_names = list(optim_cfg.levels.keys())
@@ -129,11 +144,16 @@ def build_optimizer(optim_cfg, params, *, tokens_per_step: int, total_steps: int
     if not used:
         raise ValueError(f"no parameters to optimise (paths: {param_paths(params)})")
     decay_mask = make_weight_decay_mask(optim_cfg.weight_decay_exclude, optim_cfg.weight_decay_min_ndim)
+    levels = {name: resolve_level(name, optim_cfg.levels[name]) for name in level_names}
+    label_by_path = dict(zip(param_paths(params), jax.tree.leaves(labels), strict=True))
+    orthogonalised = {path for path, name in label_by_path.items() if levels[name].kind in ORTHOGONALISING_KINDS}
+    layouts = matrix_layouts(params, axis_names, paths=orthogonalised)
     transforms = {}
-    for name in level_names:
-        level = resolve_level(name, optim_cfg.levels[name])
+    for name, level in levels.items():
         period = period_in_steps(name, level.period_tokens, tokens_per_step)
-        transforms[name] = level_transform(level, period=period, total_steps=total_steps, decay_mask=decay_mask)
+        transforms[name] = level_transform(
+            level, period=period, total_steps=total_steps, decay_mask=decay_mask, layouts=layouts
+        )
     tx = optax.partition(transforms, labeller)
     if optim_cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)

@@ -63,6 +63,19 @@ def check_ranges(prefix: str, node, ranges) -> None:
 QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
+# Level keys that no longer exist, with what replaced them, so an old config fails with a reason.
+REMOVED_LEVEL_KEYS = {
+    "ns_stacked": "Muon and M3 now orthogonalise every weight as the matrix its logical axis names declare "
+    "(hope_jax/optim/matrix_layout.py); delete the key",
+}
+
+
+def reject_removed_keys(name: str, keys) -> None:
+    for key in keys:
+        if key in REMOVED_LEVEL_KEYS:
+            raise KeyError(f"optim.levels.{name}.{key} was removed: {REMOVED_LEVEL_KEYS[key]}")
+
+
 def level_config(**overrides) -> ml_collections.ConfigDict:
     """One level's settings with every key at its default; `overrides` must name existing keys.
 
@@ -90,8 +103,6 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
             "ns_steps": 5,
             "ns_coeffs": QUINTIC_COEFFS,
             "ns_eps": 1e-7,
-            # True: ndim>2 leaves are stacks of matrices (last two dims); False: AdamW fallback
-            "ns_stacked": False,
             # Muon
             "muon_momentum": 0.95,
             "muon_nesterov": True,
@@ -117,6 +128,7 @@ def level_config(**overrides) -> ml_collections.ConfigDict:
         }
     )
     level.lock()  # before the overrides, so a misspelt key fails here
+    reject_removed_keys("<level>", overrides)
     level.update(overrides)
     return level
 
@@ -139,6 +151,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
 def resolve_level(name: str, level_cfg) -> ml_collections.ConfigDict:
     """A level's settings over the defaults, rejecting unknown keys and values by name."""
     resolved = level_config()
+    reject_removed_keys(name, dict(level_cfg))
     for key, value in dict(level_cfg).items():
         if key not in resolved:
             raise KeyError(f"optim.levels.{name}: unknown key {key!r}; known keys: {sorted(resolved.keys())}")

@@ -8,16 +8,19 @@ S_{k-1} is the sum of exactly the f gradients of the previous window (the printe
 off-by-one, as in CMS). 'paper' mode is the literal algorithm: plain sums, no decay, V unbounded, no bias
 correction (A10). 'ema' mode: M1 <- β1 M1 + (1-β1) g, V <- β2 V + (1-β2) g² bias-corrected by 1-β2^t,
 M2 <- β3 M2 + (1-β3) S.
+NS_T orthogonalises each leaf as the matrix (or stack of matrices) its `MatrixLayout` says it is, as Muon does.
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from hope_jax.optim.newton_schulz import orthogonalise
+from hope_jax.optim.matrix_layout import MatrixLayout, map_with_layouts, orthogonalise
+from hope_jax.optim.newton_schulz import newton_schulz
 
 
 class M3State(NamedTuple):
@@ -31,6 +34,7 @@ class M3State(NamedTuple):
 
 def scale_by_m3(
     *,
+    layouts: Mapping[str, MatrixLayout],
     mode: str,
     beta1: float,
     beta2: float,
@@ -42,9 +46,11 @@ def scale_by_m3(
     ns_coeffs: Sequence[float],
     ns_eps: float,
 ) -> optax.GradientTransformation:
+    """`layouts` maps each leaf's path string (labels.path_string) to its matrix layout."""
     if mode not in ("paper", "ema"):
         raise ValueError(f"unknown m3 mode {mode!r}")
-    ns = lambda x: orthogonalise(x, steps=ns_steps, coeffs=ns_coeffs, eps=ns_eps)
+    ns_matrix = functools.partial(newton_schulz, steps=ns_steps, coeffs=ns_coeffs, eps=ns_eps)
+    ns = lambda tree: map_with_layouts(lambda layout, x: orthogonalise(x, layout, ns_matrix), layouts, tree)
     zeros = lambda tree: jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), tree)
 
     def accumulate(old, new, beta):
@@ -67,7 +73,7 @@ def scale_by_m3(
         def open_window(operand):
             slow_momentum, _, window_sum = operand
             new_slow = jax.tree.map(lambda m2, s: accumulate(m2, s, beta3), slow_momentum, window_sum)
-            return new_slow, jax.tree.map(ns, new_slow), jax.tree.map(jnp.zeros_like, window_sum)
+            return new_slow, ns(new_slow), jax.tree.map(jnp.zeros_like, window_sum)
 
         # NS on M2 runs once per window, not every step.
         slow_momentum, slow_direction, window_sum = jax.lax.cond(
@@ -82,10 +88,10 @@ def scale_by_m3(
         count = state.count + 1
         v_correction = 1.0 if mode == "paper" else 1.0 - beta2 ** count.astype(jnp.float32)
 
-        def direction(m1, o2, v, g):
-            return ((ns(m1) + alpha * o2) / (jnp.sqrt(v / v_correction) + eps)).astype(g.dtype)
+        def direction(o1, o2, v, g):
+            return ((o1 + alpha * o2) / (jnp.sqrt(v / v_correction) + eps)).astype(g.dtype)
 
-        directions = jax.tree.map(direction, fast_momentum, slow_direction, second_moment, updates)
+        directions = jax.tree.map(direction, ns(fast_momentum), slow_direction, second_moment, updates)
         new_state = M3State(count, fast_momentum, second_moment, slow_momentum, slow_direction, window_sum)
         return directions, new_state
 

@@ -11,7 +11,7 @@ def newton_schulz(g_mn: jax.Array, *, steps: int, coeffs: Sequence[float], eps: 
 
     (a, b, c) = (1.5, -0.5, 0) is the cubic iteration, which converges to U V^T; the default quintic pushes
     singular values into roughly [0.7, 1.2] in 5 steps. Runs in float32 on the wide orientation (rows <= cols)
-    for a small A."""
+    for a small A. Stacks of matrices go through `matrix_layout.orthogonalise`, which knows which axes they are."""
     if g_mn.ndim != 2:
         raise ValueError(f"newton_schulz needs a matrix, got shape {g_mn.shape}")
     a, b, c = (float(v) for v in coeffs)
@@ -26,21 +26,3 @@ def newton_schulz(g_mn: jax.Array, *, steps: int, coeffs: Sequence[float], eps: 
     if transposed:
         x = x.T
     return x.astype(g_mn.dtype)
-
-
-def orthogonalise(g: jax.Array, *, steps: int, coeffs: Sequence[float], eps: float = 1e-7) -> jax.Array:
-    """Newton–Schulz on a matrix, or on each trailing matrix of a stack (ndim > 2: leading dims are
-    layers/heads)."""
-    fn = lambda m: newton_schulz(m, steps=steps, coeffs=coeffs, eps=eps)
-    if g.ndim == 2:
-        return fn(g)
-    if g.ndim < 2:
-        raise ValueError(f"cannot orthogonalise a {g.ndim}-D array of shape {g.shape}")
-    flat = g.reshape((-1, *g.shape[-2:]))
-    return jax.vmap(fn)(flat).reshape(g.shape)
-
-
-def is_matrix(leaf, stacked: bool) -> bool:
-    """Which leaves the orthogonalising kinds handle (others take the AdamW fallback): 2-D, or >=2-D when
-    stacked."""
-    return jnp.ndim(leaf) == 2 or (stacked and jnp.ndim(leaf) > 2)

@@ -62,6 +62,7 @@ def build_trainer(config, devices: Sequence[jax.Device] | None = None) -> Traine
         spec.abstract_params,
         tokens_per_step=config.train.global_batch_size * config.train.seq_len,
         total_steps=config.train.num_steps,
+        axis_names=spec.logical_specs,
     )
     layout = state_layout(spec, tx, mesh, rules)
     batch_sharding = shd.batch_sharding(mesh, rules)
