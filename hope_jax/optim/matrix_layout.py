@@ -11,7 +11,8 @@ when the optimiser is built:
    with token frequency, which orthogonalisation would equalise, and a tied head *is* the embedding.
 2. Unnamed axes (None) and 'layers' index distinct matrices: the q/k/v (or gate) streams of a fused projection, the
    slots of persistent tokens, scanned layers. A fused [d, 3, heads, head_dim] projection is therefore three
-   d x (heads*head_dim) matrices, exactly what the unfused wq, wk, wv of the same width get.
+   d x (heads*head_dim) matrices, exactly what the unfused wq, wk, wv of the same width get; one stream's gradient
+   (a large one, or the zero gradient of an unused gate) then never rescales another stream's update.
 3. A leading 'heads' axis on a parameter without 'embed' indexes per-head maps inside head space (fast-weight
    initial states, per-head gate vectors): one matrix (or vector) per head.
 4. What remains must be at least two feature axes, else the leaf is a vector per stack element (norm scales, biases,
