@@ -32,6 +32,7 @@ from hope_jax import log_setup
 from hope_jax.config_schema import default_config
 from hope_jax.models.generate import generate
 from hope_jax.models.registry import build_model
+from hope_jax.optim.config import without_removed_defaults
 from hope_jax.train import checkpoint, integrity
 from hope_jax.train.state import model_spec
 
@@ -54,7 +55,7 @@ def config_from_flat(flat: dict[str, Any], source: str) -> ml_collections.Config
     """The config schema (hope_jax/config_schema.py) with every key of a flattened config (as the checkpoint metadata
     stores it) set to its value."""
     config = default_config()
-    for dotted, value in flat.items():
+    for dotted, value in without_removed_defaults(flat).items():
         *parents, leaf = dotted.split(".")
         node = config
         for part in parents:

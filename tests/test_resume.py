@@ -53,3 +53,18 @@ def test_keys_added_after_a_checkpoint_resume_at_their_defaults_only():
     saved_with_removed_key = {**flatten_config(smoke_transformer.get_config()), "model.retired_key": 3}
     with pytest.raises(ConfigMismatchError, match=r"model\.retired_key"):
         check_compatible(saved_with_removed_key, smoke_transformer.get_config(), "/ckpt")
+
+
+def test_a_removed_optimiser_key_at_its_old_default_resumes_and_loads():
+    """optim.levels.<l>.ns_stacked was removed (optim/config.REMOVED_LEVEL_KEYS): a checkpoint that recorded its old
+    default (every checkpoint before the removal) resumes and loads for evaluation; one that set it is refused."""
+    from configs import smoke_transformer
+    from eval.common import config_from_flat
+    from hope_jax.train.checkpoint import check_compatible, flatten_config
+
+    config = smoke_transformer.get_config()
+    old = {**flatten_config(config), "optim.levels.default.ns_stacked": False}
+    check_compatible(old, config, "/ckpt")
+    assert config_from_flat(old, "/ckpt").optim.levels.default.to_dict() == config.optim.levels.default.to_dict()
+    with pytest.raises(ConfigMismatchError, match=r"optim\.levels\.default\.ns_stacked: checkpoint=True"):
+        check_compatible({**old, "optim.levels.default.ns_stacked": True}, config, "/ckpt")

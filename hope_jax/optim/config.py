@@ -63,17 +63,33 @@ def check_ranges(prefix: str, node, ranges) -> None:
 QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-# Level keys that no longer exist, with what replaced them, so an old config fails with a reason.
+# Level keys that no longer exist: (the value every config had by default, what replaced them), so an old config
+# that sets one fails with a reason, while a checkpoint that merely recorded the old default still resumes.
 REMOVED_LEVEL_KEYS = {
-    "ns_stacked": "Muon and M3 now orthogonalise every weight as the matrix its logical axis names declare "
-    "(hope_jax/optim/matrix_layout.py); delete the key",
+    "ns_stacked": (
+        False,
+        "Muon and M3 now orthogonalise every weight as the matrix its logical axis names declare "
+        "(hope_jax/optim/matrix_layout.py); delete the key",
+    ),
 }
 
 
 def reject_removed_keys(name: str, keys) -> None:
     for key in keys:
         if key in REMOVED_LEVEL_KEYS:
-            raise KeyError(f"optim.levels.{name}.{key} was removed: {REMOVED_LEVEL_KEYS[key]}")
+            raise KeyError(f"optim.levels.{name}.{key} was removed: {REMOVED_LEVEL_KEYS[key][1]}")
+
+
+def without_removed_defaults(flat: dict) -> dict:
+    """A flattened config (as checkpoints store it) without the removed level keys that hold their old default: the
+    run they describe is what the current code runs. A removed key at another value is kept, so it is named."""
+
+    def removed_default(dotted: str, value) -> bool:
+        parts = dotted.split(".")
+        removed = REMOVED_LEVEL_KEYS.get(parts[-1])
+        return len(parts) == 4 and parts[:2] == ["optim", "levels"] and removed is not None and value == removed[0]
+
+    return {k: v for k, v in flat.items() if not removed_default(k, v)}
 
 
 def level_config(**overrides) -> ml_collections.ConfigDict:

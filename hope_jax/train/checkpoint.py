@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from hope_jax.config_schema import default_config
 from hope_jax.distributed import barrier
+from hope_jax.optim.config import without_removed_defaults
 from hope_jax.train import integrity
 from hope_jax.train.state import StateLayout, TrainState
 
@@ -112,7 +113,7 @@ def check_compatible(saved_flat: dict, config, directory: str) -> None:
     code's default: the default is what the older code did, so the run continues unchanged.
     """
     current = run_defining(flatten_config(config))
-    saved = run_defining(saved_flat)
+    saved = run_defining(without_removed_defaults(saved_flat))
     defaults = _code_defaults()
     absent = object()
 
