@@ -29,13 +29,13 @@ def make_cfg(overrides: dict):
     return apply_overrides(default_model_config(), {**TINY, **overrides})
 
 
-def cms_layer(variant: str, periods=(2, 4)):
+def cms_layer(variant: str, periods=(2, 4), out_init_std: float = 0.02):
     cms = {"periods": periods, "objectives": ("local",) * len(periods), "hidden": (6,) * len(periods)}
     cfg = make_cfg({"cms": {**cms, "inner_lr": 0.5, "variant": variant}})
-    layer = CMS(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+    layer = CMS(cfg, out_init_std=out_init_std, rngs=nnx.Rngs(0))
 
     def call(module, x, state, position):  # the block's keys and values: fixed functions of x here
-        return module(x, jnp.tanh(x), jnp.sin(x), state, position)
+        return module(x, jnp.tanh(x), jnp.sin(x), state)
 
     return layer, call, lambda m: m.init_state(BATCH, cfg.d_model)
 
@@ -64,7 +64,10 @@ def titans_layer(kind, titans: dict, **overrides):
 # offset 1, inside the first chunk of both of its levels (periods 2 and 4); the others probe P − 1 = 3 (the
 # self-modifying mixer with chunk sizes 4 / 2 updates its generators at offset 2; the conv window is 2).
 LAYERS = {
-    "cms_nested_reset": (lambda: cms_layer("nested"), True, 1),  # the sequential chain, plus resets at 4 and 8
+    "cms_sequential": (lambda: cms_layer("sequential"), True, 1),
+    # Nested (E31): the period-2 level updates inside the period-4 unit, so offset 3 reads what token 0 wrote (levels
+    # with O(1) output weights, so that this read stands out of the residual stream the CMS returns).
+    "cms_nested": (lambda: cms_layer("nested", out_init_std=1.0), False, 3),
     "selfmod_equal_chunks": (lambda: mixer_layer(4, 4), True, 3),
     # (without momentum and M_α: a smaller compile; the full mixer is the equal-chunk case)
     "selfmod_unequal_chunks": (lambda: mixer_layer(4, 2, momentum=False, weight_decay=False), False, 3),

@@ -14,10 +14,10 @@ from flax import nnx
 
 import hope_jax  # noqa: F401
 from hope_jax.layers import swiglu
-from hope_jax.memory import fast_mlp, reference
+from hope_jax.memory import cms_local, fast_mlp, reference
 from hope_jax.memory.self_modifying import init_self_modifying_state
 from hope_jax.models import apply_overrides, build_model, count_params, default_model_config, flops_per_token
-from hope_jax.models.cms import CMS, level_param_regex, outer_level_periods
+from hope_jax.models.cms import CMS, level_param_regex, outer_level_periods, validate_cms_config
 from hope_jax.models.config import validate_model_config
 from hope_jax.models.self_modifying import SelfModifyingMixer
 from hope_jax.optim.labels import param_paths
@@ -185,12 +185,68 @@ def test_cms_level_changes_exactly_at_its_period(cms_logits):
     assert (np.abs(cms_logits["local"][:, 4:] - cms_logits["frozen"][:, 4:]).max(axis=-1) > 1e-5).all()
 
 
-def test_nested_cms_resets_the_faster_level_when_the_slower_one_updates():
-    two = {"periods": (2, 8), "objectives": ("local", "local"), "hidden": (16, 16), "inner_lr": 0.5}
-    sequential = logits(make_cfg(ATTENTION, {"cms": two}))
-    nested = logits(make_cfg(ATTENTION, {"cms": {**two, "variant": "nested"}}))
-    np.testing.assert_allclose(nested[:, :8], sequential[:, :8], atol=1e-6)
-    assert np.abs(nested[:, 8:] - sequential[:, 8:]).max() > 1e-5
+def nested_cms_reference(cms: CMS, x, keys, values) -> np.ndarray:
+    """E31 written as a loop over the fastest period: every level reads its chunk-start weights; at a multiple of a
+    level's period it takes its own update (memory.cms_local on that chunk); whenever a slower level has just
+    updated, the next faster level takes over the slower one's weights (its initial state for the slower chunk)."""
+    periods = cms.periods
+    kw = dict(lr=cms.inner_lr, decay=cms.inner_decay, use_dgd=cms.use_dgd, remat_group=0)
+    state = [cms._initial(i, x.shape[0]) for i in range(len(periods))]
+    out = []
+    for start in range(0, x.shape[1], periods[0]):
+        rows = slice(start, start + periods[0])
+        h = x[:, rows]
+        for i, level in enumerate(cms.levels):
+            read = jax.vmap(lambda w, u: swiglu(u, w["w_gate"], w["w_up"], w["w_down"]))(state[i], level.norm(h))
+            h = h + read
+        out.append(h)
+        end = start + periods[0]
+        for i in range(len(periods)):  # own updates first, each on exactly its finished chunk
+            if end % periods[i] == 0:
+                chunk = slice(end - periods[i], end)
+                k, v = keys[:, chunk], values[:, chunk]
+                _, state[i] = cms_local(state[i], k, k, v, period=periods[i], **kw)
+        for i in reversed(range(len(periods) - 1)):  # then the hand-over, slowest to fastest
+            if end % periods[i + 1] == 0:
+                state[i] = state[i + 1]
+    return jnp.concatenate(out, axis=1)
+
+
+def test_nested_cms_hands_the_slower_levels_weights_to_the_faster_level():
+    """E31: the faster level's initial state, at each update of the slower level, is the slower level's state.
+    Three levels (2, 4, 8) over 16 tokens (two slow chunks), whole and in pieces, against the loop above."""
+    cms_cfg = {"periods": (2, 4, 8), "objectives": ("local",) * 3, "hidden": (8,) * 3, "inner_lr": 0.5}
+    cfg = make_cfg({"d_model": 8, "cms": {**cms_cfg, "variant": "nested"}})
+    cms = CMS(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 16, 8), jnp.float32)
+    keys, values = jnp.tanh(x), jnp.sin(2.0 * x)
+    expected = jax.jit(lambda *inputs: nested_cms_reference(cms, *inputs))(x, keys, values)
+    run = nnx.jit(lambda module, *inputs: module(*inputs))
+    whole, _ = run(cms, x, keys, values, None)
+    np.testing.assert_allclose(whole, expected, atol=2e-6, rtol=1e-5)
+    first, state = run(cms, x[:, :11], keys[:, :11], values[:, :11], None)
+    rest, _ = run(cms, x[:, 11:], keys[:, 11:], values[:, 11:], state)
+    np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), expected, atol=2e-6, rtol=1e-5)
+    # The hand-over matters: the sequential chain (each level keeps its own weights) differs after the first
+    # update of the period-4 level, not before.
+    sequential = CMS(make_cfg({"d_model": 8, "cms": cms_cfg}), out_init_std=0.02, rngs=nnx.Rngs(0))
+    plain, _ = run(sequential, x, keys, values, None)
+    np.testing.assert_allclose(plain[:, :4], whole[:, :4], atol=1e-6)
+    assert np.abs(np.asarray(plain[:, 4:] - whole[:, 4:])).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "cms_cfg, message",
+    [
+        ({"periods": (4, 6), "objectives": ("local", "local")}, "each dividing the next"),
+        ({"periods": (4, 8), "objectives": ("local", "lm")}, "one objective"),
+        ({"periods": (4, 8), "objectives": ("local", "local"), "hidden": (8, 16)}, "equal model.cms.hidden"),
+    ],
+)
+def test_nested_cms_rejects_chains_that_cannot_hand_over(cms_cfg, message):
+    cfg = make_cfg({"cms": {"hidden": (8, 8), **cms_cfg, "variant": "nested"}})
+    with pytest.raises(ValueError, match=message):
+        validate_cms_config(cfg.cms)
 
 
 def test_cms_level_names_target_their_parameters():
@@ -285,7 +341,7 @@ def test_fit_diagnostics_are_means_over_every_stride_th_token():
         mixer = SelfModifyingMixer(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
         cms = CMS(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
         y, _, keys, values = mixer(x, None)
-        z, _ = cms(y, keys, values, None, 0)
+        z, _ = cms(y, keys, values, None)
         outputs[n] = (y, z)
         sown[n] = {
             **nnx.to_pure_dict(nnx.pop(mixer, nnx.Intermediate)),

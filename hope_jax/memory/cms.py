@@ -10,6 +10,8 @@ the target being a constant of the inner gradient. Retention is tied to the lear
 α = 1 − lr·decay, so lr = 0 leaves θ untouched and the level is exactly the plain MLP.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -56,8 +58,13 @@ def cms_local(
     kind = fast_mlp.memory_kind(weights)
     if kind == "linear":
         raise ValueError("a CMS level is a 2-layer MLP {'w_in', 'w_out'} or SwiGLU {'w_gate', 'w_up', 'w_down'}")
-    cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a).astype(accum_dtype), tree)
+    cast = functools.partial(_cast, dtype=accum_dtype)
     lr, decay = cast(lr), cast(decay)
+
+    update = functools.partial(
+        _local_chunk_update, lr=lr, decay=decay, period=period, activation=activation, use_dgd=use_dgd,
+        normalize_step=normalize_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
+    )  # fmt: skip
 
     def one_sequence(w, x, k, v):
         def chunk_fn(w, xs):
@@ -66,28 +73,93 @@ def cms_local(
             key_parts, target_parts, out_parts = fast_mlp.forward_parts_of_blocks(
                 w, (k_c, v_c, x_c), residual=False, activation=activation
             )
-            y, target = out_parts["out"], target_parts["out"]
-            ones = jnp.ones(x_c.shape[:1], accum_dtype)
-            w, _ = dgd_chunk_update(
-                w,
-                None,
-                k_c,
-                target,
-                lr * ones,
-                (1.0 - lr * decay) * ones,
-                residual=False,
-                activation=activation,
-                use_dgd=use_dgd,
-                truncate_bptt=truncate_bptt,
-                key_parts=key_parts,
-                normalize_step=normalize_step,
-                chunk_size=period,
-                step_bound=step_bound,
-            )
-            return w, y
+            return update(w, k_c, target_parts["out"], key_parts), out_parts["out"]
 
         w_end, y = scan_chunks(chunk_fn, w, (x, k, v), period, remat_group)
         return y, w_end
 
     y, w_end = jax.vmap(one_sequence)(*cast((weights, x, k, v)))
     return y.astype(x.dtype), w_end
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), tree)
+
+
+def _local_chunk_update(w, k_c, target, key_parts, *, lr, decay, period, activation, use_dgd, normalize_step,
+                        step_bound, truncate_bptt):  # fmt: skip
+    """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring)."""
+    ones = jnp.ones(k_c.shape[:1], k_c.dtype)
+    w, _ = dgd_chunk_update(
+        w, None, k_c, target, lr * ones, (1.0 - lr * decay) * ones, residual=False, activation=activation,
+        use_dgd=use_dgd, truncate_bptt=truncate_bptt, key_parts=key_parts, normalize_step=normalize_step,
+        chunk_size=period, step_bound=step_bound,
+    )  # fmt: skip
+    return w
+
+
+def nested_chunk_starts(
+    carried: list[dict],
+    periods: list[int],
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    lr: jax.Array | float,
+    decay: jax.Array | float,
+    activation: str = "silu",
+    use_dgd: bool = True,
+    normalize_step: bool = True,
+    step_bound: str = "chunk",
+    truncate_bptt: bool = False,
+    accum_dtype=jnp.float32,
+) -> tuple[list[dict], dict]:
+    """Nested CMS (HOPE_SPEC E31) over ONE chunk of the slowest level: the weights every level reads in each of its
+    chunks, and the slowest level's end weights.
+
+    carried: each level's weights (leaves [B, ...]) at this chunk's start, fastest level first; periods: their
+    periods, strictly increasing, each dividing the next; the last is the chunk's length P = k.shape[1].
+    k, v: [B, P, d] the block's keys and values. A level's weights change only through its own `local` update (the
+    module docstring) and, whenever the next slower level updates, are replaced by that level's new weights (its
+    initial state for the slower level's next chunk is the slower level's state: E31's meta-learned initial state).
+    Inside this chunk that happens at the slower level's chunk boundaries; at the chunk's own end every level takes
+    the slowest level's new weights, which the caller carries.
+
+    Returns (starts, end): starts[i] has leaves [B, P / periods[i], ...], the weights level i reads in each of its
+    chunks (the first is carried[i]); end is the slowest level's weights after its update.
+    """
+    if any(slow % fast or slow <= fast for fast, slow in zip(periods, periods[1:], strict=False)):
+        raise ValueError(f"nested CMS periods {periods} must increase, each dividing the next")
+    if k.shape[1] != periods[-1] or v.shape != k.shape:
+        raise ValueError(
+            f"k, v must be [B, {periods[-1]}, d] (one chunk of the slowest level); got {k.shape}, {v.shape}"
+        )
+    cast = functools.partial(_cast, dtype=accum_dtype)
+    lr, decay, carried, k, v = cast((lr, decay, carried, k, v))
+    options = dict(lr=lr, decay=decay, activation=activation, use_dgd=use_dgd, normalize_step=normalize_step,
+                   step_bound=step_bound, truncate_bptt=truncate_bptt)  # fmt: skip
+
+    def update(w, k_c, v_c, period):
+        key_parts, target_parts = fast_mlp.forward_parts_of_blocks(w, (k_c, v_c), residual=False, activation=activation)
+        return _local_chunk_update(w, k_c, target_parts["out"], key_parts, period=period, **options)
+
+    def run_level(start, k_s, v_s, period):
+        """One sequence, one chunk of the slower level: this level's weights at each of its chunks' starts."""
+        chunks = lambda a: a.reshape(-1, period, a.shape[-1])
+
+        def step(w, kv):
+            return update(w, *kv, period), w
+
+        _, starts = jax.lax.scan(step, start, (chunks(k_s), chunks(v_s)))
+        return starts  # the update of the last chunk is dropped: the slower level's update replaces it
+
+    slowest = jax.vmap(lambda w, k_s, v_s: update(w, k_s, v_s, periods[-1]))(carried[-1], k, v)
+    starts = [None] * len(periods)
+    starts[-1] = jax.tree.map(lambda a: a[:, None], carried[-1])
+    for i in reversed(range(len(periods) - 1)):
+        # Level i restarts, in each chunk of level i + 1 after the first, from the weights level i + 1 reads there.
+        restart = jax.tree.map(lambda own, slower: slower.at[:, 0].set(own), carried[i], starts[i + 1])
+        k_slower, v_slower = (a.reshape(a.shape[0], -1, periods[i + 1], a.shape[-1]) for a in (k, v))
+        per_slower_chunk = jax.vmap(jax.vmap(functools.partial(run_level, period=periods[i])))
+        level_starts = per_slower_chunk(restart, k_slower, v_slower)  # leaves [B, n_slower, P_slower / P_i, ...]
+        starts[i] = jax.tree.map(lambda a: a.reshape(a.shape[0], -1, *a.shape[3:]), level_starts)
+    return starts, slowest

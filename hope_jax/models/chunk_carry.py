@@ -71,7 +71,6 @@ def run_chunked(
     fast: PyTree,
     carry: dict | None,
     remat: bool = False,
-    reset: tuple[int, PyTree, jax.Array] | None = None,
     outputs_from_chunk_start: bool = False,
 ) -> tuple[PyTree, dict]:
     """Runs `fn(fast, chunk_inputs) -> (chunk_outputs, new_fast)` over whole chunks of P tokens.
@@ -80,17 +79,15 @@ def run_chunked(
     is None (a fresh sequence); otherwise carry['fast'] is used. Returns (outputs [B, T, ...], new carry).
     remat: each chunk's computation is recomputed in the backward pass (jax.checkpoint), so training keeps only
     the fast weights at chunk boundaries.
-    reset: (Q, initial fast, absolute position of the piece's first token): after the update of a chunk ending at
-    a multiple of Q tokens, the fast weights return to `initial` (nested CMS, HOPE_SPEC E31).
     outputs_from_chunk_start: the caller's declaration that fn's output for a token depends only on the chunk-start
     fast weights and that token's own inputs (not on the chunk's earlier tokens); lets a one-token piece be computed
     from the token alone (module docstring). Leave False when unsure: the result is then right either way.
     """
     length = jax.tree.leaves(inputs)[0].shape[1]
     if carry is None:
-        return _run_fresh(fn, inputs, period, fast, remat, reset)
+        return _run_fresh(fn, inputs, period, fast, remat)
     if length == 1 and period > 1:
-        return _run_token(fn, inputs, period, carry, remat, reset, outputs_from_chunk_start)
+        return _run_token(fn, inputs, period, carry, remat, outputs_from_chunk_start)
     fast, pending, count = carry["fast"], carry["pending"], carry["count"]
     n_chunks = math.ceil((period - 1 + length) / period)
     padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
@@ -103,8 +100,6 @@ def run_chunked(
         index, chunk = xs
         outputs, new_fast = fn(fast, chunk)
         complete = (index + 1) * period <= filled
-        if reset is not None:
-            new_fast = _apply_reset(reset, new_fast, position_of_end=reset[2] - count + (index + 1) * period)
         new_fast = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_fast, fast)
         return new_fast, outputs
 
@@ -119,7 +114,7 @@ def run_chunked(
 
 
 def _run_token(
-    fn: ChunkFn, inputs: PyTree, period: int, carry: dict, remat: bool, reset, outputs_from_chunk_start: bool
+    fn: ChunkFn, inputs: PyTree, period: int, carry: dict, remat: bool, outputs_from_chunk_start: bool
 ) -> tuple[PyTree, dict]:
     """A one-token piece with a carry (decoding): equal to the general path, with the chunk update computed only
     when this token completes the chunk (count + 1 == P) and no buffer longer than one chunk."""
@@ -130,19 +125,13 @@ def _run_token(
     def whole_chunk():  # [pending ; token ; zeros]: the token at offset `count`, every layer being causal
         return jax.tree.map(lambda old, new: _place(old, new, count, period), pending, inputs)
 
-    def updated(new_fast):
-        if reset is not None:  # the chunk ends P − count tokens after this token's position reset[2]
-            new_fast = _apply_reset(reset, new_fast, position_of_end=reset[2] - count + period)
-        return new_fast
-
     if outputs_from_chunk_start:
         outputs = fn(fast, inputs)[0]  # its update (of a one-token chunk) is unused and never computed under jit
-        fast = lax.cond(completes, lambda: updated(fn(fast, whole_chunk())[1]), lambda: fast)
+        fast = lax.cond(completes, lambda: fn(fast, whole_chunk())[1], lambda: fast)
     else:
 
         def update_branch():
-            chunk_outputs, new_fast = fn(fast, whole_chunk())
-            return chunk_outputs, updated(new_fast)
+            return fn(fast, whole_chunk())
 
         def keep_branch():  # the same outputs; the unused update is dead code inside this branch
             return fn(fast, whole_chunk())[0], fast
@@ -169,12 +158,7 @@ def _merge_chunks(a: jax.Array) -> jax.Array:
     return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], a.shape[0] * a.shape[2], *a.shape[3:])
 
 
-def _apply_reset(reset: tuple[int, PyTree, jax.Array], new_fast: PyTree, position_of_end: jax.Array) -> PyTree:
-    every, initial, _ = reset
-    return jax.tree.map(lambda init, new: jnp.where(position_of_end % every == 0, init, new), initial, new_fast)
-
-
-def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bool, reset) -> tuple[PyTree, dict]:
+def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bool) -> tuple[PyTree, dict]:
     """carry=None (training): the piece starts on a boundary, so everything about the chunking is static.
 
     The whole chunks are scanned without padding; the trailing T % P tokens are one shorter call of `fn` whose update
@@ -187,11 +171,8 @@ def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bo
     pieces = []
     if n_full:
 
-        def step(fast, xs):
-            index, chunk = xs
+        def step(fast, chunk):
             outputs, new_fast = fn(fast, chunk)
-            if reset is not None:
-                new_fast = _apply_reset(reset, new_fast, position_of_end=reset[2] + (index + 1) * period)
             return new_fast, outputs
 
         if remat:
@@ -200,10 +181,10 @@ def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bo
             step = jax.checkpoint(step, prevent_cse=n_full == 1)
         whole = jax.tree.map(lambda a: _split_chunks(a[:, : n_full * period], period), inputs)
         if n_full == 1:  # a plain call, so that an unused end state is not computed at all
-            fast, outputs = step(fast, (jnp.zeros((), jnp.int32), jax.tree.map(lambda a: a[0], whole)))
+            fast, outputs = step(fast, jax.tree.map(lambda a: a[0], whole))
             outputs = jax.tree.map(lambda a: a[None], outputs)
         else:
-            fast, outputs = lax.scan(step, fast, (jnp.arange(n_full), whole))
+            fast, outputs = lax.scan(step, fast, whole)
         pieces.append(jax.tree.map(_merge_chunks, outputs))
     tail = jax.tree.map(lambda a: a[:, n_full * period :], inputs)
     if n_tail:

@@ -27,7 +27,7 @@ import ml_collections
 from flax import nnx
 
 from hope_jax.layers import RMSNorm, normal_init, swiglu
-from hope_jax.memory.cms import cms_local
+from hope_jax.memory.cms import cms_local, level_forward, nested_chunk_starts
 from hope_jax.models import chunk_carry
 from hope_jax.models.config import compute_dtype
 from hope_jax.sharding import constrain
@@ -66,6 +66,38 @@ def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.cms.lm_lrs {lm_lrs} must be ≥ 0")
     if len(periods) != len(tuple(cms_cfg.hidden)):
         raise ValueError(f"model.cms.hidden {tuple(cms_cfg.hidden)} needs one entry per level ({len(periods)})")
+    if cms_cfg.variant == "nested":
+        _validate_nested(cms_cfg)
+
+
+def nested_chain(cms_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Indices of the levels a nested CMS nests (E31), fastest first: its in-context levels ('local' or 'lm');
+    () for the other variants."""
+    if cms_cfg.variant != "nested":
+        return ()
+    objectives = tuple(cms_cfg.objectives)
+    return tuple(i for i, o in enumerate(objectives) if o in (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE))
+
+
+def _validate_nested(cms_cfg: ml_collections.ConfigDict) -> None:
+    """A nested chain hands each level's weights to the next faster level, so its levels share one objective and
+    one width, and each period divides the next (a slower update is always also a faster level's chunk end)."""
+    chain = nested_chain(cms_cfg)
+    periods, objectives, hidden = (tuple(cms_cfg[key]) for key in ("periods", "objectives", "hidden"))
+    where = f"model.cms (variant 'nested', levels {list(chain)})"
+    if len({objectives[i] for i in chain}) > 1:
+        raise ValueError(f"{where}: the nested levels need one objective, got {[objectives[i] for i in chain]}")
+    if len({hidden[i] for i in chain}) > 1:
+        raise ValueError(f"{where}: the nested levels need equal model.cms.hidden, got {[hidden[i] for i in chain]}")
+    chain_periods = [periods[i] for i in chain]
+    if any(slow <= fast or slow % fast for fast, slow in zip(chain_periods, chain_periods[1:], strict=False)):
+        raise ValueError(
+            f"{where}: model.cms.periods {chain_periods} must increase along the chain, each dividing the next"
+        )
+    if chain and objectives[chain[0]] == "local":
+        between = [i for i in range(chain[0], chain[-1] + 1) if objectives[i] == LM_OBJECTIVE]
+        if between:
+            raise ValueError(f"{where}: 'lm' levels {between} sit inside the nested 'local' chain")
 
 
 def level_param_regex(index: int) -> str:
@@ -106,7 +138,7 @@ class CMSLevel(nnx.Module):
 
 
 class CMS(nnx.Module):
-    """__call__(x, keys, values, state, position) -> (x with every level's residual added, new state)."""
+    """__call__(x, keys, values, state) -> (x with every level's residual added, new state)."""
 
     def __init__(self, model_cfg: ml_collections.ConfigDict, *, out_init_std: float, rngs: nnx.Rngs):
         cms = model_cfg.cms
@@ -132,6 +164,11 @@ class CMS(nnx.Module):
                 for hidden in cms.hidden
             ]
         )
+        chain = nested_chain(cms)
+        # A nested chain of 'local' levels runs as one unit (_nested_unit); nested 'lm' levels are handed their
+        # weights by the driver (models/lm_ttt.py).
+        local_chain = chain if chain and self.objectives[chain[0]] in IN_CONTEXT_OBJECTIVES else ()
+        self.nested = local_chain if len(local_chain) > 1 else ()
         self.agg = (
             nnx.Param(jnp.ones((len(self.periods),), jnp.float32), out_sharding=(None,))
             if self.variant == "independent"
@@ -141,17 +178,16 @@ class CMS(nnx.Module):
     def in_context(self, i: int) -> bool:
         return self.objectives[i] in IN_CONTEXT_OBJECTIVES
 
-    def _reset_period(self, i: int) -> int | None:
-        """Nested: the period of the next slower in-context level, at whose updates level i starts afresh."""
-        if self.variant != "nested":
-            return None
-        slower = [p for j, p in enumerate(self.periods) if self.in_context(j) and p > self.periods[i]]
-        return min(slower) if slower else None
-
     def init_state(self, batch_size: int, d_model: int) -> list:
         token = jax.ShapeDtypeStruct((d_model,), self.dtype)
 
         def level_state(i):
+            if self.nested and i == self.nested[0]:  # the whole nested unit's carry
+                tokens = {"x": token, "k": token, "v": token}
+                initial = [self._initial(j, batch_size) for j in self.nested]
+                return chunk_carry.init_carry(initial, tokens, self.periods[self.nested[-1]], batch_size)
+            if i in self.nested:
+                return {}
             if self.in_context(i):
                 tokens = {"x": token, "k": token, "v": token}
                 return chunk_carry.init_carry(self._initial(i, batch_size), tokens, self.periods[i], batch_size)
@@ -194,7 +230,7 @@ class CMS(nnx.Module):
         self.sow(nnx.Intermediate, "cms_loss_before", fit(start_fast))
         self.sow(nnx.Intermediate, "cms_loss_after", fit(end_fast))
 
-    def _level(self, i, x_btd, keys, values, state, position):
+    def _level(self, i, x_btd, keys, values, state):
         level = self.levels[i]
         if self.objectives[i] == LM_OBJECTIVE:
             return self._lm_level(i, x_btd, state)
@@ -211,22 +247,67 @@ class CMS(nnx.Module):
             return y, new_fast
 
         batch = x_btd.shape[0]
-        reset_every = self._reset_period(i)
-        reset = None if reset_every is None else (reset_every, self._initial(i, batch), position)
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
         y, carry = chunk_carry.run_chunked(
             chunk_fn, inputs, period, fast=self._initial(i, batch) if state is None else None,
-            carry=state, remat=self.remat, reset=reset, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
+            carry=state, remat=self.remat, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
         )  # fmt: skip
         self._sow_local_fit(i, keys, values, self._initial(i, batch) if state is None else state["fast"], carry["fast"])
         return y.astype(self.dtype), carry
 
-    def __call__(self, x_btd, keys_btd, values_btd, state: list | None, position):
+    def _nested_unit(self, x_btd, keys, values, state):
+        """The nested chain's levels (and any plain level between them) over the piece, as one chunked layer of the
+        slowest level's period: each chunk runs memory/cms.nested_chunk_starts for the weights every level reads,
+        then the chain in order. A token reads weights its own chunk's earlier tokens wrote (the faster levels
+        update inside the chunk), so outputs do not come from the chunk start alone."""
+        chain, span = self.nested, range(self.nested[0], self.nested[-1] + 1)
+        periods = [self.periods[i] for i in chain]
+
+        def chunk_fn(fast, chunk):
+            # A trailing partial chunk (its update is dropped) is read as a whole one: the padding comes after
+            # every real token, so it reaches no real output.
+            length = chunk["x"].shape[1]
+            chunk = jax.tree.map(lambda a: jnp.pad(a, [(0, 0), (0, periods[-1] - length), (0, 0)]), chunk)
+            starts, end = nested_chunk_starts(
+                fast, periods, chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
+                use_dgd=self.use_dgd, normalize_step=self.normalize_step, step_bound=self.step_bound,
+                truncate_bptt=self.truncate,
+            )  # fmt: skip
+            x = chunk["x"]
+            for i in span:
+                if i not in chain:
+                    x = x + self.levels[i].plain(x)
+                    continue
+                level_in = self.levels[i].norm(x)
+                rows = level_in.reshape(x.shape[0], -1, self.periods[i], x.shape[-1]).astype(jnp.float32)
+                read = jax.vmap(jax.vmap(level_forward))(starts[chain.index(i)], rows)
+                x = x + read.reshape(x.shape).astype(level_in.dtype).astype(self.dtype)
+            return x[:, :length], [end] * len(chain)
+
+        batch = x_btd.shape[0]
+        start_fast = [self._initial(i, batch) for i in chain] if state is None else state["fast"]
+        x_btd, carry = chunk_carry.run_chunked(
+            chunk_fn, {"x": x_btd, "k": keys, "v": values}, periods[-1], fast=start_fast if state is None else None,
+            carry=state, remat=self.remat,
+        )  # fmt: skip
+        for i, before, after in zip(chain, start_fast, carry["fast"], strict=True):
+            self._sow_local_fit(i, keys, values, before, after)
+        return x_btd, carry
+
+    def __call__(self, x_btd, keys_btd, values_btd, state: list | None):
         states = [None] * len(self.levels) if state is None else state
         new_states, outputs = [], []
         for i in range(len(self.levels)):
+            if i in self.nested:
+                if i == self.nested[0]:
+                    x_btd, unit_state = self._nested_unit(x_btd, keys_btd, values_btd, states[i])
+                new_states.append(unit_state if i == self.nested[0] else {})
+                continue
+            if self.nested and self.nested[0] < i < self.nested[-1]:
+                new_states.append({})  # a plain level inside the nested unit (applied there)
+                continue
             # independent: x_btd is not updated inside the loop, so every level reads the block's input
-            y, new_state = self._level(i, x_btd, keys_btd, values_btd, states[i], position)
+            y, new_state = self._level(i, x_btd, keys_btd, values_btd, states[i])
             new_states.append(new_state if self.in_context(i) or self.objectives[i] == LM_OBJECTIVE else {})
             if self.variant == "independent":
                 outputs.append(self.agg[i].astype(self.dtype) * y)

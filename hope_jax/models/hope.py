@@ -4,16 +4,18 @@ HOPE block:            x ← x + SelfModTitans(RMSNorm(x));  x ← CMS(x; the mi
 HOPE-Attention block:  x ← x + Attention(RMSNorm(x));      x ← CMS(x; the attention's keys and values)
 With `cms.enabled = False` (A-Table 6 'w/o CMS') the CMS is one plain pre-norm SwiGLU of `mlp_hidden` units.
 
-HOPE-Attention's CMS regresses the attention's per-head keys and values before rotary positions (content, not
-position), heads concatenated.
+HOPE-Attention's CMS (`local` levels) regresses the attention's per-head keys and values before rotary positions
+(content, not position), each ℓ2-normalised per head like the HOPE mixer's, heads concatenated.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from hope_jax.layers import Attention, RMSNorm, SwiGLU, attention_flops_per_token
+from hope_jax.memory.chunking import l2_normalize
 from hope_jax.models import flops
 from hope_jax.models.cms import CMS
 from hope_jax.models.config import compute_dtype, head_dim
@@ -43,10 +45,10 @@ class ChannelMixer(nnx.Module):
     def init_state(self, batch_size: int):
         return [] if self.cms is None else self.cms.init_state(batch_size, self.d_model)
 
-    def __call__(self, x_btd, keys_btd, values_btd, state, position):
+    def __call__(self, x_btd, keys_btd, values_btd, state):
         if self.cms is None:
             return x_btd + self.mlp(self.mlp_norm(x_btd)), []
-        return self.cms(x_btd, keys_btd, values_btd, state, position)
+        return self.cms(x_btd, keys_btd, values_btd, state)
 
 
 class HopeBlock(nnx.Module):
@@ -62,7 +64,7 @@ class HopeBlock(nnx.Module):
     def __call__(self, x_btd, position, state):
         mixed, mixer_state, keys, values = self.mixer(self.mixer_norm(x_btd), None if state is None else state["mixer"])
         x_btd = x_btd + mixed
-        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"], position)
+        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"])
         return x_btd, {"mixer": mixer_state, "cms": cms_state}
 
 
@@ -85,10 +87,11 @@ class HopeAttentionBlock(nnx.Module):
         normed = self.attn_norm(x_btd)
         attended, cache = self.attn(normed, position, None if state is None else state["attn"])
         x_btd = x_btd + attended
-        # The projections are recomputed here; under jit XLA's CSE shares them with the attention's.
-        flat = lambda a: a.reshape(*a.shape[:2], -1)
-        keys, values = flat(self.attn.wk(normed)), flat(self.attn.wv(normed))
-        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"], position)
+        # The projections are recomputed here; under jit XLA's CSE shares them with the attention's. Unit vectors
+        # per head, as the HOPE mixer hands its CMS (its keys are ℓ2-normalised, its values by memory.normalize_values).
+        per_head_unit = lambda a: l2_normalize(a.astype(jnp.float32)).astype(a.dtype).reshape(*a.shape[:2], -1)
+        keys, values = per_head_unit(self.attn.wk(normed)), per_head_unit(self.attn.wv(normed))
+        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"])
         return x_btd, {"attn": cache, "cms": cms_state}
 
 

@@ -41,6 +41,7 @@ layers sow per chunk is averaged over the chunks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -50,7 +51,7 @@ import ml_collections
 from flax import nnx
 from jax import lax
 
-from hope_jax.models.cms import lm_levels
+from hope_jax.models.cms import lm_levels, nested_chain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class TTTSpec:
     granularity: int  # G = gcd of the periods
     decay: float
     second_order: bool
+    nested: bool  # cms.variant 'nested': a level takes the next slower level's weights whenever that one steps
 
 
 def ttt_spec(model_cfg: ml_collections.ConfigDict) -> TTTSpec | None:
@@ -75,6 +77,7 @@ def ttt_spec(model_cfg: ml_collections.ConfigDict) -> TTTSpec | None:
         granularity=math.gcd(*(period for _, period, _ in levels)),
         decay=float(model_cfg.cms.inner_decay),
         second_order=bool(model_cfg.cms.lm_second_order),
+        nested=len(nested_chain(model_cfg.cms)) > 1,
     )
 
 
@@ -120,7 +123,30 @@ def inner_step(inner: dict, spec: TTTSpec, grads: list, end_position: jax.Array)
             "lm_grad": jax.tree.map(lambda a: jnp.where(now, jnp.zeros_like(a), a), acc),
         }
 
-    return _map_levels(inner, spec, step)
+    stepped = _map_levels(inner, spec, step)
+    return _hand_over(stepped, spec, end_position) if spec.nested else stepped
+
+
+def _hand_over(inner: dict, spec: TTTSpec, end_position: jax.Array) -> dict:
+    """Nested CMS (HOPE_SPEC E31): when a level steps, the next faster level's weights become its new weights (the
+    slower level provides the faster one's initial state for its next chunk) and the faster level's accumulator is
+    cleared. Slowest first, so a hand-over reaches every faster level in the same step."""
+    for k in reversed(range(len(spec.levels) - 1)):
+        now = end_position % spec.levels[k + 1][1] == 0
+        take = functools.partial(_take_parent_weights, source=inner, spec=spec, child=k, now=now)
+        inner = _map_levels(inner, spec, take)
+    return inner
+
+
+def _take_parent_weights(layer: int, k: int, state: dict, *, source: dict, spec: TTTSpec, child: int, now) -> dict:
+    """Level `child` of one layer: the next slower level's weights in `source` where `now`, its own otherwise."""
+    if k != child:
+        return state
+    parent = source["layers"][layer]["cms"][spec.levels[child + 1][0]]["lm_fast"]
+    return {
+        "lm_fast": jax.tree.map(lambda p, own: jnp.where(now, p, own), parent, state["lm_fast"]),
+        "lm_grad": jax.tree.map(lambda a: jnp.where(now, jnp.zeros_like(a), a), state["lm_grad"]),
+    }
 
 
 def init_ttt_state(inner: dict, spec: TTTSpec, batch_size: int) -> dict:
@@ -132,6 +158,23 @@ def init_ttt_state(inner: dict, spec: TTTSpec, batch_size: int) -> dict:
     }
 
 
+def chunk_forward_and_step(graphdef, variables, forward, inner: dict, chunk_bg: jax.Array, spec: TTTSpec):
+    """One G-chunk from the model state `inner` at its start: (logits, the state after it with every lm level's
+    accumulator and due step applied, float32[B] in-chunk NLL at the chunk-start weights, what the layers sowed)."""
+
+    def chunk_loss(fast):
+        module = nnx.merge(graphdef, variables)
+        logits, new_inner = forward(module, chunk_bg, set_fast(inner, spec, fast))
+        nll_b = in_chunk_nll(logits, chunk_bg)
+        return jnp.sum(nll_b), (logits, new_inner, nll_b, nnx.state(module, nnx.Intermediate))
+
+    (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(get_fast(inner, spec))
+    if not spec.second_order:
+        grads = lax.stop_gradient(grads)
+    new_inner = inner_step(new_inner, spec, grads, inner["position"] + chunk_bg.shape[1])
+    return logits, new_inner, nll_b, sown
+
+
 def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, spec: TTTSpec):
     """Test-time-trained forward pass: (logits [B, L, V], new state).
 
@@ -140,16 +183,21 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
     """
     batch, length = tokens_bt.shape
     g = spec.granularity
+    tokens_bt = tokens_bt.astype(jnp.int32)
     fresh = state is None
     if fresh:
+        # A fresh sequence starts on a boundary, so the chunking is static (chunk_carry's training path): the whole
+        # G-chunks are scanned unpadded and the T % G trailing tokens, whose update would be dropped, run the plain
+        # forward pass once (no inner gradient, no G-token padding for a sequence shorter than G).
         state = model.init_state(batch)
-    count = 0 if fresh else state["count"]
-    n_chunks = -(-length // g) if fresh else -(-(g - 1 + length) // g)
-    padded_len = n_chunks * g + g  # room for the next pending slice at any boundary
-    buffer = jnp.zeros((batch, padded_len), jnp.int32)
-    if not fresh:
+        count, n_chunks = 0, length // g
+        buffer = tokens_bt
+    else:
+        count = state["count"]
+        n_chunks = -(-(g - 1 + length) // g)
+        buffer = jnp.zeros((batch, n_chunks * g + g), jnp.int32)  # room for the next pending slice at any boundary
         buffer = lax.dynamic_update_slice_in_dim(buffer, state["pending"], 0, axis=1)
-    buffer = lax.dynamic_update_slice_in_dim(buffer, tokens_bt.astype(jnp.int32), count, axis=1)
+        buffer = lax.dynamic_update_slice_in_dim(buffer, tokens_bt, count, axis=1)
     filled = count + length
     chunks = jnp.moveaxis(buffer[:, : n_chunks * g].reshape(batch, n_chunks, g), 1, 0)
 
@@ -158,38 +206,39 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
 
     def chunk_step(inner, xs):
         index, chunk_bg = xs
-
-        def chunk_loss(fast):
-            module = nnx.merge(graphdef, variables)
-            logits, new_inner = forward(module, chunk_bg, set_fast(inner, spec, fast))
-            nll_b = in_chunk_nll(logits, chunk_bg)
-            return jnp.sum(nll_b), (logits, new_inner, nll_b, nnx.state(module, nnx.Intermediate))
-
-        (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(
-            get_fast(inner, spec)
-        )
-        if not spec.second_order:
-            grads = lax.stop_gradient(grads)
-        new_inner = inner_step(new_inner, spec, grads, inner["position"] + g)
+        logits, new_inner, nll_b, sown = chunk_forward_and_step(graphdef, variables, forward, inner, chunk_bg, spec)
         complete = (index + 1) * g <= filled
         new_inner = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_inner, inner)
         return new_inner, (logits, nll_b, complete, sown)
 
-    inner, (logits, nll_cb, complete_c, sown) = lax.scan(chunk_step, state["inner"], (jnp.arange(n_chunks), chunks))
-    logits = jnp.moveaxis(logits, 0, 1).reshape(batch, n_chunks * g, -1)
-    logits = lax.dynamic_slice_in_dim(logits, count, length, axis=1)
+    inner, sown, parts = state["inner"], None, []
+    mean_loss = jnp.zeros((), jnp.float32)
+    if n_chunks:
+        inner, (logits, nll_cb, complete_c, sown) = lax.scan(chunk_step, inner, (jnp.arange(n_chunks), chunks))
+        parts.append(jnp.moveaxis(logits, 0, 1).reshape(batch, n_chunks * g, -1))
+        weight = complete_c.astype(jnp.float32)
+        mean_loss = jnp.sum(jnp.mean(nll_cb, axis=1) * weight) / (jnp.maximum(jnp.sum(weight), 1.0) * (g - 1))
+    if fresh and length % g:
+        module = nnx.merge(graphdef, variables)
+        parts.append(forward(module, tokens_bt[:, n_chunks * g :], inner)[0])
+        if not n_chunks:
+            sown = nnx.state(module, nnx.Intermediate)
+    logits = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    if not fresh:
+        logits = lax.dynamic_slice_in_dim(logits, count, length, axis=1)
 
-    if jax.tree.leaves(sown):
+    if sown is not None and jax.tree.leaves(sown):
         nnx.update(model, sown)
-    weight = complete_c.astype(jnp.float32)
-    mean_loss = jnp.sum(jnp.mean(nll_cb, axis=1) * weight) / (jnp.maximum(jnp.sum(weight), 1.0) * (g - 1))
     model.sow(nnx.Intermediate, "lm_loss", lax.stop_gradient(mean_loss))
 
-    boundary = (filled // g) * g
+    if fresh:
+        pending = jnp.pad(tokens_bt[:, n_chunks * g :], [(0, 0), (0, g - 1 - length % g)])
+    else:
+        pending = lax.dynamic_slice_in_dim(buffer, (filled // g) * g, g - 1, axis=1)
     new_state = {
         "position": state["position"] + length,
         "inner": inner,
-        "pending": lax.dynamic_slice_in_dim(buffer, boundary, g - 1, axis=1),
+        "pending": pending,
         "count": jnp.asarray(filled % g, jnp.int32),
     }
     return logits, new_state
@@ -207,8 +256,11 @@ class LMTestTimeTraining:
         inner = super().init_state(batch_size, max_len)
         return inner if self.ttt is None else init_ttt_state(inner, self.ttt, batch_size)
 
+    def plain_forward(self, tokens_bt: jax.Array, inner: Any):
+        """The model without test-time training: one stateful pass with every lm level's weights held constant."""
+        return super().__call__(tokens_bt, inner)
+
     def __call__(self, tokens_bt: jax.Array, state: Any = None):
         if self.ttt is None:
             return super().__call__(tokens_bt, state)
-        plain = super(LMTestTimeTraining, type(self)).__call__
-        return run(self, plain, tokens_bt, state, self.ttt)
+        return run(self, type(self).plain_forward, tokens_bt, state, self.ttt)
