@@ -63,15 +63,16 @@ def dgd_write(m, s, layer_input, out_grad, eta, alpha, *, momentum, step_size, c
 
 
 def linear_dgd(m0, s0, keys, values, queries, eta, alpha, *, chunk, momentum=None, step_size="printed",
-               gated_delta=False, self_target=True):  # fmt: skip
+               gated_delta=False, self_target=True, start_every=None):  # fmt: skip
     """A linear memory trained by DGD, token by token: E26 (or A15 with gated_delta), reads y_t = M_s(t) q_t (E27).
 
     m0 [d_out, d_in], s0 (momentum buffer; ignored without momentum); keys [T, d_in] unit rows; values [T, d_v];
-    targets v̂_t = M_s(t) v_t (E21, self_target) or v_t. Returns (y [T, d_out], M_T, S_T)."""
+    targets v̂_t = M_s(t) v_t (E21, self_target) or v_t. start_every: tokens between chunk-start states, `chunk`
+    unless a mutation test moves s(t) alone (1: s(t) = t − 1 with C unchanged in λ). Returns (y [T, d_out], M_T, S_T)."""
     m, s = m0.astype(np.float64), s0.astype(np.float64)
     ys = []
     for t in range(keys.shape[0]):
-        if t % chunk == 0:
+        if t % (start_every or chunk) == 0:
             m_start = m.copy()  # s(t): the state at the end of the previous chunk
         k, v = keys[t], values[t]
         ys.append(m_start @ queries[t])
@@ -125,19 +126,20 @@ def memory_dgd_step(mem, mom, start, key, target, eta, alpha, *, momentum, step_
 
 
 def self_modifying_titans(x, q, memories, momenta, reduction, *, chunk, aux_chunk, eta_max, momentum,
-                          step_size="normalized", normalize_values=True, weight_decay=True):  # fmt: skip
+                          step_size="normalized", normalize_values=True, weight_decay=True, start_every=None):  # fmt: skip
     """One sequence and head of self-modifying Titans (E20–E28 with A1–A5), token by token.
 
     x, q [T, d]; memories {'k', 'v', 'eta', 'alpha', 'memory'}: ResidualMemory; momenta: the same or None;
     reduction: A3's {'eta_w' [d], 'eta_b', 'alpha_w' [d], 'alpha_b'}. M_memory's chunk is `chunk`, the generators'
-    `aux_chunk`. weight_decay=False reads α_t = 1 (the mutation test). Returns (y, keys, values, memories, momenta)."""
+    `aux_chunk`. Mutation tests: weight_decay=False reads α_t = 1; start_every=1 moves every s(t) to t − 1 and keeps
+    the chunk sizes in λ. Returns (y, keys, values, memories, momenta)."""
     gens = [name for name in ("k", "v", "eta", "alpha") if name in memories]
     mems = {name: m.copy() for name, m in memories.items()}
     moms = None if momenta is None else {name: m.copy() for name, m in momenta.items()}
     ys, ks, vs, start = [], [], [], {}
     for t in range(x.shape[0]):
         for name in mems:
-            if t % (chunk if name == "memory" else aux_chunk) == 0:
+            if t % (start_every or (chunk if name == "memory" else aux_chunk)) == 0:
                 start[name] = mems[name].copy()
         out = {name: start[name](x[t]) for name in gens}  # E20/E27: generated from the chunk-start generators
         k = unit(out["k"])

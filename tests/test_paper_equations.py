@@ -111,7 +111,7 @@ def test_linear_dgd_memory_matches_the_printed_equations(name):
         np.testing.assert_allclose(s, s_ref, **TOL)
     assert_mutation_is_caught(m, paper.linear_dgd(**{**inputs, "alpha": np.ones(T_LINEAR)}, **case)[1])
     if case["chunk"] > 1:
-        assert_mutation_is_caught(y, paper.linear_dgd(**inputs, **{**case, "chunk": 1})[0])
+        assert_mutation_is_caught(y, paper.linear_dgd(**inputs, **case, start_every=1)[0])
 
 
 def test_normalized_step_is_the_printed_step_at_chunk_one_on_unit_keys():
@@ -259,4 +259,4 @@ def test_hope_inner_loop_matches_the_equations_token_by_token(name):
         assert max(np.abs(np.asarray(w[k]) - start[k]).max() for k in w) > 1e-3, mem_name
     # the comparison can fail: α ≡ 1, or reads and gradients at the previous token (s(t) = t − 1)
     assert_mutation_is_caught(y, reference_hope(cfg, *inputs, weight_decay=False)[0][0])
-    assert_mutation_is_caught(y, reference_hope(cfg, *inputs, chunk=1, aux_chunk=1)[0][0])
+    assert_mutation_is_caught(y, reference_hope(cfg, *inputs, start_every=1)[0][0])
