@@ -62,10 +62,12 @@ def write_results(
     plots: dict[str, str] | None = None,
     stem: pathlib.Path | None = None,
     record_args: dict | None = None,
+    summary: dict | None = None,
 ) -> pathlib.Path:
     """Write the results JSON (arguments, config hash, checkpoint step, code version, results) and return its path.
 
     `args`: a dict or the command's arguments dataclass; `record_args` (workdir, step) are recorded with them.
+    `summary`: figures derived from the results (zero-shot: the papers' average), recorded beside them.
     """
     stem = stem or results_stem(run, command, output_dir=output_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,8 @@ def write_results(
         "results": results,
         "plots": dict(plots or {}),
     }
+    if summary is not None:
+        record["summary"] = summary
     path = stem.with_suffix(".json")
     path.write_text(json.dumps(record, indent=2, sort_keys=True, default=_jsonable))
     return path

@@ -203,6 +203,35 @@ def test_task_files_with_wrong_fields_fail_with_the_line_and_the_expected_fields
         get_task("mmlu")
 
 
+# Printed rows (acc columns ×100, in PAPER_AVERAGE_COLUMNS' order) and their printed Avg: HOPE 1.3B of NL Table 1
+# (HOPE_SPEC N1) and Titans (MAC) 400M of Titans Table 1 (T1).
+PAPER_ROWS = {
+    "hope_1.3b": ([50.01, 73.29, 56.84, 60.19, 72.30, 41.24, 42.52, 61.46], 57.23),
+    "titans_mac_400m": ([36.92, 66.39, 41.18, 52.80, 60.24, 29.69, 40.07, 61.93], 48.65),
+}
+
+
+@pytest.mark.parametrize("row", list(PAPER_ROWS))
+def test_paper_average_reproduces_the_printed_avg_column(row):
+    columns, printed = PAPER_ROWS[row]
+    results = {}
+    for (task, metric), value in zip(zeroshot.PAPER_AVERAGE_COLUMNS.items(), columns, strict=True):
+        # every other metric far from the column's, so that averaging the wrong one shows
+        results[task] = {"n": 10, "acc": 0.0, "acc_norm": 0.0, "acc_bytes": 0.0, "perplexity": 50.0}
+        results[task][metric] = value / 100
+    average = zeroshot.paper_average(results)
+    assert average["missing"] == [] and set(average["columns"]) == set(TASKS)
+    assert average["value"] * 100 == pytest.approx(printed, abs=0.005)  # the paper rounds to two decimals
+    assert zeroshot.format_table(results).splitlines()[-1].split()[:2] == ["paper_avg", f"avg={average['value']:.4f}"]
+
+
+def test_paper_average_is_not_computed_from_a_subset_of_the_tasks():
+    results = {"piqa": {"n": 2, "acc": 1.0, "acc_norm": 1.0, "acc_bytes": 1.0}}
+    average = zeroshot.paper_average(results)
+    assert average["value"] is None and "piqa" not in average["missing"] and len(average["missing"]) == 7
+    assert "not computed: missing lambada" in zeroshot.format_table(results)
+
+
 def test_importing_the_lm_eval_adapter_does_not_import_lm_eval():
     code = "import sys, eval.lm_eval_adapter; assert 'lm_eval' not in sys.modules and 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
@@ -226,6 +255,9 @@ def test_zeroshot_command_end_to_end_on_a_tiny_trained_model(tmp_path, tiny_run_
     assert record["args"]["tasks"] == list(TASKS) and record["args"]["workdir"] == tiny_run_workdir
     assert len(record["args"]["task_files"]["piqa"]["sha256"]) == 64 and record["code_version"]
     assert record["results"] == json.loads(json.dumps(results))
+    columns = zeroshot.PAPER_AVERAGE_COLUMNS
+    expected_average = np.mean([results[task][metric] for task, metric in columns.items()])
+    assert record["summary"]["paper_average"]["value"] == pytest.approx(expected_average, rel=1e-12)
     for name, summary in results.items():
         assert summary["n"] == len(fixture_docs(name))
         for metric in TASKS[name].metrics:
