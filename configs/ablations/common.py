@@ -1,9 +1,11 @@
 """Ablation configs: one table of a paper = one base model on a tier, and one row = one factor switched on top of it.
 
-A row changes the factor under test (`switches`) and nothing else, except where that moves the parameter count by
-more than 1%: then `matching` names the width that brings it back, chosen in a part the factor does not touch
-(tests/test_ablations.py holds every row within 1% of its table's base at the pilot tier, and checks that the config
-keys a row changes are exactly the ones it declares).
+A row changes the factor under test (`switches`) and nothing else. Where the factor swaps a part for one of another
+size (a static projection for a generator memory, one MLP for the CMS chain), `matching` names the width that gives
+the count back, in a part the factor does not touch; a row that only removes the factor's own weights (M_α for 'w/o
+weight decay', a memory layer for 'linear memory', the persistent tokens) is smaller by those (≤ 1.1% at every tier).
+tests/test_ablations.py holds every row within 1% of its table's base at the pilot tier and checks that the config
+keys a row changes are exactly the ones it declares.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python -m hope_jax.main --config=configs/ablations/titans.py:linear_memory --workdir=runs/pilot-titans-linear
 
 The base is the LMM, as in T5: the tier's titans_lmm, with its persistent tokens (models/titans.py). Rows: full,
-linear_memory, no_conv, no_momentum, no_weight_decay, no_persistent_memory; each moves the count by under 0.4% (the
+linear_memory, no_conv, no_momentum, no_weight_decay, no_persistent_memory; each moves the count by under 0.5% (the
 factor's own weights), so none needs a matching width. T5's '+Attn' rows are the tier's MAC and MAG
 (`configs/<tier>.py:titans_mac`, `:titans_mag`), sized to the tier's label rather than to the LMM.
 """
