@@ -23,7 +23,8 @@ MODEL_VARIANTS = {
         # without the self-modifying mixer (the driver is model-agnostic: it only runs the blocks' stateful path).
         "lm": {"cms": {**TINY_CMS, "objectives": ("lm", "lm", "frozen"), "inner_lr": 0.5}, "n_layers": 1},
     },
-    "titans_lmm": {"default": {"titans": TINY_TITANS, "n_layers": 1}},
+    # Two persistent tokens on chunks of 4: the prefix ends inside the first chunk, and pieces continue it.
+    "titans_lmm": {"default": {"titans": TINY_TITANS, "n_layers": 1, "n_persistent_tokens": 2}},
     "titans_mag": {
         "default": {"titans": TINY_TITANS, "n_layers": 1, "attention_window": 6, "n_persistent_tokens": 2},
     },

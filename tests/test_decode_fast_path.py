@@ -19,7 +19,8 @@ import hope_jax  # noqa: F401  (switches off eager sharding)
 from hope_jax.models import apply_overrides, default_model_config
 from hope_jax.models.cms import CMS
 from hope_jax.models.self_modifying import SelfModifyingMixer
-from hope_jax.models.titans import MACMixer, NeuralMemory
+from hope_jax.models.titans import LMMMixer, NeuralMemory
+from hope_jax.models.titans_mac import MACMixer
 
 BATCH, PREFIX, SEQ = 2, 3, 11  # tokens PREFIX..SEQ-1 decoded one by one: boundaries at 4 and 8 (and every 2)
 TINY = dict(d_model=8, n_heads=1, conv_window=2)
@@ -72,6 +73,12 @@ LAYERS = {
     # (without momentum and M_α: a smaller compile; the full mixer is the equal-chunk case)
     "selfmod_unequal_chunks": (lambda: mixer_layer(4, 2, momentum=False, weight_decay=False), False, 3),
     "titans_lmm_dual_form": (lambda: titans_layer(NeuralMemory, {"chunk_size": 4}), False, 3),
+    # The LMM's persistent tokens: its fresh state (init_state) is the memory after them, as the whole path has it.
+    "titans_lmm_persistent": (
+        lambda: titans_layer(LMMMixer, {"chunk_size": 4}, n_persistent_tokens=2),
+        False,
+        3,
+    ),
     "titans_mac_segments": (
         lambda: titans_layer(MACMixer, {"chunk_size": 2, "segment_size": 4, "memory_depth": 1}, n_persistent_tokens=1),
         False,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hope_jax.memory import reference
+from hope_jax.memory.dgd import dgd_chunk_update
 from hope_jax.memory.self_modifying import (
     SelfModConfig,
     init_self_modifying_state,
@@ -179,3 +180,21 @@ def test_bad_arguments_raise_clear_errors():
         SelfModConfig(dgd_layers="second")
     with pytest.raises(ValueError, match="chunk sizes must be positive"):
         SelfModConfig(chunk_size_memory=0)
+
+
+@pytest.mark.parametrize("normalize_step", [True, False], ids=["normalized_step", "per_token_step"])
+def test_without_dgd_only_the_transition_term_goes(normalize_step):
+    """A-Table 6's 'w/o DGD' changes DGD alone: on one token, DGD − GD = −η' x̂ᵀ(x̂ W_0), so both take the same
+    gradient step (η' also without DGD; a step of η would be 1.5× larger at η = 0.5)."""
+    rng = np.random.default_rng(3)
+    w0 = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    key, target = (jnp.asarray(rng.normal(size=(1, n)), jnp.float32) for n in (4, 3))
+    lr = jnp.full((1,), 0.5, jnp.float32)
+
+    def update(use_dgd):
+        kwargs = dict(residual=False, activation="silu", use_dgd=use_dgd, normalize_step=normalize_step)
+        return dgd_chunk_update(w0, None, key, target, lr, jnp.ones((1,)), **kwargs)[0]["w"]
+
+    x_hat = key / jnp.linalg.norm(key)
+    eta_prime = 0.5 / (1 + 0.5)
+    np.testing.assert_allclose(update(True) - update(False), -eta_prime * x_hat.T @ (x_hat @ w0["w"]), **TOL)

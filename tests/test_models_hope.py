@@ -116,7 +116,7 @@ def test_titans_switch_changes_exactly_its_parameters(name):
     assert param_diff(make_cfg(TITANS), make_cfg(TITANS, overrides)) == (removed, added, reshaped)
 
 
-@pytest.mark.parametrize("model", ["titans_mag", "titans_mac"])
+@pytest.mark.parametrize("model", ["titans_lmm", "titans_mag", "titans_mac"])
 def test_persistent_memory_switch(model):
     with_slots = make_cfg(TITANS, {"name": model, "n_persistent_tokens": 2, "attention_window": 4})
     removed, added, reshaped = param_diff(with_slots, make_cfg(with_slots.to_dict(), {"n_persistent_tokens": 0}))

@@ -8,7 +8,8 @@ gradient of ½‖f(k_t) − target_t‖² at the chunk-start weights W_s, rescal
     without DGD:    W_t = a_t W_{t−1} − λ_t x̂_tᵀ g_t                              (plain GD with decay)
     gradient step:  λ_t = η_t / (1 + C·η_t·h_t), h_t the token's curvature bound in W (chunking.chunk_step_size:
                     the C gradients taken at W_s stay one stable mini-batch step); normalize_step=False: λ = η'
-                    with DGD, η without (E19 per token)
+                    (E19 per token), with DGD or without: 'w/o DGD' drops the −η' x̂ᵀx̂ W term and nothing else
+                    (a step of η would be 1.5× larger at η = 0.5 and confound the ablation)
     momentum (A5):  the step goes through S_t = ε S_{t−1} − (step) and W_t = (transition) W_{t−1} + S_t
     A15 flag:       g_t − x̂_t W_s in place of g_t (the gated-delta form: the −η' x̂ᵀx̂ W term appears once, not twice)
     A4 alternative: dgd_layers='first' keeps the x̂x̂ᵀ term on first layers only (a_t alone on the others).
@@ -98,7 +99,8 @@ def dgd_chunk_update(
         inv_norm = l2_normalize_scale(x)
         x_hat = x * inv_norm
         # DGD's transition and η' see the unit-norm input x̂; the gradient term x̂ᵀ(‖x‖ g) = xᵀ g is unchanged.
-        transition_lr = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1)) if use_dgd else lr
+        # Without DGD the step stays η' (only the transition term goes), so the ablation changes DGD alone.
+        transition_lr = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1))
         beta = transition_lr if use_dgd and (dgd_layers == "all" or names[0] in FIRST_LAYERS) else None
 
         steps = []

@@ -130,13 +130,10 @@ def dgd_token_step(
         if gated_delta:
             g = g - jnp.outer(x_hat, x_hat @ snapshot[name])
         transition = retention * jnp.eye(x_hat.shape[0])
-        if use_dgd:
-            beta = lr / (1.0 + lr * jnp.sum(x_hat**2))
-            step_size = beta
-            if dgd_layers == "all" or name in first_layers:
-                transition = transition - beta * jnp.outer(x_hat, x_hat)
-        else:
-            step_size = lr
+        beta = lr / (1.0 + lr * jnp.sum(x_hat**2))
+        step_size = beta  # η' with or without DGD: 'w/o DGD' removes the transition term only
+        if use_dgd and (dgd_layers == "all" or name in first_layers):
+            transition = transition - beta * jnp.outer(x_hat, x_hat)
         if normalize_step and not gated_delta:
             step_size = lr / (1.0 + chunk_size * lr * curvature[name])
         if s is None:

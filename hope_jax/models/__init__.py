@@ -1,6 +1,6 @@
 """Language models and their registry. Importing this package registers every built-in model."""
 
-from hope_jax.models import hope, titans, transformer  # noqa: F401  (register their models)
+from hope_jax.models import hope, titans, titans_mac, transformer  # noqa: F401  (register their models)
 from hope_jax.models.config import PRESETS, apply_overrides, default_model_config, model_preset
 from hope_jax.models.generate import generate, sample_token
 from hope_jax.models.registry import (

@@ -38,7 +38,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.init_std = 0.02  # N(0, init_std²) for all kernels; residual-output kernels get init_std / √(2·n_layers)
     cfg.rope_theta = 10_000.0
     cfg.attention_window = 0  # 0: full causal attention; w > 0: each query sees itself and w−1 earlier tokens
-    cfg.n_persistent_tokens = 0  # learned key/value slots every query sees (Titans persistent memory)
+    # Titans persistent memory (T §3.3): learned key/value slots every query sees (attention models, MAG, MAC); in the
+    # LMM, learned tokens the memory reads and writes before the sequence (models/titans.py)
+    cfg.n_persistent_tokens = 0
     # 'xla' (einsum + fp32 softmax, runs everywhere) | 'cudnn' (flash attention; bf16, NVIDIA GPUs; fails elsewhere)
     # | 'auto' (cuDNN where it can run, else xla with a warning). hope_jax/layers/attention.py
     cfg.attention_impl = "xla"
@@ -63,7 +65,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     # targets): the self-generated target is minimised by any map sending k and v to one point (BUILD_NOTES).
     cfg.memory.memory_target = "self"
     cfg.memory.activation = "silu"
-    cfg.memory.dgd = True  # False: plain GD inner step (ablation 'w/o DGD')
+    cfg.memory.dgd = True  # False: plain GD at the same step η' (ablation 'w/o DGD', with cms.dgd)
     cfg.memory.dgd_layers = "all"  # HOPE_SPEC A4: 'all' per-layer DGD | 'first' the x̂x̂ᵀ term on first layers only
     cfg.memory.gated_delta = False  # HOPE_SPEC A15: False = Eq. 88 as printed; True = gated-delta form
     cfg.memory.momentum = True  # ablation 'w/o momentum' (A5)
@@ -71,7 +73,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.memory.weight_decay = True  # ablation 'w/o weight decay' (α fixed to 1, no M_α)
     cfg.memory.adaptive_k = True  # ablation 'w/o adaptive k': k = static projection, no M_k
     cfg.memory.adaptive_v = True  # ablation 'w/o adaptive v'
-    cfg.memory.adaptive_q = False  # HOPE_SPEC A2: q static by default; True adds M_q
+    cfg.memory.adaptive_q = False  # HOPE_SPEC A2: q static by default; True adds M_q (the ablation table's base)
     cfg.memory.eta_max = 1.0  # η_t = eta_max · sigmoid(w_ηᵀ M_η(x_t) + b_η)
     # ℓ2-normalised values v_t (not in the paper, which is silent on it): with self-generated targets v̂ = M(v) a value
     # longer than the unit key makes every memory's inner map expansive and the fast weights blow up (notes in
@@ -257,7 +259,7 @@ def titans_preset(
 ) -> Callable[[], dict[str, Any]]:
     return lambda: dict(
         name=name, vocab_size=32000, d_model=d_model, n_layers=n_layers, n_heads=n_heads, mlp_hidden=mlp_hidden,
-        attention_window=512 if name == "titans_mag" else 0, n_persistent_tokens=0 if name == "titans_lmm" else 16,
+        attention_window=512 if name == "titans_mag" else 0, n_persistent_tokens=16,
     )  # fmt: skip
 
 

@@ -42,11 +42,12 @@ class BlockStackLM(nnx.Module):
         self.inner_precision = model_cfg.inner_precision
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> LMState:
-        """Fresh per-sequence state: fast weights at their meta-learned initial values, empty caches."""
-        return {
-            "position": jnp.zeros((), jnp.int32),
-            "layers": [block.init_state(batch_size, max_len) for block in self.blocks],
-        }
+        """Fresh per-sequence state: fast weights at their meta-learned initial values, empty caches. (Under the
+        model's inner precision: a layer may build its state by running its memory, the LMM over its persistent
+        tokens.)"""
+        with inner_precision(self.inner_precision):
+            layers = [block.init_state(batch_size, max_len) for block in self.blocks]
+        return {"position": jnp.zeros((), jnp.int32), "layers": layers}
 
     def __call__(self, tokens_bt: jax.Array, state: LMState | None = None) -> tuple[jax.Array, LMState]:
         with inner_precision(self.inner_precision):  # every inner loop traced below (model.inner_precision)

@@ -1,20 +1,17 @@
-"""Titans baselines (HOPE_SPEC §2.7, T §3–4): LMM, MAC and MAG, on the chunk-parallel memory of memory/titans.py.
+"""Titans baselines (HOPE_SPEC §2.7, T §3–4): LMM and MAG here, MAC in models/titans_mac.py, on the chunk-parallel
+memory of memory/titans.py.
 
 Every block is x ← x + mixer(RMSNorm(x)); x ← x + SwiGLU(RMSNorm(x)). The mixers:
 - LMM: the neural memory alone. q, k, v = per-head projections → causal depthwise conv (window 4) → SiLU, q and k
   ℓ2-normalised; per-head, per-token gates θ_t = θ_max·σ(x w_θ + b_θ) (inner lr), η_t = σ(x w_η + b_η) (momentum),
   α_t = σ(x w_α + b_α) (forget), η and α handed to the memory as log η = log_sigmoid(z_η), log(1 − α) =
   log_sigmoid(−z_α) (finite at any logit); y_t = M_t(q_t); output = W_out(RMSNorm_head(y) ⊙ SiLU(x W_gate)) (T §4.4).
+  Persistent memory (T §3.3, x_new = P ‖ x): `n_persistent_tokens` learned tokens per layer in the mixer's input space,
+  run through the whole mixer (projections, conv, gates, memory writes) before the sequence; their outputs are
+  dropped. They are input-independent, so what they leave behind (M, momentum and conv window after the prefix) is a
+  learned initial state; the parametrisation is the paper's, and T5's 'w/o persistent memory' ablates exactly it.
 - MAG: sliding-window attention with the persistent slots (layers.Attention) ‖ the LMM memory on the same input;
-  output = W_out(attn ⊙ σ(RMSNorm(memory))) (T §4.2's normalised gate, on the memory branch).
-- MAC: segments of `titans.segment_size` tokens. Per segment: h = M_{before}(q) read with the state before the
-  segment (E14); attention of the segment's tokens over [persistent slots ; h ; segment] (E15), where the token at
-  offset t sees h_j and x_j only for j ≤ t (h_j is computed from x_j, so seeing a later h_j would read the future);
-  the memory is then written with the attention output y, and o = W_out(y ⊙ σ(RMSNorm(M_t(y)))) reads it
-  after each token's own write (E16, the dual form). The conv runs on the memory's query stream only (the written
-  keys/values come from y inside the segment).
-Persistent memory is realised as learned key/value slots of the attention (MAG, MAC; `n_persistent_tokens`); the LMM
-has none (prefix tokens run through the memory would only re-parametrise the meta-learned initial state M_0).
+  output = W_out(attn ⊙ σ(RMSNorm(memory))) (T §4.2's gate, σ on the memory branch only: GatedCombine).
 T5 switches: titans.memory_depth 1 (linear memory), titans.conv, titans.momentum, titans.weight_decay,
 n_persistent_tokens 0.
 """
@@ -34,8 +31,6 @@ from hope_jax.layers import (
     Dense,
     RMSNorm,
     SwiGLU,
-    apply_rotary,
-    attend,
     normal_init,
 )
 from hope_jax.memory import fast_mlp
@@ -215,7 +210,10 @@ class NeuralMemory(nnx.Module):
             "chunks": chunk_carry.init_carry(fast, shapes, opts.chunk_size, batch_size),
         }
 
-    def __call__(self, x_btd, state):
+    def __call__(self, x_btd, state, *, prefix_len: int = 0, diagnostics: bool = True):
+        """prefix_len: the piece's first tokens are persistent tokens (LMMMixer), run like the others; their reads
+        are dropped and the diagnostics measure the rest. diagnostics False: sow nothing (a state built outside the
+        forward pass)."""
         (q, k, v), conv_state = self.qkv(x_btd, None if state is None else state["conv"])
         tokens = {"q": q, "k": k, "v": v, **self.gates(x_btd)}
         start = self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else state["chunks"]["fast"]
@@ -224,11 +222,12 @@ class NeuralMemory(nnx.Module):
             fast=start if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.opts.remat,
         )  # fmt: skip
-        # The memory's loss on this piece's keys and values at the weights before and after the piece.
-        residual = self.opts.memory_depth == 2
-        self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(memory_fit_bt(start["w"], k, v, residual)))
-        self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(memory_fit_bt(carry["fast"]["w"], k, v, residual)))
-        return y.astype(self.dtype), {"conv": conv_state, "chunks": carry}
+        if diagnostics:  # the memory's loss on this piece's keys and values at the weights before and after it
+            residual, k, v = self.opts.memory_depth == 2, k[:, prefix_len:], v[:, prefix_len:]
+            self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(memory_fit_bt(start["w"], k, v, residual)))
+            after = memory_fit_bt(carry["fast"]["w"], k, v, residual)
+            self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(after))
+        return y[:, prefix_len:].astype(self.dtype), {"conv": conv_state, "chunks": carry}
 
 
 class GatedCombine(nnx.Module):
@@ -236,7 +235,9 @@ class GatedCombine(nnx.Module):
 
     The attention branch is not normalised: its output projection feeding an RMSNorm would be scale-invariant, so
     Adam's steps (≈ lr per element against weights of init_std) rotate it by ~lr/init_std a step, and MAG and MAC
-    stalled at peak lr 3e-3 (BUILD_NOTES "Titans MAG / MAC: the attention branch keeps its scale")."""
+    stalled at peak lr 3e-3 (BUILD_NOTES "Titans MAG / MAC: the attention branch keeps its scale"). T §4.2 passes both
+    branches through σ after a norm; read literally, W(σ(RMSNorm(y)) ⊙ σ(RMSNorm(m))), it reached 4.233 held-out
+    against 3.837 for this gate (MAG, 100 steps at 3e-3), so σ stays on the memory branch only, a recorded deviation."""
 
     def __init__(self, model_cfg, *, rngs: nnx.Rngs):
         dtype, d = compute_dtype(model_cfg), model_cfg.d_model
@@ -250,8 +251,15 @@ class GatedCombine(nnx.Module):
 class LMMMixer(nnx.Module):
     def __init__(self, model_cfg, *, rngs: nnx.Rngs):
         dtype, heads, hd = compute_dtype(model_cfg), model_cfg.n_heads, head_dim(model_cfg)
+        self.dtype = dtype
         proj = dict(init_std=model_cfg.init_std, dtype=dtype, rngs=rngs)
         self.memory = NeuralMemory(model_cfg, rngs=rngs)
+        # Persistent tokens (T §3.3) live where the mixer's input does, after the block's RMSNorm: std 1 gives them
+        # the scale of the normalised tokens they precede.
+        n_p = model_cfg.n_persistent_tokens
+        self.persistent = (
+            nnx.Param(normal_init(rngs, (n_p, model_cfg.d_model), 1.0), out_sharding=(None, "embed")) if n_p else None
+        )
         self.out_norm = RMSNorm(hd, eps=model_cfg.norm_eps, axis_name="head_dim", dtype=dtype)
         self.w_gate = Dense((model_cfg.d_model,), (heads, hd), ("embed", "heads", "head_dim"), **proj)
         self.w_out = Dense(
@@ -259,11 +267,22 @@ class LMMMixer(nnx.Module):
             **{**proj, "init_std": residual_out_std(model_cfg)},
         )  # fmt: skip
 
+    def _prefix(self, batch_size: int) -> jax.Array:
+        return jnp.broadcast_to(self.persistent[...].astype(self.dtype), (batch_size, *self.persistent.shape))
+
     def init_state(self, batch_size, max_len=None):
-        return self.memory.init_state(batch_size)
+        """A fresh sequence's state: after the persistent tokens, as the training path's P ‖ x has it."""
+        if self.persistent is None:
+            return self.memory.init_state(batch_size)
+        return self.memory(self._prefix(batch_size), None, diagnostics=False)[1]
 
     def __call__(self, x_btd, position, state):
-        y, new_state = self.memory(x_btd, state)
+        if state is None and self.persistent is not None:  # a fresh sequence: P ‖ x in one chunked pass
+            n_p = self.persistent.shape[0]
+            prefixed = jnp.concatenate([self._prefix(x_btd.shape[0]), x_btd], axis=1)
+            y, new_state = self.memory(prefixed, None, prefix_len=n_p)
+        else:
+            y, new_state = self.memory(x_btd, state)
         return self.w_out(self.out_norm(y) * jax.nn.silu(self.w_gate(x_btd))), new_state
 
 
@@ -287,84 +306,6 @@ class MAGMixer(nnx.Module):
         y, memory_state = self.memory(x_btd, None if state is None else state["memory"])
         out = self.combine(attended, y.reshape(x_btd.shape))
         return out, {"attn": cache, "memory": memory_state}
-
-
-class MACMixer(nnx.Module):
-    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
-        self.opts, self.dtype = TitansOptions.from_config(model_cfg), compute_dtype(model_cfg)
-        self.attention_impl = model_cfg.attention_impl
-        d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
-        proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
-        self.query = QKVStream(model_cfg, 1, 1, rngs=rngs)  # memory read query from x (E14)
-        self.attn_qkv = Dense((d,), (3, heads, hd), ("embed", None, "heads", "head_dim"), **proj)
-        self.attn_out = Dense((heads, hd), (d,), ("heads", "head_dim", "embed"), **proj)
-        n_p = model_cfg.n_persistent_tokens
-        std = model_cfg.init_std * d**0.5
-        self.persistent = (
-            nnx.Param(normal_init(rngs, (2, n_p, heads, hd), std), out_sharding=(None, None, "heads", "head_dim"))
-            if n_p
-            else None
-        )
-        self.write_qkv = Dense((d,), (3, heads, hd), ("embed", None, "heads", "head_dim"), **proj)
-        self.gates = Gates(model_cfg, rngs=rngs)
-        self.memory = MemoryWeights(model_cfg, rngs=rngs)
-        self.combine = GatedCombine(model_cfg, rngs=rngs)
-
-    def init_state(self, batch_size, max_len=None):
-        opts = self.opts
-        shapes = {
-            "x": jax.ShapeDtypeStruct((opts.n_heads * opts.head_dim,), self.dtype),
-            "q": jax.ShapeDtypeStruct((opts.n_heads, opts.head_dim), self.dtype),
-        }
-        fast = self.memory.initial(batch_size, opts.momentum)
-        return {
-            "conv": self.query.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(fast, shapes, opts.segment_size, batch_size),
-        }
-
-    def _segment(self, fast, chunk):
-        """One segment [B, S, ...]: retrieve with the segment-start memory, attend, write, gate."""
-        x, q = chunk["x"], chunk["q"]
-        batch, seg = x.shape[:2]
-        retrieve = jax.vmap(jax.vmap(lambda w, u: fast_mlp.forward(w, u, residual=self.opts.memory_depth == 2)))
-        h = jnp.swapaxes(retrieve(fast["w"], jnp.swapaxes(q, 1, 2).astype(jnp.float32)), 1, 2)
-        h = h.reshape(batch, seg, -1).astype(self.dtype)
-        pos = jnp.arange(seg, dtype=jnp.int32)
-        qx, kx, vx = (self.attn_qkv(x)[:, :, i] for i in range(3))
-        _, kh, vh = (self.attn_qkv(h)[:, :, i] for i in range(3))
-        rope = lambda a: apply_rotary(a, pos, self.opts.rope_theta)
-        keys, values = jnp.concatenate([rope(kh), rope(kx)], 1), jnp.concatenate([vh, vx], 1)
-        causal = pos[:, None] >= pos[None, :]
-        mask = jnp.concatenate([causal, causal], axis=1)
-        if self.persistent is not None:
-            n_p = self.persistent.shape[1]
-            prefix = lambda i: jnp.broadcast_to(
-                self.persistent[...][i].astype(self.dtype), (batch, *self.persistent.shape[1:])
-            )
-            keys, values = jnp.concatenate([prefix(0), keys], 1), jnp.concatenate([prefix(1), values], 1)
-            mask = jnp.concatenate([jnp.ones((seg, n_p), bool), mask], axis=1)
-        y = self.attn_out(attend(rope(qx), keys, values, impl=self.attention_impl, mask_ts=mask))
-        wq, wk, wv = (self.write_qkv(y)[:, :, i] for i in range(3))
-        tokens = {"q": l2_normalize(wq), "k": l2_normalize(wk), "v": wv, **self.gates(y)}
-        read, new_fast = memory_call(fast, tokens, self.opts)
-        # Diagnostics per token: the memory's loss on the segment's writes before and after the segment.
-        residual = self.opts.memory_depth == 2
-        fit = {
-            "before": memory_fit_bt(fast["w"], tokens["k"], tokens["v"], residual),
-            "after": memory_fit_bt(new_fast["w"], tokens["k"], tokens["v"], residual),
-        }
-        return (self.combine(y, read.reshape(y.shape).astype(self.dtype)), fit), new_fast
-
-    def __call__(self, x_btd, position, state):
-        (q,), conv_state = self.query(x_btd, None if state is None else state["conv"])
-        (out, fit), carry = chunk_carry.run_chunked(
-            self._segment, {"x": x_btd, "q": q}, self.opts.segment_size,
-            fast=self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.opts.remat,
-        )  # fmt: skip
-        self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(fit["before"]))
-        self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(fit["after"]))
-        return out, {"conv": conv_state, "chunks": carry}
 
 
 class TitansBlock(nnx.Module):
@@ -397,10 +338,6 @@ class MAGBlock(TitansBlock):
     mixer_class = MAGMixer
 
 
-class MACBlock(TitansBlock):
-    mixer_class = MACMixer
-
-
 @register("titans_lmm")
 class TitansLMM(BlockStackLM):
     block_class = LMMBlock
@@ -421,18 +358,4 @@ class TitansMAG(BlockStackLM):
         return flops.titans(
             model_cfg, mixer_matmul_params=8 * d * d + 3 * d * model_cfg.n_heads,
             attention=flops.titans_attention(model_cfg, seq_len, model_cfg.attention_window),
-        )  # fmt: skip
-
-
-@register("titans_mac")
-class TitansMAC(BlockStackLM):
-    block_class = MACBlock
-
-    @staticmethod
-    def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
-        d, segment = model_cfg.d_model, min(model_cfg.titans.segment_size, seq_len)
-        # query d², attention q + (k, v on x and on h) + out 6d², memory write q/k/v 3d², combine d²
-        return flops.titans(
-            model_cfg, mixer_matmul_params=11 * d * d + 3 * d * model_cfg.n_heads,
-            attention=flops.titans_attention(model_cfg, segment, 0, keys_factor=2),
         )  # fmt: skip
