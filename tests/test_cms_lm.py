@@ -188,3 +188,19 @@ def test_titans_inner_losses_reach_the_metrics(overrides):
     params = init_params(cfg, jax.random.key(0))
     _, _, diagnostics = jax.jit(lambda p, b: model_loss_sums(model_spec(cfg), p, b))(params, _batch())
     _assert_inner_losses(diagnostics, {"inner/memory_loss_before", "inner/memory_loss_after"})
+
+
+def test_nested_lm_levels_hand_the_slower_weights_to_the_faster_level():
+    """E31 with lm levels (4, 8): after token 8 the period-8 level steps and the period-4 level takes its new weights
+    (and clears its accumulator); after token 4 only the fast level has stepped, so the two still differ."""
+    cms = {"periods": (4, 8, 0), "objectives": ("lm", "lm", "frozen"), "hidden": (16, 16, 16), "inner_lr": 0.5}
+    cfg = make_cfg(name="hope_attention", init_std=0.2, cms={**cms, "variant": "nested"})
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    run = nnx.jit(lambda m, t: m(t)[1]["inner"]["layers"][0]["cms"])
+    after_4, after_8 = run(model, TOKENS[:, :4]), run(model, TOKENS)
+    assert np.abs(np.asarray(after_4[0]["lm_fast"]["w_down"] - after_4[1]["lm_fast"]["w_down"])).max() > 1e-4
+    for name in ("w_gate", "w_up", "w_down"):
+        # The same values up to one float32 rounding: XLA fuses the slow level's step into both of its consumers,
+        # where it may contract the multiply-add differently.
+        np.testing.assert_allclose(after_8[0]["lm_fast"][name], after_8[1]["lm_fast"][name], rtol=1e-6, atol=1e-8)
+        np.testing.assert_array_equal(after_8[0]["lm_grad"][name], np.zeros_like(after_8[0]["lm_grad"][name]))
