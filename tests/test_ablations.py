@@ -8,21 +8,11 @@ import pytest
 
 import hope_jax  # noqa: F401
 from hope_jax.models import count_params
+from hope_jax.train.checkpoint import flatten_config
 
 TABLES = ("configs.ablations.hope", "configs.ablations.titans")
 TOLERANCE = 0.01
 ROWS = [(table, row) for table in TABLES for row in importlib.import_module(table).ROWS]
-
-
-def flat(config) -> dict:
-    def walk(node, prefix):
-        for key, value in node.items():
-            if hasattr(value, "items"):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(walk(config.to_dict(), ""))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +23,7 @@ def base_counts():
 @pytest.mark.parametrize("table, row", ROWS, ids=[f"{t.rsplit('.', 1)[1]}-{r}" for t, r in ROWS])
 def test_row_changes_exactly_its_declared_keys_and_keeps_the_count(table, row, base_counts):
     module = importlib.import_module(table)
-    base, ablated = flat(module.get_config("full")), flat(module.get_config(row))
+    base, ablated = flatten_config(module.get_config("full")), flatten_config(module.get_config(row))
     assert set(ablated) == set(base)
     changed = {key for key in base if base[key] != ablated[key]}
     assert changed == {f"model.{key}" for key in module.ROWS[row].changes()}, row

@@ -12,6 +12,7 @@ import pathlib
 import jax
 import pytest
 
+from hope_jax.train.checkpoint import flatten_config
 from hope_jax.train.trainer import build_trainer
 from hope_jax.train.validate import validate_config
 
@@ -71,24 +72,13 @@ def test_unknown_rows_and_models_are_named():
         load("configs.pilot", "mamba")
 
 
-def _flat(config) -> dict:
-    def walk(node, prefix):
-        for key, value in node.items():
-            if hasattr(value, "items"):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(walk(config.to_dict(), ""))
-
-
 def test_recall_variants_change_one_thing_each():
     """configs/recall.py: the ablation switches off exactly the in-context learners (mixer writes, CMS inner lr); the
     Transformer++ sees the same data and schedule with HOPE's parameter count (±1%)."""
     from hope_jax.models.registry import count_params
 
     hope, no_memory, transformer = (load("configs.recall", v) for v in ("hope", "no_memory", "transformer"))
-    changed = {key for key, value in _flat(no_memory).items() if _flat(hope)[key] != value}
+    changed = {key for key, value in flatten_config(no_memory).items() if flatten_config(hope)[key] != value}
     assert changed == {"model.memory.eta_max", "model.cms.inner_lr"}
     assert no_memory.model.memory.eta_max == 0 and no_memory.model.cms.inner_lr == 0
     assert transformer.model.name == "transformer" and hope.model.name == "hope"
