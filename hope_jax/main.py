@@ -146,7 +146,9 @@ def _main(argv) -> None:
             flush=True,
         )
     else:
-        print(f"finished at step {result.final_step}; eval loss {result.eval_loss}", flush=True)
+        # No eval loss when nothing was left to train (a re-run of a finished workdir): not "eval loss None".
+        loss = "" if result.eval_loss is None else f"; eval loss {result.eval_loss}"
+        print(f"finished at step {result.final_step}{loss}", flush=True)
 
 
 if __name__ == "__main__":
