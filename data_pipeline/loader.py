@@ -65,7 +65,7 @@ def build_commands(manifest: str) -> str:
     """The command that builds a mixture's tokenizer and shards: the seed mixture's own script (it also fetches and
     filters the corpora), else the two pipeline stages over the manifest's filtered JSONL inputs."""
     if Path(manifest).name == "seed_mixture.yaml":
-        return f"{SEED_MIXTURE_BUILDER}   (needs the network and `pip install datasets`)"
+        return f"{SEED_MIXTURE_BUILDER} (needs the network and `pip install datasets`)"
     return (
         f"python -m data_pipeline.train_tokenizer --mixture={manifest} && "
         f"python -m data_pipeline.shard --mixture={manifest}"
@@ -73,7 +73,7 @@ def build_commands(manifest: str) -> str:
 
 
 def _require_built(data_cfg, mixture, *, shards: bool) -> Path:
-    """The tokenizer path, once the tokenizer (and with `shards`, every corpus manifest) exists; otherwise one
+    """The tokenizer path, once the tokenizer (and with `shards`, every corpus manifest) exists; otherwise a one-line
     DataError that says what is missing and the command that builds it (a fresh clone has no data)."""
     tokenizer_path = _tokenizer_path(data_cfg, mixture)
     missing = [] if tokenizer_path.is_file() else [f"no tokenizer {tokenizer_path}"]
@@ -83,8 +83,8 @@ def _require_built(data_cfg, mixture, *, shards: bool) -> Path:
     if not missing:
         return tokenizer_path
     raise DataError(
-        f"the data of mixture {data_cfg.mixture} is not built yet ({'; '.join(missing)}). Build it with:\n  "
-        f"{build_commands(data_cfg.mixture)}\nor train on one local text file instead: bash data_pipeline/run_sample.sh "
+        f"the data of mixture {data_cfg.mixture} is not built yet ({'; '.join(missing)}). Build it with: "
+        f"{build_commands(data_cfg.mixture)}; or train on one local text file instead: bash data_pipeline/run_sample.sh "
         "FILE.txt runs/sample, then --config.data.mixture=runs/sample/sample.yaml --config.model.vocab_size=2000"
     )
 

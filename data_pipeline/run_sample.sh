@@ -9,7 +9,13 @@
 # and SMOKE_STEPS (default 20; 0 skips training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-INPUT=$(realpath "${1:-../shared/data/tinyshakespeare.txt}")
+INPUT=${1:-../shared/data/tinyshakespeare.txt}
+if [[ ! -f "$INPUT" ]]; then
+  echo "error: run_sample.sh: no text file $INPUT (give any UTF-8 text file, e.g. a Project Gutenberg book:" \
+    "bash data_pipeline/run_sample.sh FILE.txt runs/sample)" >&2
+  exit 1
+fi
+INPUT=$(realpath "$INPUT")
 OUT=${2:-runs/sample}
 VOCAB=${3:-2000}
 # Default interpreter: the active virtual environment, else the repository's .venv (the README's), else python3.

@@ -383,7 +383,14 @@ def command_main(
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         log_setup.configure_logging()
-        results, path = run_from_flags(flags.FLAGS)
+        from eval.tasks.zeroshot_tasks import TaskDataError  # a task file missing or unreadable (and --download's)
+
+        try:
+            results, path = run_from_flags(flags.FLAGS)
+        except (RunLoadError, TaskDataError) as error:
+            # Bad input the message names (the workdir, a task file and how to get it); a traceback would bury it.
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
         print(format_results(results))
         print(f"wrote {path}")
 

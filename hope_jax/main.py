@@ -7,6 +7,7 @@ Re-running with the same workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -50,6 +51,28 @@ flags.register_validator(
     lambda value: value is not None or flags.FLAGS.dry_run,
     message="--workdir is required (unless --dry_run)",
 )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that a misspelt config key is one ``error:`` line naming it, not a traceback.
+
+    ml_collections raises KeyError / AttributeError (with its "Did you mean" hint) for an override of a key the
+    locked config does not have; absl's own errors (a bad value, a missing flag) keep absl's usage message.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (KeyError, AttributeError) as error:
+        print(f"error: {_unknown_key_message(argv, error)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _unknown_key_message(argv: list[str], error: Exception) -> str:
+    text = str(error).replace("\\n", "\n").replace("\\'", "'")
+    names = re.findall(r"'([A-Za-z0-9_]+)'", text)
+    overrides = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    key = next((o for o in overrides if names and names[0] in o.split(".")), " ".join(overrides))
+    hint = re.search(r"Did you mean [^?]*\?", text)
+    return f"unknown config key {key}" + (f" ({hint.group(0)})" if hint else "")
 
 
 def main(argv) -> None:
@@ -123,8 +146,10 @@ def _main(argv) -> None:
             flush=True,
         )
     else:
-        print(f"finished at step {result.final_step}; eval loss {result.eval_loss}", flush=True)
+        # No eval loss when nothing was left to train (a re-run of a finished workdir): not "eval loss None".
+        loss = "" if result.eval_loss is None else f"; eval loss {result.eval_loss}"
+        print(f"finished at step {result.final_step}{loss}", flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -285,3 +285,28 @@ def test_zeroshot_limit_reads_only_the_first_documents(tmp_path, tiny_run):
     assert json.loads(path.read_text())["args"]["limit"] == 1
     with pytest.raises(ValueError, match="unknown zero-shot task 'mmlu'"):
         zeroshot.run_zeroshot(tiny_run, ["piqa", "mmlu"], str(FIXTURES), output_dir=str(tmp_path))
+
+
+def test_command_without_task_files_is_one_error_line(tmp_path, tiny_run_workdir):
+    """README: `python -m eval.zeroshot --workdir=W --data_dir=data/zeroshot` on a machine without the task files ends
+    in one `error:` line naming the missing file, its fields and how to fetch it (not a traceback)."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eval.zeroshot",
+            f"--workdir={tiny_run_workdir}",
+            f"--data_dir={tmp_path}",
+            "--tasks=piqa",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: TaskDataError: piqa: no task file {tmp_path}/piqa.jsonl")
+    assert "fields goal, sol1, sol2, label" in last and "--download" in last
+    assert not (tmp_path / "out").exists()

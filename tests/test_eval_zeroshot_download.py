@@ -7,7 +7,9 @@ tests/test_eval_zeroshot.py scores the same fixtures with a real model.
 """
 
 import json
+import os
 import pathlib
+import subprocess
 import sys
 import types
 
@@ -192,3 +194,17 @@ def test_help_lists_the_fields_of_every_task_file():
     for task in TASKS.values():
         assert f"{task.name}.jsonl: {', '.join(task.fields)}" in fv["data_dir"].help
     assert "network" in fv["download"].help
+
+
+def test_download_only_command_ends_a_failure_in_one_error_line(tmp_path):
+    """As a command (`python -m eval.tasks.zeroshot_download`) a failure is one `error:` line, not a traceback; an
+    unknown task stands in for a failed download (TaskDownloadError is a ValueError as well), needing no network."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "eval.tasks.zeroshot_download", f"--data_dir={tmp_path}", "--tasks=mmlu"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("error: ValueError: unknown zero-shot task 'mmlu'")

@@ -65,8 +65,11 @@ def test_unbuilt_mixture_names_the_build_command(tmp_path):
     manifest.write_text("name: seed_mixture\nroot: .\ncorpora:\n  - {name: web, weight: 1.0, inputs: [f/*.jsonl]}\n")
     config = tiny_smoke_config()
     config.data.source, config.data.mixture = "mixture", str(manifest)
-    with pytest.raises(DataError, match=r"(?s)not built yet \(no tokenizer .*; no shards of web\).*build_seed_mixture.sh"):
+    with pytest.raises(
+        DataError, match=r"not built yet \(no tokenizer .*; no shards of web\).*build_seed_mixture.sh"
+    ) as info:
         check_vocab(config.data, config.model.vocab_size)
+    assert "\n" not in str(info.value)  # README: one `error: ...` line, naming the build command
     with pytest.raises(ConfigError, match="not built yet"):
         train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pathlib
+import sys
 
 from eval.tasks.zeroshot_tasks import TASKS, Task, TaskDataError, get_task
 
@@ -145,4 +146,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # TaskDownloadError / TaskDataError, an unknown task: the message says what to do
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
