@@ -45,7 +45,7 @@ MATRICES = [
     (r".*/(wo|attn_out|w_out)/kernel", (1, 32, 32)),  # [heads, head_dim, d]
     (r".*/w_gate/kernel", (1, 32, 32)),
     (r".*/combine/out/kernel", (1, 32, 32)),
-    (r".*/(attn_qkv|write_qkv|qkv/proj)/kernel", (3, 32, 32)),  # fused q, k, v: three matrices
+    (r".*/(attn_qkv|write_qkv|qkv/proj|write/proj)/kernel", (3, 32, 32)),  # fused q, k, v: three matrices
     (r".*/query/proj/kernel", (1, 32, 32)),
     (r".*/mixer/w_in/kernel", (2, 32, 32)),  # the self-modifying mixer's two fused input streams
     (r".*/gates/proj/kernel", (3, 32, 2)),  # three gate kinds, one column per head

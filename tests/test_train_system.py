@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.loader import make_loader
+from hope_jax.optim.builder import learning_rates
 from hope_jax.train.loop import NonFiniteLossError, train
 from hope_jax.train.state import create_train_state
 from hope_jax.train.trainer import build_trainer
@@ -36,8 +37,16 @@ def test_2x2x2_mesh_matches_one_device():
     specs = {leaf.sharding.spec for leaf in jax.tree.leaves(mesh_state.params)}
     assert any("fsdp" in str(s) and "tensor" in str(s) for s in specs)
     np.testing.assert_allclose(mesh_losses, one_losses, rtol=2e-5)
+    # Adam divides by √v: where an element's first moment nearly cancels (gradients of opposite sign in steps 1 and
+    # 2), the ~1e-5 relative rounding of a sharded reduction becomes a visible share of that element's step. Measured
+    # here: one embedding element of 24,576 took a step-2 update 12% larger on the mesh (2.5e-6), with its moments
+    # equal to 1e-5. So each parameter may differ by rounding plus 1% of the largest total step Adam can take
+    # (Σ lr_t, its update being ~unit per element): 9e-6 here, far below any sharding error, which moves whole rows.
+    steps_taken = sum(
+        learning_rates(config.optim, step, total_steps=config.train.num_steps)["default"] for step in (1, 2, 3)
+    )
     for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(mesh_params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 + 0.01 * steps_taken)
 
 
 def test_gradient_accumulation_matches_one_big_batch():
