@@ -5,7 +5,7 @@
 
 d_model 64, 2 layers, 1 head of 64 (the presets' head_dim), vocabulary 1024 so that the blocks, not the LM head,
 carry the cost. HOPE keeps its preset structure (HOPE_SPEC §7, DESIGN D8): memories with chunk 16, CMS levels with
-periods 16 / 512 / frozen, each level as wide as the transformer's matched SwiGLU share (`--match_params=hope` sets the
+periods lm 512 / lm 2048 / frozen, each level as wide as the transformer's matched SwiGLU share (`--match_params=hope` sets the
 transformer's mlp_hidden). The model is tiny because one 8192-token step of a 10M-parameter HOPE is ~1.6 TFLOP
 (registry.flops_per_token), minutes on a shared 2-core CPU (~35-50 GFLOP/s matmul peak, a fraction of it under load);
 d_model 128 × 4 layers measured 60 s per HOPE step and 154 s to compile. The ratios are what this tier measures.

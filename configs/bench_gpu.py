@@ -5,7 +5,7 @@
     bash launch/gpu_bench.sh runs/gpu_bench          # every GPU benchmark of the project in one go
 
 The layer is the hope-160m / transformer-160m presets' (d_model 768, 12 heads of 64, HOPE CMS levels 1024 wide with
-periods 16 / 512 / frozen, DESIGN D8), the vocabulary the tiers' 32,000. Two layers instead of twelve: the layers are
+periods lm 512 / lm 2048 / frozen, DESIGN D8), the vocabulary the tiers' 32,000. Two layers instead of twelve: the layers are
 not scanned, so compile time grows with depth (a HOPE layer is hundreds of chunk-scan ops), and a GPU session's device
 time is minutes; cost per token per layer, which the ratios compare, does not depend on depth. bfloat16 compute
 (cuDNN attention needs it), float32 master weights.
