@@ -22,7 +22,7 @@ PyTree = Any
 # The C×C products and solves of the inner loops stay exact even where the model runs reduced-precision matmuls
 # (HOPE_SPEC Appendix B.3): HIGHEST unless a model asks otherwise (model.inner_precision). On CPU this changes
 # nothing; on a GPU, HIGHEST is true float32 on the CUDA cores, and an H200 HOPE step ran 22% faster at DEFAULT
-# (BUILD_NOTES "Benchmarks", fifth session).
+# (BUILD_NOTES "GPU: NVIDIA H200").
 HIGHEST = lax.Precision.HIGHEST
 INNER_PRECISIONS = {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH, "default": lax.Precision.DEFAULT}
 
