@@ -1,0 +1,1 @@
+"""Pallas kernels for the inner loops (model.memory.kernel; KERNEL_NOTES.md)."""
