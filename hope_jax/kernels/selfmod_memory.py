@@ -128,7 +128,13 @@ def _kernel(*refs, spec: KernelSpec, n_chunks: int, n_mats: int):
             err = k + product - target
             out_rows = jnp.sum(w_out * w_out, axis=1, keepdims=True).T  # [1, h] ‖row j of W_out‖²
             mats = (
-                (k, wdot(err, w_out, dims=((1,), (1,))) * slope, pre, True, rsum(k * k) * rsum(slope * slope * out_rows)),
+                (
+                    k,
+                    wdot(err, w_out, dims=((1,), (1,))) * slope,
+                    pre,
+                    True,
+                    rsum(k * k) * rsum(slope * slope * out_rows),
+                ),
                 (hidden, err, product, False, rsum(hidden * hidden)),
             )
         else:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from hope_jax.kernels import selfmod as selfmod_kernel
 from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize_scale
@@ -125,6 +126,9 @@ class SelfModifyingMixer(nnx.Module):
         # Equal chunk sizes and one memory form: every memory updates on the same chunks as one stack (joint_sequence).
         self.joint = runs_jointly(self.cfg)
         self.remat = mem.remat_chunks
+        self.kernel = selfmod_kernel.resolve(mem.kernel)  # model.memory.kernel: 'xla' | 'pallas' (hope_jax/kernels)
+        if self.kernel == "pallas":
+            selfmod_kernel.check_supported(mem, head_dim(model_cfg))
         self.diagnostics_stride = mem.diagnostics_stride
         d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
         self.n_heads, self.head_dim = heads, hd
@@ -230,13 +234,17 @@ class SelfModifyingMixer(nnx.Module):
         sequence_fn = joint_sequence if self.joint else self_modifying_sequence
         per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, self.cfg), in_axes=(0, 0, 0))
         per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
+        run_chunked = chunk_carry.run_chunked
+        if self.kernel == "pallas":  # M_memory's chunk scan as one Pallas program per (sequence, head)
+            per_batch = selfmod_kernel.batch_fn(self.cfg, joint=self.joint, dot_dtype=self.dtype, remat=self.remat)
+            run_chunked = selfmod_kernel.run_chunked
 
         def chunk_fn(fast, chunk):  # chunk leaves [B, P, H, d] -> per (batch, head) sequences [P, d]
             chunk = jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2).astype(jnp.float32), chunk)
             (y, keys, values), new_fast = per_batch(chunk, fast, reduction)
             return jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2), (y, keys, values)), new_fast
 
-        (y, keys, values), carry = chunk_carry.run_chunked(
+        (y, keys, values), carry = run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.remat,
             # Joint: every memory reads its chunk-start weights; unequal chunk sizes update inside the period (lcm),
