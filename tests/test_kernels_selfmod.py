@@ -1,0 +1,226 @@
+"""model.memory.kernel='pallas': M_memory's chunk scan as a Pallas (Triton backend) kernel, run here in interpret mode.
+
+The kernel must equal the XLA path (the model's own code) in outputs, end state and gradients of an outer loss, at
+float32 tolerance: chunk sizes 16 and 64, head dims 64 and 128, partial last chunks, every switch M_memory's update
+reads, and, through the mixer, the generator ablations (adaptive q, no weight decay) and streaming. The Triton lowering
+itself (every primitive has a Triton rule) is checked by exporting the kernel for CUDA, which needs no GPU.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hope_jax.kernels import selfmod
+from hope_jax.kernels.selfmod_memory import KernelSpec, memory_scan, reference_scan
+from hope_jax.memory.self_modifying import SelfModConfig
+from hope_jax.models import apply_overrides, default_model_config
+from hope_jax.models.config import validate_model_config
+from hope_jax.models.self_modifying import SelfModifyingMixer
+
+TOL = dict(rtol=1e-5, atol=1e-5)  # float32
+
+
+def inputs(cfg: SelfModConfig, *, n: int, length: int, dim: int, seed: int = 0, decay: bool = True):
+    """Per-token (q, k, v, η, log α) as the generators make them (unit q, k, v; η in (0, 1)) and a random state."""
+    keys = jax.random.split(jax.random.key(seed), 8)
+    unit = lambda key: jax.random.normal(key, (n, length, dim)) / jnp.sqrt(dim) * 1.0
+    l2 = lambda a: a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+    eta = jax.nn.sigmoid(jax.random.normal(keys[3], (n, length)))
+    log_alpha = jax.nn.log_sigmoid(4.0 + jax.random.normal(keys[4], (n, length)))
+    per_token = (l2(unit(keys[0])), l2(unit(keys[1])), l2(unit(keys[2])), eta, log_alpha if decay else 0 * eta)
+    if cfg.memory_depth == 1:
+        weights = {"w": jax.random.normal(keys[5], (n, dim, dim)) / jnp.sqrt(dim)}
+    else:
+        weights = {
+            "w_in": jax.random.normal(keys[5], (n, dim, dim)) / jnp.sqrt(dim),
+            "w_out": jax.random.normal(keys[6], (n, dim, dim)) * 0.5 / jnp.sqrt(dim),
+        }
+    momentum = {}
+    if cfg.use_momentum:
+        momentum = jax.tree.map(lambda a: 0.1 * jax.random.normal(keys[7], a.shape), weights)
+    return per_token, weights, momentum
+
+
+def assert_trees_close(actual, expected, **tol):
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), **(tol or TOL))
+
+
+def assert_gradients_close(actual, expected):
+    """Float32 tolerance relative to each gradient's scale: 1e-5·max|g| + 1e-5·|g|. The kernel's forward differs from
+    XLA's by float32 rounding (its sums run in another order: ~1e-6 on outputs of ~6, a few ulps), the outer loss turns
+    that into its cotangents, and one gradient entry sums tens of such terms; an entry near zero then carries an
+    absolute error of ~1e-5 of the array's scale (measured 1.8e-5 on an array of max 2.7), which an elementwise
+    relative tolerance cannot express."""
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
+
+
+def outer_loss(scan):
+    def loss(per_token, weights, momentum):
+        y, w_end, s_end = scan(per_token, weights, momentum)
+        return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves((w_end, s_end)))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+# ---- the memory scan against the XLA reference --------------------------------------------------------------------
+
+SHAPES = {"chunk16_dim64": (16, 64, 40), "chunk64_dim128": (64, 128, 80)}  # (C, d, T): T % C ≠ 0, a partial chunk
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def shaped(request):
+    chunk, dim, length = SHAPES[request.param]
+    cfg = SelfModConfig(chunk_size_memory=chunk, aux_chunk_size=chunk)
+    args = inputs(cfg, n=2, length=length, dim=dim)
+    spec = KernelSpec(cfg, length=length, interpret=True)
+    return cfg, spec, args
+
+
+def test_outputs_and_end_state_match_xla(shaped):
+    cfg, spec, args = shaped
+    assert_trees_close(
+        jax.jit(lambda *a: memory_scan(spec, *a))(*args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args)
+    )
+
+
+def test_gradients_of_an_outer_loss_match_xla(shaped):
+    cfg, spec, args = shaped
+    if cfg.chunk_size_memory != 16:
+        pytest.skip("one shape is enough: the backward is the reference's (KERNEL_NOTES.md)")
+    kernel = outer_loss(lambda *a: memory_scan(spec, *a))(*args)
+    xla = outer_loss(lambda *a: reference_scan(cfg, *a))(*args)
+    assert_gradients_close(kernel, xla)
+
+
+# Every switch M_memory's own update reads (the generator switches are tested through the mixer below); no weight
+# decay reaches M_memory as log α = 0.
+ABLATIONS = {
+    "no_momentum": dict(use_momentum=False),
+    "no_dgd": dict(use_dgd=False),
+    "no_weight_decay": dict(),
+    "gated_delta_value_target": dict(gated_delta=True, memory_target="value"),
+    "dgd_first_layer_gram_bound": dict(dgd_layers="first", step_bound="gram", momentum_decay=0.5),
+    "matrix_memory_plain_step": dict(memory_depth=1, normalize_step=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_switches_match_xla(name):
+    cfg = SelfModConfig(chunk_size_memory=16, **ABLATIONS[name])
+    args = inputs(cfg, n=1, length=24, dim=16, decay=name != "no_weight_decay")
+    spec = KernelSpec(cfg, length=24, interpret=True)
+    assert_trees_close(memory_scan(spec, *args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args))
+
+
+def test_bfloat16_products_stay_near_the_float32_path():
+    """dot_dtype bfloat16 (model.compute_dtype bfloat16): feature × weight products in bf16, state, coefficients and
+    the solve in float32. Not the float32 path, so compared at bfloat16's resolution (8 bits of mantissa)."""
+    cfg = SelfModConfig(chunk_size_memory=16)
+    args = inputs(cfg, n=1, length=32, dim=16)
+    bf16 = memory_scan(KernelSpec(cfg, length=32, dot_dtype="bfloat16", interpret=True), *args)
+    assert_trees_close(bf16, jax.jit(lambda *a: reference_scan(cfg, *a))(*args), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("dot_dtype", ["float32", "bfloat16"])
+def test_kernel_lowers_to_triton_for_cuda(dot_dtype):
+    """Exporting for CUDA runs the Pallas Triton lowering on this CPU: every primitive in the kernel has a Triton rule
+    (no slicing of register tensors, 2-D products of at least 16). Compiling the Triton IR needs a GPU."""
+    cfg = SelfModConfig(chunk_size_memory=16)
+    args = inputs(cfg, n=2, length=40, dim=64)
+    spec = KernelSpec(cfg, length=40, dot_dtype=dot_dtype)
+    exported = jax.export.export(
+        jax.jit(lambda *a: memory_scan(spec, *a)),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*args)
+    assert "__gpu$xla.gpu.triton" in exported.mlir_module()
+
+
+# ---- the switch and the mixer --------------------------------------------------------------------------------------
+
+
+def mixer_cfg(kernel: str, **memory):
+    overrides = dict(name="hope", d_model=32, n_heads=2, memory={"chunk_size": 16, "aux_chunk_size": 16, **memory})
+    cfg = apply_overrides(default_model_config(), overrides)
+    cfg.memory.kernel = kernel
+    return cfg
+
+
+def test_default_is_xla_and_auto_is_xla_off_a_gpu():
+    assert default_model_config().memory.kernel == "xla"
+    assert selfmod.resolve("auto") == ("pallas" if jax.default_backend() == "gpu" else "xla")
+
+
+@pytest.mark.parametrize(
+    ("memory", "message"),
+    [
+        ({"kernel": "cuda"}, "model.memory.kernel = 'cuda'; known: xla, pallas, auto"),
+        (
+            {"kernel": "pallas", "chunk_size": 8},
+            "model.memory.kernel='pallas' does not support model.memory.chunk_size=8",
+        ),
+        ({"kernel": "pallas", "hidden_factor": 3}, "does not support model.memory.hidden_factor=3"),
+        ({"kernel": "pallas", "activation": "gelu"}, "does not support model.memory.activation='gelu'"),
+    ],
+)
+def test_unsupported_settings_name_the_key(memory, message):
+    cfg = mixer_cfg("xla")
+    cfg.memory.update(memory)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_model_config(cfg)
+
+
+def test_head_dim_below_16_names_the_keys():
+    cfg = mixer_cfg("pallas")
+    cfg.n_heads = 4
+    with pytest.raises(ValueError, match=r"head_dim = model.d_model / model.n_heads = 8"):
+        validate_model_config(cfg)
+
+
+def mixer_run(cfg, x, pieces=None):
+    """(outputs, end state, parameter gradients of an outer loss) of the mixer over x [B, T, d], in `pieces` (state
+    carried from piece to piece) or whole."""
+    model = SelfModifyingMixer(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    bounds = np.cumsum([0, *(pieces or [x.shape[1]])])
+
+    def loss(params, x):
+        mixer, state, outs = nnx.merge(graph, params, rest), None, []
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            out, state, _, _ = mixer(x[:, start:stop], state)
+            outs.append(out)
+        out = jnp.concatenate(outs, axis=1)
+        end = state["chunks"]["fast"]
+        return jnp.sum(out * out) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(end)), (out, state)
+
+    (_, (out, state)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, x)
+    return out, state, grads
+
+
+X = jax.random.normal(jax.random.key(1), (1, 40, 32))  # two whole periods of 16 and a partial one
+
+
+@pytest.mark.parametrize(
+    "memory",
+    [{}, {"adaptive_q": True, "weight_decay": False}],
+    ids=["default", "adaptive_q_no_weight_decay"],
+)
+def test_mixer_matches_xla(memory):
+    """Outputs, the carried state (fast weights, pending tokens) and every parameter's gradient."""
+    xla = mixer_run(mixer_cfg("xla", **memory), X)
+    pallas = mixer_run(mixer_cfg("pallas", **memory), X)
+    assert_trees_close(pallas[:2], xla[:2])
+    assert_gradients_close(pallas[2], xla[2])
+
+
+def test_streaming_matches_xla():
+    """State carried across pieces (a piece ending inside a chunk, then one spanning the rest)."""
+    xla = mixer_run(mixer_cfg("xla"), X, pieces=[20, 20])
+    pallas = mixer_run(mixer_cfg("pallas"), X, pieces=[20, 20])
+    assert_trees_close(pallas[:2], xla[:2])
+    assert_gradients_close(pallas[2], xla[2])
