@@ -80,6 +80,25 @@ def test_outputs_and_end_state_match_xla(shaped):
     )
 
 
+def outer_grad(scan):
+    """Gradients of an outer loss of the outputs and the end state, with respect to every input and the start state."""
+
+    def loss(per_token, weights, momentum):
+        y, w_end, s_end = scan(per_token, weights, momentum)
+        return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves((w_end, s_end)))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def test_backward_kernel_matches_xla_gradients(shaped):
+    """The backward kernel (reverse chunk loop from per-chunk state checkpoints, partial last chunk included)."""
+    cfg, spec, args = shaped
+    if cfg.chunk_size_memory != 16:
+        pytest.skip("one shape: the XLA gradient's compile is the slowest part of this file")
+    kernel = outer_grad(lambda *a: memory_scan(spec, *a))(*args)
+    assert_gradients_close(kernel, outer_grad(lambda *a: reference_scan(cfg, *a))(*args))
+
+
 # Every switch M_memory's own update reads (the generator switches are tested through the mixer below); no weight
 # decay reaches M_memory as log α = 0.
 ABLATIONS = {  # each switch in one case; combined where they touch different parts of the update
@@ -96,6 +115,9 @@ def test_switches_match_xla(name):
     args = inputs(cfg, n=1, length=24, dim=16, decay="no_weight_decay" not in name)
     spec = KernelSpec(cfg, length=24, interpret=True)
     assert_trees_close(memory_scan(spec, *args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args))
+    if not cfg.use_momentum:  # a state of one matrix: the backward kernel's other layout
+        kernel = outer_grad(lambda *a: memory_scan(spec, *a))(*args)
+        assert_gradients_close(kernel, outer_grad(lambda *a: reference_scan(cfg, *a))(*args))
 
 
 def test_bfloat16_products_stay_near_the_float32_path():
@@ -108,18 +130,19 @@ def test_bfloat16_products_stay_near_the_float32_path():
 
 
 @pytest.mark.parametrize("dot_dtype", ["float32", "bfloat16"])
-def test_kernel_lowers_to_triton_for_cuda(dot_dtype):
-    """Exporting for CUDA runs the Pallas Triton lowering on this CPU: every primitive in the kernel has a Triton rule
-    (no slicing of register tensors, 2-D products of at least 16). Compiling the Triton IR needs a GPU."""
+def test_kernels_lower_to_triton_for_cuda(dot_dtype):
+    """Exporting a gradient for CUDA runs the Pallas Triton lowering of the forward and backward kernels on this CPU:
+    every primitive in them has a Triton rule (no slicing of register tensors, 2-D products of at least 16, operands
+    of one type). Compiling the Triton IR to a GPU binary needs a GPU."""
     cfg = SelfModConfig(chunk_size_memory=16)
     args = inputs(cfg, n=2, length=40, dim=64)
     spec = KernelSpec(cfg, length=40, dot_dtype=dot_dtype)
     exported = jax.export.export(
-        jax.jit(lambda *a: memory_scan(spec, *a)),
+        jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(memory_scan(spec, *a)[0])), argnums=(0, 1, 2))),
         platforms=["cuda"],
         disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
     )(*args)
-    assert "__gpu$xla.gpu.triton" in exported.mlir_module()
+    assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel
 
 
 # ---- the switch and the mixer --------------------------------------------------------------------------------------
