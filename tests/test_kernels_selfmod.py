@@ -93,7 +93,9 @@ def outer_grad(scan):
 # Every switch M_memory's own update reads (the generator switches are tested through the mixer below); no weight
 # decay reaches M_memory as log α = 0.
 ABLATIONS = {  # each switch in one case; combined where they touch different parts of the update
-    "no_momentum_matrix_memory_value_target": dict(use_momentum=False, memory_depth=1, memory_target="value"),
+    "no_momentum_matrix_memory_value_target_truncated": dict(
+        use_momentum=False, memory_depth=1, memory_target="value", truncate_bptt=True
+    ),
     "no_dgd_no_weight_decay_plain_step": dict(use_dgd=False, normalize_step=False),
     "dgd_first_layer_gram_bound": dict(dgd_layers="first", step_bound="gram", momentum_decay=0.5),
     "gated_delta": dict(gated_delta=True),
@@ -106,7 +108,7 @@ def test_switches_match_xla(name):
     args = inputs(cfg, n=1, length=24, dim=16, decay="no_weight_decay" not in name)
     spec = KernelSpec(cfg, length=24, interpret=True)
     assert_trees_close(memory_scan(spec, *args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args))
-    if not cfg.use_momentum:  # a state of one matrix: the backward kernel's other layout
+    if not cfg.use_momentum:  # a state of one matrix: the backward kernel's other layout; truncate_bptt's gradients
         kernel = outer_grad(lambda *a: memory_scan(spec, *a))(*args)
         assert_gradients_close(kernel, outer_grad(lambda *a: reference_scan(cfg, *a))(*args))
 

@@ -75,6 +75,8 @@ def chunk_update(cfg: SelfModConfig, dot_dtype, precision, weights, momenta, q, 
             inverse = inverse + fdot(inverse, power)
         return fdot(inverse, rhs)
 
+    # truncate_bptt (DESIGN D4): the data-dependent part of the update is stop-gradient'ed (recurrence.chunk_end_state)
+    truncate = lax.stop_gradient if cfg.truncate_bptt else (lambda a: a)
     pick_row = lambda m: rsum(jnp.where(cols == last, m.T, 0.0))  # row `last` of [C, C] m, as a column over i
     pick = lambda col: jnp.sum(jnp.where(row_index == last, col, 0.0))  # col[last], a scalar
 
@@ -150,8 +152,8 @@ def chunk_update(cfg: SelfModConfig, dot_dtype, precision, weights, momenta, q, 
             if mom:
                 rhs = rhs + shift_col_down(momentum_into_state, 0.0) * wdot(x_hat, s0)
             write_rows = write_rows + pick_row(decay) * solve(system, -beta * rhs)
-        new_w.append(carried + wdot(x_hat, write_rows, dims=((0,), (0,))))
+        new_w.append(carried + truncate(wdot(x_hat, write_rows, dims=((0,), (0,)))))
         if mom:
             momentum_step = pick_row(momentum_decay) * step
-            new_s.append(pick(momentum_from_start) * s0 + wdot(x_hat, momentum_step, dims=((0,), (0,))))
+            new_s.append(pick(momentum_from_start) * s0 + truncate(wdot(x_hat, momentum_step, dims=((0,), (0,)))))
     return tuple(new_w), tuple(new_s), y
