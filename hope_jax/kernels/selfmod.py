@@ -18,6 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from hope_jax.kernels.selfmod_joint import joint_batch
 from hope_jax.kernels.selfmod_memory import KernelSpec, memory_scan
 from hope_jax.memory.chunking import current_precision, scan_chunks
 from hope_jax.memory.self_modifying import SelfModConfig, _generate, _update_stack, generator_names
@@ -85,14 +86,25 @@ def _generator_scan(streams: dict, gen: dict, gen_s: dict, reduction: dict, cfg:
     return per_token, w, s
 
 
-def batch_fn(cfg: SelfModConfig, *, joint: bool, dot_dtype, remat: bool, interpret: bool | None = None):
+def batch_fn(
+    cfg: SelfModConfig, *, joint: bool, dot_dtype, remat: bool, interpret: bool | None = None, fuse: bool = True
+):
     """A drop-in for the mixer's per-batch sequence function: fn(streams {name: [B, H, T, d]}, fast (initial_fast's
-    layout, leaves [B, H, n, ...]), reduction {name: [H, ...]}) -> ((y, keys, values) [B, H, T, d], new fast)."""
+    layout, leaves [B, H, n, ...]), reduction {name: [H, ...]}) -> ((y, keys, values) [B, H, T, d], new fast).
+
+    joint (equal chunk sizes) and `fuse`: every memory in one kernel (selfmod_joint.py). Otherwise the generators run
+    as an XLA chunk scan and M_memory on the kernel."""
     cfg = dataclasses.replace(cfg, remat_group=1 if remat else 0)
     n_gens = len(generator_names(cfg))
     interpret = jax.default_backend() != "gpu" if interpret is None else interpret
 
+    def spec_for(length: int, kind: str) -> KernelSpec:
+        dtype = jnp.dtype(dot_dtype).name
+        return KernelSpec(cfg, length, dtype, current_precision(), interpret=interpret, kind=kind)
+
     def run(streams, fast_in, reduction):
+        if joint and fuse:
+            return joint_batch(spec_for(streams["x"].shape[2], "joint"), streams, fast_in, reduction)
         fast = fast_in
         if joint:
             part = lambda tree, sl: jax.tree.map(lambda a: a[:, :, sl], tree)
@@ -106,11 +118,11 @@ def batch_fn(cfg: SelfModConfig, *, joint: bool, dot_dtype, remat: bool, interpr
         batch, heads, length = per_token[0].shape[:3]
         flat = lambda a: a.reshape(batch * heads, *a.shape[2:])
         memory = lambda tree: jax.tree.map(lambda a: flat(a[:, :, 0]), tree)
-        spec = KernelSpec(
-            cfg, length=length, dot_dtype=jnp.dtype(dot_dtype).name, precision=current_precision(), interpret=interpret
-        )
         y, mem_w, mem_s = memory_scan(
-            spec, tuple(flat(a) for a in per_token), memory(fast["memory"]), memory(fast.get("memory_s", {}))
+            spec_for(length, "memory"),
+            tuple(flat(a) for a in per_token),
+            memory(fast["memory"]),
+            memory(fast.get("memory_s", {})),
         )
         unflat = lambda tree: jax.tree.map(lambda a: a.reshape(batch, heads, 1, *a.shape[1:]), tree)
         new = {"gen": gen_w, "memory": unflat(mem_w)}

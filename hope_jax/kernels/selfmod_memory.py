@@ -12,6 +12,10 @@ reverse with the state's cotangent as the carry; each chunk reloads its checkpoi
 chunk_update with jax.vjp inside the kernel (recomputing the chunk's forward), writing the cotangents of the chunk's
 q, k, v, η, log α. spec.backward = 'xla' instead differentiates reference_scan, the model's own XLA code.
 
+The same two kernels run the generators and M_memory together (spec.kind 'joint', selfmod_joint.py): the kernels
+are generic in what one chunk computes (`chunk fn(state, params, tokens) -> (new state, outputs)`, params being
+per-sequence constants such as the η / α reductions, whose cotangents the backward kernel accumulates).
+
 A trailing partial chunk (T % C tokens) is a chunk of its own, as in scan_chunks: its rows are zero-padded and the
 end state is read at its last real token.
 """
@@ -32,6 +36,7 @@ from hope_jax.memory.chunking import INNER_PRECISIONS, inner_precision, scan_chu
 from hope_jax.memory.self_modifying import SelfModConfig, _read_memory, _update_stack
 
 BACKWARDS = ("pallas", "xla")
+KINDS = ("memory", "joint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +49,14 @@ class KernelSpec:
     precision: lax.Precision = lax.Precision.HIGHEST  # float32 products (chunking.current_precision)
     interpret: bool = False
     num_warps: int = 4
-    backward: str = "pallas"  # 'pallas': the backward kernel; 'xla': jax.vjp of reference_scan
+    backward: str = "pallas"  # 'pallas': the backward kernel; 'xla': jax.vjp of reference_scan (kind 'memory')
+    kind: str = "memory"  # 'memory': M_memory alone; 'joint': the generators and M_memory (selfmod_joint.py)
 
     def __post_init__(self):
         if self.backward not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
 
 def _weight_names(cfg: SelfModConfig) -> tuple[str, ...]:
@@ -56,19 +64,30 @@ def _weight_names(cfg: SelfModConfig) -> tuple[str, ...]:
 
 
 def _chunk_fn(spec: KernelSpec, last):
-    return lambda w, s, *xs: chunk_update(spec.cfg, spec.dot_dtype, spec.precision, w, s, *xs, last)
+    """fn(state, params, tokens) -> (new state, outputs), all tuples of 2-D values, for one chunk."""
+    if spec.kind == "joint":
+        from hope_jax.kernels.selfmod_joint import joint_chunk  # late: selfmod_joint builds on this module
 
-
-def _load_chunk(token_refs, rows):
-    return tuple(r[rows, :].astype(F32) for r in token_refs)
-
-
-def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, n_state: int, checkpoints: bool):
-    c = spec.cfg.chunk_size_memory
+        return lambda state, params, tokens: joint_chunk(spec, state, params, tokens, last)
     n_w = len(_weight_names(spec.cfg))
-    token_refs, state_refs = refs[:5], refs[5 : 5 + n_state]
-    y_ref, end_refs = refs[5 + n_state], refs[6 + n_state : 6 + 2 * n_state]
-    ckpt_refs = refs[6 + 2 * n_state :] if checkpoints else ()
+
+    def memory_chunk(state, params, tokens):
+        new_w, new_s, y = chunk_update(
+            spec.cfg, spec.dot_dtype, spec.precision, state[:n_w], state[n_w:], *tokens, last
+        )
+        return new_w + new_s, (y,)
+
+    return memory_chunk
+
+
+def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple, checkpoints: bool):
+    n_tok, n_par, n_state, n_out = layout
+    c = spec.cfg.chunk_size_memory
+    refs = list(refs)
+    take = lambda n: [refs.pop(0) for _ in range(n)]
+    token_refs, param_refs, state_refs, out_refs, end_refs = (take(n) for n in (n_tok, n_par, n_state, n_out, n_state))
+    ckpt_refs = refs
+    params = tuple(r[...].astype(F32) for r in param_refs)
 
     def chunk(index, state):
         if checkpoints:
@@ -76,35 +95,45 @@ def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, n_state: int, checkp
                 r[pl.ds(index * a.shape[0], a.shape[0]), :] = a
         rows = pl.ds(index * c, c)
         last = jnp.minimum(spec.length - index * c, c) - 1  # the chunk's last real token
-        new_w, new_s, y = _chunk_fn(spec, last)(state[:n_w], state[n_w:], *_load_chunk(token_refs, rows))
-        y_ref[rows, :] = y.astype(y_ref.dtype)
-        return new_w + new_s
+        tokens = tuple(r[rows, :].astype(F32) for r in token_refs)
+        new_state, outputs = _chunk_fn(spec, last)(state, params, tokens)
+        for r, a in zip(out_refs, outputs, strict=True):
+            r[rows, :] = a.astype(r.dtype)
+        return tuple(new_state)
 
     state = lax.fori_loop(0, n_chunks, chunk, tuple(r[...].astype(F32) for r in state_refs))
     for r, a in zip(end_refs, state, strict=True):
         r[...] = a.astype(r.dtype)
 
 
-def _backward_kernel(*refs, spec: KernelSpec, n_chunks: int, n_state: int):
+def _backward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple):
+    n_tok, n_par, n_state, n_out = layout
     c = spec.cfg.chunk_size_memory
-    n_w = len(_weight_names(spec.cfg))
-    token_refs, ckpt_refs = refs[:5], refs[5 : 5 + n_state]
-    dy_ref, d_end_refs = refs[5 + n_state], refs[6 + n_state : 6 + 2 * n_state]
-    d_token_refs, d_start_refs = refs[6 + 2 * n_state : 11 + 2 * n_state], refs[11 + 2 * n_state :]
+    refs = list(refs)
+    take = lambda n: [refs.pop(0) for _ in range(n)]
+    token_refs, param_refs, ckpt_refs, d_out_refs, d_end_refs = (
+        take(n) for n in (n_tok, n_par, n_state, n_out, n_state)
+    )
+    d_token_refs, d_param_refs, d_start_refs = take(n_tok), take(n_par), take(n_state)
+    params = tuple(r[...].astype(F32) for r in param_refs)
 
-    def chunk(i, d_state):
+    def chunk(i, carry):
+        d_state, d_params = carry
         index = n_chunks - 1 - i
         rows = pl.ds(index * c, c)
         state = tuple(r[pl.ds(index * d.shape[0], d.shape[0]), :] for r, d in zip(ckpt_refs, d_state, strict=True))
         last = jnp.minimum(spec.length - index * c, c) - 1
-        _, vjp = jax.vjp(_chunk_fn(spec, last), state[:n_w], state[n_w:], *_load_chunk(token_refs, rows))
-        d_w, d_s, *d_tokens = vjp((d_state[:n_w], d_state[n_w:], dy_ref[rows, :].astype(F32)))
+        tokens = tuple(r[rows, :].astype(F32) for r in token_refs)
+        _, vjp = jax.vjp(_chunk_fn(spec, last), state, params, tokens)
+        d_outputs = tuple(r[rows, :].astype(F32) for r in d_out_refs)
+        d_prev, d_chunk_params, d_tokens = vjp((d_state, d_outputs))
         for r, d in zip(d_token_refs, d_tokens, strict=True):
             r[rows, :] = d.astype(r.dtype)
-        return tuple(d_w) + tuple(d_s)
+        return tuple(d_prev), tuple(a + b for a, b in zip(d_params, d_chunk_params, strict=True))
 
-    d_state = lax.fori_loop(0, n_chunks, chunk, tuple(r[...].astype(F32) for r in d_end_refs))
-    for r, a in zip(d_start_refs, d_state, strict=True):
+    start = (tuple(r[...].astype(F32) for r in d_end_refs), tuple(jnp.zeros_like(p) for p in params))
+    d_state, d_params = lax.fori_loop(0, n_chunks, chunk, start)
+    for r, a in zip(d_start_refs + d_param_refs, d_state + d_params, strict=True):
         r[...] = a.astype(r.dtype)
 
 
@@ -124,12 +153,59 @@ def _call(spec: KernelSpec, kernel, inputs: list, out_shape: list):
     )(*inputs)
 
 
-def _pad_tokens(spec: KernelSpec, per_token: tuple) -> list:
-    """(q, k, v [N, T, d], η, log α [N, T]) -> zero-padded to whole chunks, η and log α as [N, T', 1] columns."""
+def _out_widths(spec: KernelSpec, dim: int) -> tuple[int, ...]:
+    return (dim,) * (3 if spec.kind == "joint" else 1)  # joint: (y, keys, values); memory: (y,)
+
+
+def _scan_forward(spec: KernelSpec, tokens: tuple, params: tuple, state: tuple, checkpoints: bool):
+    n_seq, padded_len, dim = tokens[0].shape
+    n_chunks = padded_len // spec.cfg.chunk_size_memory
+    widths = _out_widths(spec, dim)
+    out_shape = [jax.ShapeDtypeStruct((n_seq, padded_len, w), tokens[0].dtype) for w in widths]
+    out_shape += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in state]
+    if checkpoints:
+        out_shape += [jax.ShapeDtypeStruct((n_seq, n_chunks * a.shape[1], a.shape[2]), F32) for a in state]
+    layout = (len(tokens), len(params), len(state), len(widths))
+    kernel = functools.partial(_forward_kernel, spec=spec, n_chunks=n_chunks, layout=layout, checkpoints=checkpoints)
+    results = _call(spec, kernel, [*tokens, *params, *state], out_shape)
+    n_out = len(widths)
+    outputs, end, ckpts = results[:n_out], results[n_out : n_out + len(state)], results[n_out + len(state) :]
+    return (tuple(outputs), tuple(end)), tuple(ckpts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def scan(spec: KernelSpec, tokens: tuple, params: tuple, state: tuple):
+    """(outputs, end state) of spec's chunk function over all chunks of N sequences: tokens [N, T', w] zero-padded to
+    whole chunks, params and state [N, a, b]; one program per sequence. Gradients by the backward kernel."""
+    return _scan_forward(spec, tokens, params, state, checkpoints=False)[0]
+
+
+def _scan_fwd(spec, tokens, params, state):
+    results, ckpts = _scan_forward(spec, tokens, params, state, checkpoints=True)
+    return results, (tokens, params, state, ckpts)
+
+
+def _scan_bwd(spec, residuals, cotangents):
+    tokens, params, state, ckpts = residuals
+    d_outputs, d_end = cotangents
+    n_chunks = tokens[0].shape[1] // spec.cfg.chunk_size_memory
+    layout = (len(tokens), len(params), len(state), len(d_outputs))
+    kernel = functools.partial(_backward_kernel, spec=spec, n_chunks=n_chunks, layout=layout)
+    out_shape = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (*tokens, *params, *state)]
+    grads = _call(spec, kernel, [*tokens, *params, *ckpts, *d_outputs, *d_end], out_shape)
+    n_tok, n_par = len(tokens), len(params)
+    return tuple(grads[:n_tok]), tuple(grads[n_tok : n_tok + n_par]), tuple(grads[n_tok + n_par :])
+
+
+scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def pad_tokens(spec: KernelSpec, tokens) -> tuple:
+    """[N, T, w] (or [N, T]: a [N, T', 1] column) per-token arrays zero-padded to whole chunks."""
     c = spec.cfg.chunk_size_memory
     pad = -(-spec.length // c) * c - spec.length
-    padded = [jnp.pad(a, [(0, 0), (0, pad), (0, 0)]) for a in per_token[:3]]
-    return padded + [jnp.pad(a, [(0, 0), (0, pad)])[..., None] for a in per_token[3:]]
+    column = lambda a: a[..., None] if a.ndim == 2 else a
+    return tuple(jnp.pad(column(a), [(0, 0), (0, pad), (0, 0)]) for a in tokens)
 
 
 def _state_list(spec: KernelSpec, weights: dict, momentum: dict) -> list:
@@ -137,42 +213,10 @@ def _state_list(spec: KernelSpec, weights: dict, momentum: dict) -> list:
     return [weights[n] for n in names] + ([momentum[n] for n in names] if spec.cfg.use_momentum else [])
 
 
-def _state_dicts(spec: KernelSpec, state: list) -> tuple[dict, dict]:
+def _state_dicts(spec: KernelSpec, state) -> tuple[dict, dict]:
     names = _weight_names(spec.cfg)
     weights = dict(zip(names, state[: len(names)], strict=True))
     return weights, (dict(zip(names, state[len(names) :], strict=True)) if spec.cfg.use_momentum else {})
-
-
-def _forward(spec: KernelSpec, per_token: tuple, weights: dict, momentum: dict, checkpoints: bool = False):
-    """per_token: (queries, keys, values [N, T, d], eta, log_alpha [N, T]); weights/momentum: {name: [N, a, b]}.
-    Returns (y, end weights, end momentum) and, with `checkpoints`, every chunk's start state [N, n_chunks·a, b]."""
-    tokens = _pad_tokens(spec, per_token)
-    state = _state_list(spec, weights, momentum)
-    n_seq, padded_len, dim = tokens[0].shape
-    n_chunks = padded_len // spec.cfg.chunk_size_memory
-    out_shape = [jax.ShapeDtypeStruct((n_seq, padded_len, dim), per_token[0].dtype)]
-    out_shape += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in state]
-    if checkpoints:
-        out_shape += [jax.ShapeDtypeStruct((n_seq, n_chunks * a.shape[1], a.shape[2]), F32) for a in state]
-    kernel = functools.partial(
-        _forward_kernel, spec=spec, n_chunks=n_chunks, n_state=len(state), checkpoints=checkpoints
-    )
-    y, *rest = _call(spec, kernel, tokens + state, out_shape)
-    outputs = (y[:, : spec.length], *_state_dicts(spec, rest[: len(state)]))
-    return (outputs, rest[len(state) :]) if checkpoints else outputs
-
-
-def _backward(spec: KernelSpec, per_token: tuple, state: list, ckpts: list, cotangents):
-    d_y, d_weights, d_momentum = cotangents
-    tokens = _pad_tokens(spec, per_token)
-    n_chunks = tokens[0].shape[1] // spec.cfg.chunk_size_memory
-    d_y = jnp.pad(d_y, [(0, 0), (0, tokens[0].shape[1] - spec.length), (0, 0)])
-    d_end = _state_list(spec, d_weights, d_momentum)
-    out_shape = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in tokens + state]
-    kernel = functools.partial(_backward_kernel, spec=spec, n_chunks=n_chunks, n_state=len(state))
-    grads = _call(spec, kernel, tokens + ckpts + [d_y] + d_end, out_shape)
-    d_tokens = [g[:, : spec.length] for g in grads[:3]] + [g[:, : spec.length, 0] for g in grads[3:5]]
-    return (tuple(d_tokens), *_state_dicts(spec, grads[5:]))
 
 
 def reference_scan(cfg: SelfModConfig, per_token: tuple, weights: dict, momentum: dict):
@@ -196,27 +240,33 @@ def reference_scan(cfg: SelfModConfig, per_token: tuple, weights: dict, momentum
     return jax.vmap(one)(per_token, weights, momentum if cfg.use_momentum else {})
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def memory_scan(spec: KernelSpec, per_token: tuple, weights: dict, momentum: dict):
-    """(y [N, T, d], end weights, end momentum ({} without momentum)) of M_memory over N sequences, by the Pallas
-    kernel; gradients by the backward kernel (spec.backward 'pallas') or by reference_scan's VJP ('xla')."""
-    return _forward(spec, per_token, weights, momentum)
-
-
-def _memory_scan_fwd(spec, per_token, weights, momentum):
+    """(y [N, T, d], end weights, end momentum ({} without momentum)) of M_memory over N sequences from the per-token
+    (queries, keys, values [N, T, d], eta, log_alpha [N, T]) and the start state {name: [N, a, b]}: the Pallas
+    kernels, with gradients by the backward kernel (spec.backward 'pallas') or by reference_scan's VJP ('xla')."""
     if spec.backward == "xla":
-        return _forward(spec, per_token, weights, momentum), (per_token, weights, momentum)
-    outputs, ckpts = _forward(spec, per_token, weights, momentum, checkpoints=True)
-    return outputs, (per_token, _state_list(spec, weights, momentum), ckpts)
+        return _memory_scan_xla_backward(spec, per_token, weights, momentum)
+    (y,), end = scan(spec, pad_tokens(spec, per_token), (), tuple(_state_list(spec, weights, momentum)))
+    return (y[:, : spec.length], *_state_dicts(spec, end))
 
 
-def _memory_scan_bwd(spec, residuals, cotangents):
-    if spec.backward == "pallas":
-        return _backward(spec, *residuals, cotangents)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _memory_scan_xla_backward(spec, per_token, weights, momentum):
+    (y,), end = _scan_forward(
+        spec, pad_tokens(spec, per_token), (), tuple(_state_list(spec, weights, momentum)), False
+    )[0]
+    return (y[:, : spec.length], *_state_dicts(spec, end))
+
+
+def _xla_fwd(spec, per_token, weights, momentum):
+    return _memory_scan_xla_backward(spec, per_token, weights, momentum), (per_token, weights, momentum)
+
+
+def _xla_bwd(spec, residuals, cotangents):
     name = next(k for k, v in INNER_PRECISIONS.items() if v == spec.precision)
     with inner_precision(name):
         _, vjp = jax.vjp(functools.partial(reference_scan, spec.cfg), *residuals)
         return vjp(cotangents)
 
 
-memory_scan.defvjp(_memory_scan_fwd, _memory_scan_bwd)
+_memory_scan_xla_backward.defvjp(_xla_fwd, _xla_bwd)
