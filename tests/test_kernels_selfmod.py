@@ -1,6 +1,7 @@
-"""model.memory.kernel='pallas': M_memory's chunk scan as a Pallas (Triton backend) kernel, run here in interpret mode.
+"""model.memory.kernel='pallas': the self-modifying memories' chunk scan as Pallas (Triton backend) kernels, run here in
+interpret mode: M_memory alone (memory level), and every memory in one kernel (the mixer with equal chunk sizes).
 
-The kernel must equal the XLA path (the model's own code) in outputs, end state and gradients of an outer loss, at
+The kernels must equal the XLA path (the model's own code) in outputs, end state and gradients of an outer loss, at
 float32 tolerance: chunk sizes 16 and 64, head dims 64 and 128, partial last chunks, every switch M_memory's update
 reads, and, through the mixer, the generator ablations (adaptive q, no weight decay) and streaming. The Triton lowering
 itself (every primitive has a Triton rule) is checked by exporting the kernel for CUDA, which needs no GPU.
@@ -13,8 +14,9 @@ import pytest
 from flax import nnx
 
 from hope_jax.kernels import selfmod
+from hope_jax.kernels.selfmod_joint import joint_batch
 from hope_jax.kernels.selfmod_memory import KernelSpec, memory_scan, reference_scan
-from hope_jax.memory.self_modifying import SelfModConfig
+from hope_jax.memory.self_modifying import SelfModConfig, generator_names, static_stream_names
 from hope_jax.models import apply_overrides, default_model_config
 from hope_jax.models.config import validate_model_config
 from hope_jax.models.self_modifying import SelfModifyingMixer
@@ -108,7 +110,7 @@ def test_switches_match_xla(name):
     args = inputs(cfg, n=1, length=24, dim=16, decay="no_weight_decay" not in name)
     spec = KernelSpec(cfg, length=24, interpret=True)
     assert_trees_close(memory_scan(spec, *args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args))
-    if not cfg.use_momentum:  # a state of one matrix: the backward kernel's other layout; truncate_bptt's gradients
+    if not cfg.use_momentum:  # a one-matrix state, truncate_bptt and a partial last chunk in the backward kernel
         kernel = outer_grad(lambda *a: memory_scan(spec, *a))(*args)
         assert_gradients_close(kernel, outer_grad(lambda *a: reference_scan(cfg, *a))(*args))
 
@@ -136,6 +138,25 @@ def test_kernels_lower_to_triton_for_cuda(dot_dtype):
         disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
     )(*args)
     assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel
+
+
+def test_joint_kernels_lower_to_triton_for_cuda():
+    """The same for the generators + M_memory kernels (adaptive q, weight decay: every generator)."""
+    cfg = SelfModConfig(adaptive_q=True, normalize_values=True)
+    batch, heads, length, dim = 1, 2, 40, 64
+    n = len(generator_names(cfg)) + 1
+    streams = {name: jnp.ones((batch, heads, length, dim)) for name in static_stream_names(cfg)}
+    weights = {m: jnp.ones((batch, heads, n, dim, dim)) / dim for m in ("w_in", "w_out")}
+    reduction = {name: jnp.ones((heads, dim)) for name in ("eta_w", "alpha_w")}
+    reduction.update(eta_b=jnp.zeros((heads,)), alpha_b=jnp.zeros((heads,)))
+    spec = KernelSpec(cfg, length, "bfloat16", kind="joint")
+    loss = lambda *a: jnp.sum(joint_batch(spec, *a)[0][0])
+    exported = jax.export.export(
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(streams, {"w": weights, "s": weights}, reduction)
+    assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 2
 
 
 # ---- the switch and the mixer --------------------------------------------------------------------------------------
@@ -205,18 +226,22 @@ X = jax.random.normal(jax.random.key(1), (1, 40, 32))  # two whole periods of 16
 
 
 def test_mixer_outputs_state_and_gradients_match_xla():
-    """Every parameter's gradient of an outer loss through the default mixer, through the forward and backward kernels
-    (a whole period, then a partial one: the backward kernel's partial last chunk)."""
-    xla = mixer_run(mixer_cfg("xla"), X[:, :24], grad=True)
-    pallas = mixer_run(mixer_cfg("pallas"), X[:, :24], grad=True)
+    """Every parameter's gradient of an outer loss through the default mixer: the joint forward and backward kernels,
+    including the η / α reductions' gradients (the backward kernel's partial last chunk: test_switches_match_xla)."""
+    xla = mixer_run(mixer_cfg("xla"), X[:, :16], grad=True)
+    pallas = mixer_run(mixer_cfg("pallas"), X[:, :16], grad=True)
     assert_trees_close(pallas[:2], xla[:2])
     assert_gradients_close(pallas[2], xla[2])
 
 
-def test_generator_switches_match_xla():
-    """adaptive q (M_q makes the queries) and no weight decay (no M_α): the generators' switches, with a partial
-    period (the carried pending tokens)."""
-    memory = {"adaptive_q": True, "weight_decay": False}
+@pytest.mark.parametrize(
+    "memory",
+    [{"adaptive_q": True, "weight_decay": False}, {"aux_chunk_size": 8}],
+    ids=["adaptive_q_no_weight_decay", "unequal_chunk_sizes"],
+)
+def test_generator_switches_match_xla(memory):
+    """adaptive q (M_q makes the queries) and no weight decay (no M_α): the generators' switches in the joint kernel,
+    with a partial period (the carried pending tokens); unequal chunk sizes: XLA generators + the M_memory kernel."""
     assert_trees_close(mixer_run(mixer_cfg("pallas", **memory), X), mixer_run(mixer_cfg("xla", **memory), X))
 
 
