@@ -108,7 +108,8 @@ ABLATIONS = {  # each switch in one case; combined where they touch different pa
 def test_switches_match_xla(name):
     cfg = SelfModConfig(chunk_size_memory=16, **ABLATIONS[name])
     args = inputs(cfg, n=1, length=24, dim=16, decay="no_weight_decay" not in name)
-    spec = KernelSpec(cfg, length=24, interpret=True)
+    # checkpoint_group 2: the backward kernel replays chunk 0 from the group's checkpoint to get chunk 1's state
+    spec = KernelSpec(cfg, length=24, interpret=True, checkpoint_group=2)
     assert_trees_close(memory_scan(spec, *args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args))
     if not cfg.use_momentum:  # a one-matrix state, truncate_bptt and a partial last chunk in the backward kernel
         kernel = outer_grad(lambda *a: memory_scan(spec, *a))(*args)
@@ -128,10 +129,10 @@ def test_bfloat16_products_stay_near_the_float32_path():
 def test_kernels_lower_to_triton_for_cuda(dot_dtype):
     """Exporting a gradient for CUDA runs the Pallas Triton lowering of the forward and backward kernels on this CPU:
     every primitive in them has a Triton rule (no slicing of register tensors, 2-D products of at least 16, operands
-    of one type). Compiling the Triton IR to a GPU binary needs a GPU."""
+    of one type), with checkpoint groups of 1 and 2 chunks. Compiling the Triton IR to a GPU binary needs a GPU."""
     cfg = SelfModConfig(chunk_size_memory=16)
     args = inputs(cfg, n=2, length=40, dim=64)
-    spec = KernelSpec(cfg, length=40, dot_dtype=dot_dtype)
+    spec = KernelSpec(cfg, length=40, dot_dtype=dot_dtype, checkpoint_group=1 if dot_dtype == "float32" else 2)
     exported = jax.export.export(
         jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(memory_scan(spec, *a)[0])), argnums=(0, 1, 2))),
         platforms=["cuda"],

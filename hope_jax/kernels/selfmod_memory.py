@@ -6,9 +6,11 @@ per-token queries, keys, values, η and log α made by the generators before it 
 The per-chunk math is selfmod_chunk.chunk_update.
 
 Forward: one program loops over all chunks of its sequence with (W, S) as the loop carry, so the state never leaves
-the chip between chunks (GPU_KERNELS.md §2); with `checkpoints` it also writes every chunk's start state.
+the chip between chunks (GPU_KERNELS.md §2); with `checkpoints` it also writes the start state of every
+spec.checkpoint_group-th chunk.
 Backward (`memory_scan`'s custom VJP, spec.backward = 'pallas'): one program per sequence loops over the chunks in
-reverse with the state's cotangent as the carry; each chunk reloads its checkpointed start state and differentiates
+reverse with the state's cotangent as the carry; each chunk recomputes its start state from its group's checkpoint
+(G − 1 chunk forwards at most; none with G = 1) and differentiates
 chunk_update with jax.vjp inside the kernel (recomputing the chunk's forward), writing the cotangents of the chunk's
 q, k, v, η, log α. spec.backward = 'xla' instead differentiates reference_scan, the model's own XLA code.
 
@@ -51,10 +53,15 @@ class KernelSpec:
     num_warps: int = 4
     backward: str = "pallas"  # 'pallas': the backward kernel; 'xla': jax.vjp of reference_scan (kind 'memory')
     kind: str = "memory"  # 'memory': M_memory alone; 'joint': the generators and M_memory (selfmod_joint.py)
+    # Chunks per state checkpoint of the backward: G = 1 stores every chunk's start state (N·(T/C)·state floats);
+    # G > 1 stores 1/G of them and the backward re-runs up to G − 1 chunk forwards from the group's checkpoint.
+    checkpoint_group: int = 1
 
     def __post_init__(self):
         if self.backward not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
+        if self.checkpoint_group < 1:
+            raise ValueError(f"checkpoint_group must be ≥ 1, got {self.checkpoint_group}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
@@ -80,6 +87,11 @@ def _chunk_fn(spec: KernelSpec, last):
     return memory_chunk
 
 
+def _div(index, n: int):
+    """index // n for a non-negative int32 index (jnp's floor division adds sign fix-ups Triton's lowering rejects)."""
+    return index if n == 1 else lax.div(index, jnp.int32(n))
+
+
 def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple, checkpoints: bool):
     n_tok, n_par, n_state, n_out = layout
     c = spec.cfg.chunk_size_memory
@@ -89,10 +101,17 @@ def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple, check
     ckpt_refs = refs
     params = tuple(r[...].astype(F32) for r in param_refs)
 
+    group = spec.checkpoint_group
+
+    def store_checkpoint(index, state):
+        for r, a in zip(ckpt_refs, state, strict=True):
+            r[pl.ds(_div(index, group) * a.shape[0], a.shape[0]), :] = a
+
     def chunk(index, state):
-        if checkpoints:
-            for r, a in zip(ckpt_refs, state, strict=True):
-                r[pl.ds(index * a.shape[0], a.shape[0]), :] = a
+        if checkpoints and group == 1:
+            store_checkpoint(index, state)
+        elif checkpoints:
+            pl.when(lax.rem(index, jnp.int32(group)) == 0)(lambda: store_checkpoint(index, state))
         rows = pl.ds(index * c, c)
         last = jnp.minimum(spec.length - index * c, c) - 1  # the chunk's last real token
         tokens = tuple(r[rows, :].astype(F32) for r in token_refs)
@@ -117,13 +136,25 @@ def _backward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple):
     d_token_refs, d_param_refs, d_start_refs = take(n_tok), take(n_par), take(n_state)
     params = tuple(r[...].astype(F32) for r in param_refs)
 
+    group = spec.checkpoint_group
+
+    def chunk_inputs(index):
+        rows = pl.ds(index * c, c)
+        return rows, jnp.minimum(spec.length - index * c, c) - 1, tuple(r[rows, :].astype(F32) for r in token_refs)
+
+    def replay(index, state):  # the forward of chunk `index` (a whole chunk: only the last one can be partial)
+        _, last, tokens = chunk_inputs(index)
+        return tuple(_chunk_fn(spec, last)(state, params, tokens)[0])
+
     def chunk(i, carry):
         d_state, d_params = carry
         index = n_chunks - 1 - i
-        rows = pl.ds(index * c, c)
-        state = tuple(r[pl.ds(index * d.shape[0], d.shape[0]), :] for r, d in zip(ckpt_refs, d_state, strict=True))
-        last = jnp.minimum(spec.length - index * c, c) - 1
-        tokens = tuple(r[rows, :].astype(F32) for r in token_refs)
+        state = tuple(
+            r[pl.ds(_div(index, group) * d.shape[0], d.shape[0]), :] for r, d in zip(ckpt_refs, d_state, strict=True)
+        )
+        if group > 1:  # from the group's checkpoint to this chunk's start
+            state = lax.fori_loop(_div(index, group) * group, index, replay, state)
+        rows, last, tokens = chunk_inputs(index)
         _, vjp = jax.vjp(_chunk_fn(spec, last), state, params, tokens)
         d_outputs = tuple(r[rows, :].astype(F32) for r in d_out_refs)
         d_prev, d_chunk_params, d_tokens = vjp((d_state, d_outputs))
@@ -164,7 +195,8 @@ def _scan_forward(spec: KernelSpec, tokens: tuple, params: tuple, state: tuple, 
     out_shape = [jax.ShapeDtypeStruct((n_seq, padded_len, w), tokens[0].dtype) for w in widths]
     out_shape += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in state]
     if checkpoints:
-        out_shape += [jax.ShapeDtypeStruct((n_seq, n_chunks * a.shape[1], a.shape[2]), F32) for a in state]
+        n_ckpt = -(-n_chunks // spec.checkpoint_group)
+        out_shape += [jax.ShapeDtypeStruct((n_seq, n_ckpt * a.shape[1], a.shape[2]), F32) for a in state]
     layout = (len(tokens), len(params), len(state), len(widths))
     kernel = functools.partial(_forward_kernel, spec=spec, n_chunks=n_chunks, layout=layout, checkpoints=checkpoints)
     results = _call(spec, kernel, [*tokens, *params, *state], out_shape)
