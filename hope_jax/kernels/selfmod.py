@@ -1,10 +1,12 @@
 """model.memory.kernel: which implementation runs the self-modifying mixer's memories, and the 'pallas' dispatch.
 
-'xla' is the XLA path (memory/self_modifying.py under chunk_carry.run_chunked), unchanged. 'pallas' runs the
-generators (M_k, M_v, M_q, M_η, M_α) with the same XLA code, as one chunked scan over the piece, then M_memory's chunk
-scan as the Pallas kernel of selfmod_memory.py: one program per (sequence, head) over all chunks of the piece. The
-memory's state never feeds the generators, so this split is the joint scan's computation in another order (equal to
-the XLA path to float32 rounding; tests/test_kernels_selfmod.py). 'auto' is 'pallas' on a GPU and 'xla' elsewhere.
+'xla' is the XLA path (memory/self_modifying.py under chunk_carry.run_chunked), unchanged. 'pallas' runs the memories
+as Pallas kernels, one program per (sequence, head) over all chunks of the piece: with equal chunk sizes (the
+default) every memory, the generators (M_k, M_v, M_q, M_η, M_α) and M_memory, in one kernel (selfmod_joint.py);
+with unequal ones the generators as one XLA chunked scan over the piece (their half of self_modifying_sequence), then
+M_memory's kernel (selfmod_memory.py; the memory's state never feeds the generators, so this is the joint scan's
+computation in another order). Equal to the XLA path to float32 rounding (tests/test_kernels_selfmod.py). 'auto' is
+'pallas' on a GPU and 'xla' elsewhere. Off a GPU the kernels run in Pallas interpret mode (slow; for tests).
 
 A fresh sequence (training, carry None) hands all its whole periods to ONE call (`run_chunked` below), so the kernel
 loops over every chunk of the sequence; a piece with a carry (streaming, decoding) goes through
