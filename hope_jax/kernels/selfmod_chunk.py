@@ -61,6 +61,9 @@ class Ops:
         terms = jnp.where(self.rows > self.cols, jnp.broadcast_to(log_col, (self.c, self.c)), 0.0)
         return jnp.where(self.rows >= self.cols, jnp.exp(self.fdot(self.lower_incl, terms)), 0.0)
 
+    def cumsum_col(self, col):  # [C, 1] cumulative sum as masked row sums (a product with N = 1 is no MMA tile)
+        return self.rsum(jnp.where(self.rows >= self.cols, jnp.broadcast_to(col.T, (self.c, self.c)), 0.0))
+
     def shift_col_down(self, col, first):  # [C, 1]: row t = col[t − 1], row 0 = first
         moved = self.rsum(jnp.where(self.cols == self.rows - 1, jnp.broadcast_to(col.T, (self.c, self.c)), 0.0))
         return jnp.where(self.row_index == 0, first, moved)
@@ -94,12 +97,12 @@ class Ops:
 def coefficients(ops: Ops, log_alpha) -> dict:
     """recurrence.chunk_coefficients from log α [C, 1], shared by every matrix of every memory in the chunk."""
     cfg = ops.cfg
-    co = {"decay": ops.segment_products(log_alpha), "decay_from_start": jnp.exp(ops.fdot(ops.lower_incl, log_alpha))}
+    co = {"decay": ops.segment_products(log_alpha), "decay_from_start": jnp.exp(ops.cumsum_col(log_alpha))}
     if cfg.use_momentum:
         log_eps = math.log(cfg.momentum_decay) if cfg.momentum_decay > 0 else -jnp.inf
         log_m = jnp.full((ops.c, 1), log_eps, F32)
         co["momentum_decay"] = ops.segment_products(log_m)
-        co["momentum_from_start"] = jnp.exp(ops.fdot(ops.lower_incl, log_m))
+        co["momentum_from_start"] = jnp.exp(ops.cumsum_col(log_m))
         co["write"] = ops.fdot(co["decay"], co["momentum_decay"])
         co["momentum_into_state"] = ops.rsum(co["decay"] * co["momentum_from_start"].T)
     else:
