@@ -178,7 +178,7 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.memory.memory_depth must be 1 (matrix) or 2 (residual MLP), got {depth}")
     if model_cfg.memory.kernel not in MEMORY_KERNELS:
         raise ValueError(f"model.memory.kernel = {model_cfg.memory.kernel!r}; known: {', '.join(MEMORY_KERNELS)}")
-    if model_cfg.memory.kernel == "pallas" and model_cfg.d_model % model_cfg.n_heads == 0:
+    if model_cfg.memory.kernel == "pallas" and model_cfg.name == "hope" and model_cfg.d_model % model_cfg.n_heads == 0:
         from hope_jax.kernels import selfmod  # late: the kernels import the memories this module configures
 
         selfmod.check_supported(model_cfg.memory, head_dim(model_cfg))
