@@ -1,4 +1,4 @@
-"""M_memory's chunk scan as Pallas (Triton backend) kernels, one program per (sequence, head), state held on chip.
+"""The memories' chunk scan as Pallas (Triton backend) kernels, one program per (sequence, head), state held on chip.
 
 What it computes is exactly the XLA path's M_memory scan (memory/self_modifying.py `memory_chunk` over
 chunking.scan_chunks: the read y = M(q) at the chunk-start weights, then the DGD update with decay and momentum) for
