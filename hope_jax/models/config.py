@@ -57,9 +57,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.inner_precision = "highest"
     # Documents in a packed window: the token id at which every in-context state restarts (HOPE: the mixer's conv
     # window, its memories, every in-context CMS level), so that no document reads the previous one's memory; the
-    # packer puts <eos> = 1 before each document (data_pipeline/packing.py), so 1 resets there. −1: the state runs
-    # through the whole window (documents read their predecessors). models/document_resets.py; BUILD_NOTES
-    # "Documents in packed windows" has the measured choice.
+    # packer ends each document with <eos> = 1 (data_pipeline/packing.py), so 1 resets at the <eos> input, whose
+    # prediction is the next document's first token. −1: the state runs through the whole window (documents read
+    # their predecessors). models/document_resets.py; BUILD_NOTES "Documents in packed windows" has the measured choice.
     cfg.reset_at_token = -1
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
