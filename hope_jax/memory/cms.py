@@ -35,8 +35,8 @@ def cms_local(
     decay: jax.Array | float,
     period: int,
     activation: str = "silu",
-    use_dgd: bool = True,
-    normalize_step: bool = True,
+    dgd: bool = True,
+    normalized_step: bool = True,
     step_bound: str = "chunk",
     truncate_bptt: bool = False,
     remat_group: int = 1,
@@ -48,7 +48,7 @@ def cms_local(
     x: [B, T, d] the level's input; k, v: [B, T, d] the block's keys and values (heads concatenated).
     lr: inner learning rate η (scalar, may be a traced outer parameter); decay: weight decay, retention 1 − lr·decay.
     period: C in tokens (a trailing partial chunk updates at the end of the sequence; period ≥ T means the outputs
-      never see an update). use_dgd=False gives plain GD with decay. normalize_step: dgd.dgd_chunk_update's
+      never see an update). dgd=False gives plain GD with decay. normalized_step: dgd.dgd_chunk_update's
       curvature-normalised gradient step over the period (False: η' per token), bounded by `step_bound`.
     """
     if x.ndim != 3 or k.shape[:2] != x.shape[:2] or v.shape != k.shape:
@@ -62,8 +62,8 @@ def cms_local(
     lr, decay = cast(lr), cast(decay)
 
     update = functools.partial(
-        _local_chunk_update, lr=lr, decay=decay, period=period, activation=activation, use_dgd=use_dgd,
-        normalize_step=normalize_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
+        _local_chunk_update, lr=lr, decay=decay, period=period, activation=activation, dgd=dgd,
+        normalized_step=normalized_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
     )  # fmt: skip
 
     def one_sequence(w, x, k, v):
@@ -86,13 +86,13 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), tree)
 
 
-def _local_chunk_update(w, k_c, target, key_parts, *, lr, decay, period, activation, use_dgd, normalize_step,
+def _local_chunk_update(w, k_c, target, key_parts, *, lr, decay, period, activation, dgd, normalized_step,
                         step_bound, truncate_bptt):  # fmt: skip
     """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring)."""
     ones = jnp.ones(k_c.shape[:1], k_c.dtype)
     w, _ = dgd_chunk_update(
         w, None, k_c, target, lr * ones, (1.0 - lr * decay) * ones, residual=False, activation=activation,
-        use_dgd=use_dgd, truncate_bptt=truncate_bptt, key_parts=key_parts, normalize_step=normalize_step,
+        dgd=dgd, truncate_bptt=truncate_bptt, key_parts=key_parts, normalized_step=normalized_step,
         chunk_size=period, step_bound=step_bound,
     )  # fmt: skip
     return w
@@ -107,8 +107,8 @@ def nested_chunk_starts(
     lr: jax.Array | float,
     decay: jax.Array | float,
     activation: str = "silu",
-    use_dgd: bool = True,
-    normalize_step: bool = True,
+    dgd: bool = True,
+    normalized_step: bool = True,
     step_bound: str = "chunk",
     truncate_bptt: bool = False,
     accum_dtype=jnp.float32,
@@ -135,7 +135,7 @@ def nested_chunk_starts(
         )
     cast = functools.partial(_cast, dtype=accum_dtype)
     lr, decay, carried, k, v = cast((lr, decay, carried, k, v))
-    options = dict(lr=lr, decay=decay, activation=activation, use_dgd=use_dgd, normalize_step=normalize_step,
+    options = dict(lr=lr, decay=decay, activation=activation, dgd=dgd, normalized_step=normalized_step,
                    step_bound=step_bound, truncate_bptt=truncate_bptt)  # fmt: skip
 
     def update(w, k_c, v_c, period):

@@ -146,8 +146,8 @@ class CMS(nnx.Module):
         self.dtype = compute_dtype(model_cfg)
         self.periods, self.objectives = tuple(cms.periods), tuple(cms.objectives)
         self.variant, self.inner_lr, self.inner_decay = cms.variant, cms.inner_lr, cms.inner_decay
-        self.use_dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
-        self.normalize_step, self.step_bound = cms.normalized_step, model_cfg.memory.step_bound
+        self.dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
+        self.normalized_step, self.step_bound = cms.normalized_step, model_cfg.memory.step_bound
         self.remat = model_cfg.memory.remat_chunks
         self.diagnostics_stride = model_cfg.memory.diagnostics_stride
         self.levels = nnx.List(
@@ -241,8 +241,8 @@ class CMS(nnx.Module):
         def chunk_fn(fast, chunk):
             y, new_fast = cms_local(
                 fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
-                period=period, use_dgd=self.use_dgd, truncate_bptt=self.truncate, remat_group=0,
-                normalize_step=self.normalize_step, step_bound=self.step_bound,
+                period=period, dgd=self.dgd, truncate_bptt=self.truncate, remat_group=0,
+                normalized_step=self.normalized_step, step_bound=self.step_bound,
             )  # fmt: skip
             return y, new_fast
 
@@ -270,7 +270,7 @@ class CMS(nnx.Module):
             chunk = jax.tree.map(lambda a: jnp.pad(a, [(0, 0), (0, periods[-1] - length), (0, 0)]), chunk)
             starts, end = nested_chunk_starts(
                 fast, periods, chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
-                use_dgd=self.use_dgd, normalize_step=self.normalize_step, step_bound=self.step_bound,
+                dgd=self.dgd, normalized_step=self.normalized_step, step_bound=self.step_bound,
                 truncate_bptt=self.truncate,
             )  # fmt: skip
             x = chunk["x"]

@@ -42,22 +42,22 @@ from hope_jax.sharding import constrain
 def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
     mem = model_cfg.memory
     return SelfModConfig(
-        chunk_size_memory=mem.chunk_size,
+        chunk_size=mem.chunk_size,
         aux_chunk_size=mem.aux_chunk_size,
         memory_depth=mem.memory_depth,
         memory_target=mem.memory_target,
         adaptive_q=mem.adaptive_q,
         adaptive_k=mem.adaptive_k,
         adaptive_v=mem.adaptive_v,
-        use_dgd=mem.dgd,
+        dgd=mem.dgd,
         dgd_layers=mem.dgd_layers,
-        use_momentum=mem.momentum,
+        momentum=mem.momentum,
         momentum_decay=mem.momentum_decay,
-        use_weight_decay=mem.weight_decay,
+        weight_decay=mem.weight_decay,
         gated_delta=mem.gated_delta,
         eta_max=mem.eta_max,
         normalize_values=mem.normalize_values,
-        normalize_step=mem.normalized_step,
+        normalized_step=mem.normalized_step,
         step_bound=mem.step_bound,
         activation=mem.activation,
         remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
@@ -162,7 +162,7 @@ class SelfModifyingMixer(nnx.Module):
             lambda *leaves: jnp.stack(leaves, axis=1), *[self.memories[n].value() for n in names]
         )
         fast = {"gen": stack(self.gens), "memory": stack(("memory",))}
-        if self.cfg.use_momentum:
+        if self.cfg.momentum:
             fast.update(
                 gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"])
             )
@@ -216,7 +216,7 @@ class SelfModifyingMixer(nnx.Module):
 
     def reduction(self) -> dict:
         out = {"eta_w": self.eta_w[...], "eta_b": self.eta_b[...]}
-        if self.cfg.use_weight_decay:
+        if self.cfg.weight_decay:
             out.update(alpha_w=self.alpha_w[...], alpha_b=self.alpha_b[...])
         return out
 

@@ -59,7 +59,7 @@ class TitansOptions:
     truncate_bptt: bool
     remat: bool
     rope_theta: float
-    normalize_step: bool
+    normalized_step: bool
 
     @classmethod
     def from_config(cls, model_cfg: ml_collections.ConfigDict) -> TitansOptions:
@@ -68,7 +68,7 @@ class TitansOptions:
             n_heads=model_cfg.n_heads, head_dim=head_dim(model_cfg), chunk_size=t.chunk_size,
             segment_size=t.segment_size, memory_depth=t.memory_depth, momentum=t.momentum,
             truncate_bptt=model_cfg.memory.truncate_bptt, remat=model_cfg.memory.remat_chunks,
-            rope_theta=model_cfg.rope_theta, normalize_step=t.normalized_step,
+            rope_theta=model_cfg.rope_theta, normalized_step=t.normalized_step,
         )  # fmt: skip
 
 
@@ -139,8 +139,8 @@ def memory_call(fast: dict, tokens: dict, t: TitansOptions) -> tuple[jax.Array, 
     y, w_end, s_end = titans_memory(
         fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"], None, None,
         fast.get("s"), log_eta=heads_first["log_eta"], log_keep=heads_first["log_keep"],
-        chunk_size=t.chunk_size, use_momentum=t.momentum, residual=t.memory_depth == 2,
-        truncate_bptt=t.truncate_bptt, remat_group=0, normalize_step=t.normalize_step,
+        chunk_size=t.chunk_size, momentum=t.momentum, residual=t.memory_depth == 2,
+        truncate_bptt=t.truncate_bptt, remat_group=0, normalized_step=t.normalized_step,
     )  # fmt: skip
     return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
 
