@@ -243,32 +243,33 @@ def test_outer_gradient_is_finite_when_the_gates_saturate():
 
     from hope_jax.models import titans as titans_model
     from hope_jax.models.config import default_model_config
+    from hope_jax.models.typed_config import ModelConfig
 
     cfg = default_model_config()
     cfg.d_model, cfg.n_heads = 8, 2
     cfg.titans.chunk_size = 4
-    opts = titans_model.TitansOptions.from_config(cfg)
-    layer = titans_model.Gates(cfg, rngs=nnx.Rngs(0))
+    typed = ModelConfig.from_config(cfg)
+    layer = titans_model.Gates(typed, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(layer)
     rng = np.random.default_rng(0)
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
-    batch, length, hd = 1, 8, opts.head_dim
+    batch, length, hd = 1, 8, typed.head_dim
     x = rng.normal(size=(batch, length, cfg.d_model)).astype(np.float32)
-    q, k, v = (unit(rng.normal(size=(batch, length, opts.n_heads, hd))).astype(np.float32) for _ in range(3))
-    w = {name: (0.3 * rng.normal(size=(batch, opts.n_heads, hd, hd))).astype(np.float32) for name in ("w_in", "w_out")}
+    q, k, v = (unit(rng.normal(size=(batch, length, typed.n_heads, hd))).astype(np.float32) for _ in range(3))
+    w = {name: (0.3 * rng.normal(size=(batch, typed.n_heads, hd, hd))).astype(np.float32) for name in ("w_in", "w_out")}
 
     @jax.jit
     def loss_and_grads(params, fast, q, k, v, x):
         def loss(params, fast, q, k, v, x):
             tokens = {"q": q, "k": k, "v": v, **nnx.merge(graphdef, params)(x)}
-            y, end = titans_model.memory_call(fast, tokens, opts)
+            y, end = titans_model.memory_call(fast, tokens, typed)
             return jnp.sum(jnp.sin(y)) + sum(jnp.sum(a**2) for a in jax.tree.leaves(end))
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))(params, fast, q, k, v, x)
 
     fast = {"w": w, "s": jax.tree.map(np.zeros_like, w)}
     for logits in [(300.0, 300.0, 300.0), (-300.0, -300.0, -300.0), (300.0, -300.0, 300.0), (-300.0, 300.0, -300.0)]:
-        params["bias"] = nnx.Param(jnp.broadcast_to(jnp.asarray(logits)[:, None], (3, opts.n_heads)))
+        params["bias"] = nnx.Param(jnp.broadcast_to(jnp.asarray(logits)[:, None], (3, typed.n_heads)))
         value, grads = loss_and_grads(params, fast, q, k, v, x)
         assert np.isfinite(value), logits
         for path, g in jax.tree_util.tree_leaves_with_path(grads):

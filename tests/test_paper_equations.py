@@ -28,7 +28,7 @@ from hope_jax.memory.self_modifying import (
     updated_names,
 )
 from hope_jax.models.config import default_model_config
-from hope_jax.models.self_modifying import selfmod_config
+from hope_jax.models.typed_config import ModelConfig
 from tests import paper_equations as paper
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -131,13 +131,13 @@ B, H, T_HOPE, CHUNK = 2, 2, 12, 4
 
 
 def preset_config(**memory):
-    """The HOPE preset's SelfModConfig (models/config.py defaults) with small chunks; the fields the reference
+    """The HOPE preset's memory typed (models/config.py defaults) with small chunks; the fields the reference
     implements are checked so that a changed preset fails here rather than silently comparing something else."""
     model = default_model_config()
     model.d_model, model.n_heads = D * H, H
     model.memory.chunk_size = model.memory.aux_chunk_size = CHUNK
     model.memory.update(memory)
-    cfg = selfmod_config(model)
+    cfg = ModelConfig.from_config(model).memory
     assert (cfg.dgd, cfg.dgd_layers, cfg.gated_delta, cfg.memory_target) == (True, "all", False, "self")
     assert (cfg.adaptive_q, cfg.adaptive_k, cfg.adaptive_v, cfg.weight_decay) == (False, True, True, True)
     assert (cfg.step_bound, cfg.activation) == ("chunk", "silu")

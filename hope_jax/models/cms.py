@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from hope_jax.layers import RMSNorm, normal_init, swiglu
 from hope_jax.memory.cms import cms_local, level_forward, nested_chunk_starts
 from hope_jax.models import chunk_carry
-from hope_jax.models.config import compute_dtype
+from hope_jax.models.typed_config import CMSConfig, ModelConfig
 from hope_jax.sharding import constrain
 
 IN_CONTEXT_OBJECTIVES = ("local",)  # updated inside the forward pass (chunk_carry)
@@ -38,7 +37,8 @@ OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE, "outer", "frozen")
 VARIANTS = ("sequential", "nested", "independent")
 
 
-def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
+def validate_cms_config(cms_cfg: CMSConfig) -> None:
+    """The CMS levels' consistency (a CMSConfig, or the model.cms ConfigDict), naming the keys."""
     periods, objectives = tuple(cms_cfg.periods), tuple(cms_cfg.objectives)
     if not periods or len(periods) != len(objectives):
         raise ValueError(f"model.cms.periods {periods} and model.cms.objectives {objectives} need one entry per level")
@@ -70,7 +70,7 @@ def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
         _validate_nested(cms_cfg)
 
 
-def nested_chain(cms_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+def nested_chain(cms_cfg: CMSConfig) -> tuple[int, ...]:
     """Indices of the levels a nested CMS nests (E31), fastest first: its in-context levels ('local' or 'lm');
     () for the other variants."""
     if cms_cfg.variant != "nested":
@@ -79,11 +79,11 @@ def nested_chain(cms_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
     return tuple(i for i, o in enumerate(objectives) if o in (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE))
 
 
-def _validate_nested(cms_cfg: ml_collections.ConfigDict) -> None:
+def _validate_nested(cms_cfg: CMSConfig) -> None:
     """A nested chain hands each level's weights to the next faster level, so its levels share one objective and
     one width, and each period divides the next (a slower update is always also a faster level's chunk end)."""
     chain = nested_chain(cms_cfg)
-    periods, objectives, hidden = (tuple(cms_cfg[key]) for key in ("periods", "objectives", "hidden"))
+    periods, objectives, hidden = (tuple(getattr(cms_cfg, key)) for key in ("periods", "objectives", "hidden"))
     where = f"model.cms (variant 'nested', levels {list(chain)})"
     if len({objectives[i] for i in chain}) > 1:
         raise ValueError(f"{where}: the nested levels need one objective, got {[objectives[i] for i in chain]}")
@@ -105,7 +105,7 @@ def level_param_regex(index: int) -> str:
     return rf".*cms/levels/{index}/.*"
 
 
-def lm_levels(cms_cfg: ml_collections.ConfigDict) -> tuple[tuple[int, int, float], ...]:
+def lm_levels(cms_cfg: CMSConfig) -> tuple[tuple[int, int, float], ...]:
     """(level index, period, inner learning rate) of every 'lm' level; lr from cms.lm_lrs, else cms.inner_lr."""
     lrs = tuple(cms_cfg.lm_lrs) or (cms_cfg.inner_lr,) * len(cms_cfg.periods)
     return tuple(
@@ -115,9 +115,10 @@ def lm_levels(cms_cfg: ml_collections.ConfigDict) -> tuple[tuple[int, int, float
     )
 
 
-def outer_level_periods(model_cfg: ml_collections.ConfigDict) -> dict[int, int]:
-    """{level index: period in tokens} of the outer levels, for building their optimiser levels."""
-    cms = model_cfg.cms
+def outer_level_periods(cfg: ModelConfig) -> dict[int, int]:
+    """{level index: period in tokens} of the outer levels, for building their optimiser levels (a ModelConfig, or
+    the model ConfigDict)."""
+    cms = cfg.cms
     return {i: p for i, (p, o) in enumerate(zip(cms.periods, cms.objectives, strict=True)) if o == "outer"}
 
 
@@ -140,30 +141,18 @@ class CMSLevel(nnx.Module):
 class CMS(nnx.Module):
     """__call__(x, keys, values, state) -> (x with every level's residual added, new state)."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, out_init_std: float, rngs: nnx.Rngs):
-        cms = model_cfg.cms
+    def __init__(self, cfg: ModelConfig, *, out_init_std: float, rngs: nnx.Rngs):
+        cms = cfg.cms
         validate_cms_config(cms)
-        self.dtype = compute_dtype(model_cfg)
-        self.periods, self.objectives = tuple(cms.periods), tuple(cms.objectives)
+        self.dtype = cfg.compute_dtype
+        self.periods, self.objectives = cms.periods, cms.objectives
         self.variant, self.inner_lr, self.inner_decay = cms.variant, cms.inner_lr, cms.inner_decay
-        self.dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
-        self.normalized_step, self.step_bound = cms.normalized_step, model_cfg.memory.step_bound
-        self.remat = model_cfg.memory.remat_chunks
-        self.diagnostics_stride = model_cfg.memory.diagnostics_stride
-        self.levels = nnx.List(
-            [
-                CMSLevel(
-                    model_cfg.d_model,
-                    hidden,
-                    init_std=model_cfg.init_std,
-                    out_init_std=out_init_std,
-                    eps=model_cfg.norm_eps,
-                    dtype=self.dtype,
-                    rngs=rngs,
-                )  # fmt: skip
-                for hidden in cms.hidden
-            ]
-        )
+        self.dgd, self.truncate_bptt = cms.dgd, cfg.memory.truncate_bptt
+        self.normalized_step, self.step_bound = cms.normalized_step, cfg.memory.step_bound
+        self.remat_chunks = cfg.memory.remat_chunks
+        self.diagnostics_stride = cfg.memory.diagnostics_stride
+        level = dict(init_std=cfg.init_std, out_init_std=out_init_std, eps=cfg.norm_eps, dtype=self.dtype, rngs=rngs)
+        self.levels = nnx.List([CMSLevel(cfg.d_model, hidden, **level) for hidden in cms.hidden])
         chain = nested_chain(cms)
         # A nested chain of 'local' levels runs as one unit (_nested_unit); nested 'lm' levels are handed their
         # weights by the driver (models/lm_ttt.py).
@@ -241,7 +230,7 @@ class CMS(nnx.Module):
         def chunk_fn(fast, chunk):
             y, new_fast = cms_local(
                 fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
-                period=period, dgd=self.dgd, truncate_bptt=self.truncate, remat_group=0,
+                period=period, dgd=self.dgd, truncate_bptt=self.truncate_bptt, remat_group=0,
                 normalized_step=self.normalized_step, step_bound=self.step_bound,
             )  # fmt: skip
             return y, new_fast
@@ -250,7 +239,7 @@ class CMS(nnx.Module):
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
         y, carry = chunk_carry.run_chunked(
             chunk_fn, inputs, period, fast=self._initial(i, batch) if state is None else None,
-            carry=state, remat=self.remat, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
+            carry=state, remat=self.remat_chunks, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
         )  # fmt: skip
         self._sow_local_fit(i, keys, values, self._initial(i, batch) if state is None else state["fast"], carry["fast"])
         return y.astype(self.dtype), carry
@@ -271,7 +260,7 @@ class CMS(nnx.Module):
             starts, end = nested_chunk_starts(
                 fast, periods, chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
                 dgd=self.dgd, normalized_step=self.normalized_step, step_bound=self.step_bound,
-                truncate_bptt=self.truncate,
+                truncate_bptt=self.truncate_bptt,
             )  # fmt: skip
             x = chunk["x"]
             for i in span:
@@ -288,7 +277,7 @@ class CMS(nnx.Module):
         start_fast = [self._initial(i, batch) for i in chain] if state is None else state["fast"]
         x_btd, carry = chunk_carry.run_chunked(
             chunk_fn, {"x": x_btd, "k": keys, "v": values}, periods[-1], fast=start_fast if state is None else None,
-            carry=state, remat=self.remat,
+            carry=state, remat=self.remat_chunks,
         )  # fmt: skip
         for i, before, after in zip(chain, start_fast, carry["fast"], strict=True):
             self._sow_local_fit(i, keys, values, before, after)

@@ -47,37 +47,39 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 from jax import lax
 
 from hope_jax.models.cms import lm_levels, nested_chain
+from hope_jax.models.typed_config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class TTTSpec:
+    """The driver's plan, derived from the ModelConfig (cms.inner_decay and cms.lm_second_order keep their names)."""
+
     levels: tuple[tuple[int, int, float], ...]  # (CMS level index, period, inner lr)
     n_layers: int
     granularity: int  # G = gcd of the periods
-    decay: float
-    second_order: bool
+    inner_decay: float
+    lm_second_order: bool
     nested: bool  # cms.variant 'nested': a level takes the next slower level's weights whenever that one steps
 
 
-def ttt_spec(model_cfg: ml_collections.ConfigDict) -> TTTSpec | None:
-    """The lm test-time-training settings of a HOPE-family config; None when it has no 'lm' level."""
-    if not model_cfg.cms.enabled:
+def ttt_spec(cfg: ModelConfig) -> TTTSpec | None:
+    """The lm test-time-training settings of a HOPE-family model; None when it has no 'lm' level."""
+    if not cfg.cms.enabled:
         return None
-    levels = lm_levels(model_cfg.cms)
+    levels = lm_levels(cfg.cms)
     if not levels:
         return None
     return TTTSpec(
         levels=levels,
-        n_layers=model_cfg.n_layers,
+        n_layers=cfg.n_layers,
         granularity=math.gcd(*(period for _, period, _ in levels)),
-        decay=float(model_cfg.cms.inner_decay),
-        second_order=bool(model_cfg.cms.lm_second_order),
-        nested=len(nested_chain(model_cfg.cms)) > 1,
+        inner_decay=float(cfg.cms.inner_decay),
+        lm_second_order=bool(cfg.cms.lm_second_order),
+        nested=len(nested_chain(cfg.cms)) > 1,
     )
 
 
@@ -116,7 +118,9 @@ def inner_step(inner: dict, spec: TTTSpec, grads: list, end_position: jax.Array)
         _, period, lr = spec.levels[k]
         n_pairs = (period // spec.granularity) * (spec.granularity - 1)
         acc = jax.tree.map(jnp.add, state["lm_grad"], grads[layer][k])
-        stepped = jax.tree.map(lambda w, g: (1.0 - lr * spec.decay) * w - (lr / n_pairs) * g, state["lm_fast"], acc)
+        stepped = jax.tree.map(
+            lambda w, g: (1.0 - lr * spec.inner_decay) * w - (lr / n_pairs) * g, state["lm_fast"], acc
+        )
         now = end_position % period == 0
         return {
             "lm_fast": jax.tree.map(lambda new, old: jnp.where(now, new, old), stepped, state["lm_fast"]),
@@ -169,7 +173,7 @@ def chunk_forward_and_step(graphdef, variables, forward, inner: dict, chunk_bg: 
         return jnp.sum(nll_b), (logits, new_inner, nll_b, nnx.state(module, nnx.Intermediate))
 
     (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(get_fast(inner, spec))
-    if not spec.second_order:
+    if not spec.lm_second_order:
         grads = lax.stop_gradient(grads)
     new_inner = inner_step(new_inner, spec, grads, inner["position"] + chunk_bg.shape[1])
     return logits, new_inner, nll_b, sown
@@ -248,9 +252,9 @@ class LMTestTimeTraining:
     """Mixin for a BlockStackLM whose blocks hold a CMS (HOPE, HOPE-Attention): with any 'lm' level, `__call__` runs
     the chunked test-time training above; otherwise the model is unchanged. Put it before BlockStackLM in the bases."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        super().__init__(model_cfg, rngs=rngs)
-        self.ttt = ttt_spec(model_cfg)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.ttt = ttt_spec(cfg)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> Any:
         inner = super().init_state(batch_size, max_len)
