@@ -191,7 +191,7 @@ def nested_cms_reference(cms: CMS, x, keys, values) -> np.ndarray:
     level's period it takes its own update (memory.cms_local on that chunk); whenever a slower level has just
     updated, the next faster level takes over the slower one's weights (its initial state for the slower chunk)."""
     periods = cms.periods
-    kw = dict(lr=cms.inner_lr, decay=cms.inner_decay, dgd=cms.dgd, remat_group=0)
+    kw = dict(inner_lr=cms.inner_lr, inner_decay=cms.inner_decay, dgd=cms.dgd, remat_group=0)
     state = [cms._initial(i, x.shape[0]) for i in range(len(periods))]
     out = []
     for start in range(0, x.shape[1], periods[0]):

@@ -92,7 +92,7 @@ def _forward(memory, chunk, slow):
         fn = reference.self_modifying_reference if slow else self_modifying_titans
         return lambda a: fn(a["x"], a["q"], a["state"], a["reduction"], cfg)[0]
     fn = reference.cms_local_reference if slow else cms_local
-    return lambda a: fn(a["weights"], a["x"], a["k"], a["v"], lr=0.1, decay=0.1, period=chunk)[0]
+    return lambda a: fn(a["weights"], a["x"], a["k"], a["v"], inner_lr=0.1, inner_decay=0.1, period=chunk)[0]
 
 
 def _best_time(compiled, args, repeats):

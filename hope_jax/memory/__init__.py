@@ -34,9 +34,9 @@ Fast-weight dicts (hope_jax.memory.fast_mlp): {'w': [dk, dv]} linear; {'w_in': [
 
 3. CMS `local` level (DESIGN D6):
 
-   cms_local(weights, x [B,T,d], k [B,T,d], v [B,T,d], *, lr, decay, period, activation='silu', dgd=True,
+   cms_local(weights, x [B,T,d], k [B,T,d], v [B,T,d], *, inner_lr, inner_decay, period, activation='silu', dgd=True,
              truncate_bptt=False, remat_group=1, accum_dtype=jnp.float32) -> (y [B,T,d], end_weights)
-   retention = 1 − lr·decay, so lr = 0 is the plain MLP (weights bit-identical).
+   retention = 1 − inner_lr·inner_decay, so inner_lr = 0 is the plain MLP (weights bit-identical).
 
 Per-token references (tests and `python -m hope_jax.bench inner` only): hope_jax.memory.reference.
 """

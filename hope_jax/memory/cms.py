@@ -7,7 +7,7 @@ adds the residual) with period C. Tokens of chunk c read the chunk-start weights
     ℓ_t(θ) = ½‖f_θ(k_t) − f_θs(t)(v_t)‖²,
 
 the target being a constant of the inner gradient. Retention is tied to the learning rate as in decoupled weight decay,
-α = 1 − lr·decay, so lr = 0 leaves θ untouched and the level is exactly the plain MLP.
+α = 1 − inner_lr·inner_decay, so inner_lr = 0 leaves θ untouched and the level is exactly the plain MLP.
 """
 
 import functools
@@ -31,8 +31,8 @@ def cms_local(
     k: jax.Array,
     v: jax.Array,
     *,
-    lr: jax.Array | float,
-    decay: jax.Array | float,
+    inner_lr: jax.Array | float,
+    inner_decay: jax.Array | float,
     period: int,
     activation: str = "silu",
     dgd: bool = True,
@@ -46,7 +46,8 @@ def cms_local(
 
     weights: per-sequence level weights, leaves [B, ...] (2-layer or SwiGLU, see module docstring).
     x: [B, T, d] the level's input; k, v: [B, T, d] the block's keys and values (heads concatenated).
-    lr: inner learning rate η (scalar, may be a traced outer parameter); decay: weight decay, retention 1 − lr·decay.
+    inner_lr: inner learning rate η (scalar, may be a traced outer parameter); inner_decay: weight decay, retention
+      1 − inner_lr·inner_decay.
     period: C in tokens (a trailing partial chunk updates at the end of the sequence; period ≥ T means the outputs
       never see an update). dgd=False gives plain GD with decay. normalized_step: dgd.dgd_chunk_update's
       curvature-normalised gradient step over the period (False: η' per token), bounded by `step_bound`.
@@ -59,10 +60,10 @@ def cms_local(
     if kind == "linear":
         raise ValueError("a CMS level is a 2-layer MLP {'w_in', 'w_out'} or SwiGLU {'w_gate', 'w_up', 'w_down'}")
     cast = functools.partial(_cast, dtype=accum_dtype)
-    lr, decay = cast(lr), cast(decay)
+    inner_lr, inner_decay = cast(inner_lr), cast(inner_decay)
 
     update = functools.partial(
-        _local_chunk_update, lr=lr, decay=decay, period=period, activation=activation, dgd=dgd,
+        _local_chunk_update, inner_lr=inner_lr, inner_decay=inner_decay, period=period, activation=activation, dgd=dgd,
         normalized_step=normalized_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
     )  # fmt: skip
 
@@ -86,12 +87,12 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), tree)
 
 
-def _local_chunk_update(w, k_c, target, key_parts, *, lr, decay, period, activation, dgd, normalized_step,
+def _local_chunk_update(w, k_c, target, key_parts, *, inner_lr, inner_decay, period, activation, dgd, normalized_step,
                         step_bound, truncate_bptt):  # fmt: skip
     """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring)."""
     ones = jnp.ones(k_c.shape[:1], k_c.dtype)
     w, _ = dgd_chunk_update(
-        w, None, k_c, target, lr * ones, (1.0 - lr * decay) * ones, residual=False, activation=activation,
+        w, None, k_c, target, inner_lr * ones, (1.0 - inner_lr * inner_decay) * ones, residual=False, activation=activation,
         dgd=dgd, truncate_bptt=truncate_bptt, key_parts=key_parts, normalized_step=normalized_step,
         chunk_size=period, step_bound=step_bound,
     )  # fmt: skip
@@ -104,8 +105,8 @@ def nested_chunk_starts(
     k: jax.Array,
     v: jax.Array,
     *,
-    lr: jax.Array | float,
-    decay: jax.Array | float,
+    inner_lr: jax.Array | float,
+    inner_decay: jax.Array | float,
     activation: str = "silu",
     dgd: bool = True,
     normalized_step: bool = True,
@@ -134,8 +135,8 @@ def nested_chunk_starts(
             f"k, v must be [B, {periods[-1]}, d] (one chunk of the slowest level); got {k.shape}, {v.shape}"
         )
     cast = functools.partial(_cast, dtype=accum_dtype)
-    lr, decay, carried, k, v = cast((lr, decay, carried, k, v))
-    options = dict(lr=lr, decay=decay, activation=activation, dgd=dgd, normalized_step=normalized_step,
+    inner_lr, inner_decay, carried, k, v = cast((inner_lr, inner_decay, carried, k, v))
+    options = dict(inner_lr=inner_lr, inner_decay=inner_decay, activation=activation, dgd=dgd, normalized_step=normalized_step,
                    step_bound=step_bound, truncate_bptt=truncate_bptt)  # fmt: skip
 
     def update(w, k_c, v_c, period):

@@ -216,7 +216,9 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
     return y, new_state, keys, values
 
 
-def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu", dgd=True, normalized_step=True):
+def cms_local_reference(
+    weights, x, k, v, *, inner_lr, inner_decay, period, activation="silu", dgd=True, normalized_step=True
+):
     """Per-token CMS `local` level; same API as cms_local."""
 
     def one_sequence(w, x, k, v):
@@ -232,8 +234,8 @@ def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu
                 snapshot,
                 k_t,
                 target,
-                lr,
-                1.0 - lr * decay,
+                inner_lr,
+                1.0 - inner_lr * inner_decay,
                 residual=False,
                 activation=activation,
                 dgd=dgd,

@@ -229,7 +229,7 @@ class CMS(nnx.Module):
 
         def chunk_fn(fast, chunk):
             y, new_fast = cms_local(
-                fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
+                fast, chunk["x"], chunk["k"], chunk["v"], inner_lr=self.inner_lr, inner_decay=self.inner_decay,
                 period=period, dgd=self.dgd, truncate_bptt=self.truncate_bptt, remat_group=0,
                 normalized_step=self.normalized_step, step_bound=self.step_bound,
             )  # fmt: skip
@@ -258,7 +258,7 @@ class CMS(nnx.Module):
             length = chunk["x"].shape[1]
             chunk = jax.tree.map(lambda a: jnp.pad(a, [(0, 0), (0, periods[-1] - length), (0, 0)]), chunk)
             starts, end = nested_chunk_starts(
-                fast, periods, chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
+                fast, periods, chunk["k"], chunk["v"], inner_lr=self.inner_lr, inner_decay=self.inner_decay,
                 dgd=self.dgd, normalized_step=self.normalized_step, step_bound=self.step_bound,
                 truncate_bptt=self.truncate_bptt,
             )  # fmt: skip
