@@ -192,7 +192,7 @@ def nested_cms_reference(cms: CMS, x, keys, values) -> np.ndarray:
     updated, the next faster level takes over the slower one's weights (its initial state for the slower chunk)."""
     periods = cms.periods
     kw = dict(inner_lr=cms.inner_lr, inner_decay=cms.inner_decay, dgd=cms.dgd, remat_group=0)
-    state = [cms._initial(i, x.shape[0]) for i in range(len(periods))]
+    state = [cms.initial_fast(i, x.shape[0]) for i in range(len(periods))]
     out = []
     for start in range(0, x.shape[1], periods[0]):
         rows = slice(start, start + periods[0])

@@ -11,10 +11,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def causal_depthwise_conv(x_btc: jax.Array, kernel_wc: jax.Array, prefix_bpc: jax.Array) -> tuple[jax.Array, jax.Array]:
+def causal_depthwise_conv(
+    x_btc: jax.Array, kernel_wc: jax.Array, prefix_bpc: jax.Array, starts_bt: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """y_t = Σ_j kernel[j] ⊙ x_{t−(w−1)+j}; kernel[w−1] weighs the current token.
 
     prefix_bpc holds the w−1 inputs before x (zeros at a sequence start). Returns (y_btc, next prefix).
+    starts_bt: bool [B, T] document starts (model.reset_at_token): a tap never reads an input of an earlier
+    document, as if every document began with zeros; the returned prefix keeps only the last document's inputs.
     """
     window = kernel_wc.shape[0]
     if prefix_bpc.shape[1] != window - 1:
@@ -22,8 +26,18 @@ def causal_depthwise_conv(x_btc: jax.Array, kernel_wc: jax.Array, prefix_bpc: ja
     seq_len = x_btc.shape[1]
     padded = jnp.concatenate([prefix_bpc.astype(x_btc.dtype), x_btc], axis=1)
     kernel = kernel_wc.astype(x_btc.dtype)
-    y_btc = sum(padded[:, j : j + seq_len] * kernel[j] for j in range(window))
-    return y_btc, padded[:, seq_len:]
+    if starts_bt is None:
+        y_btc = sum(padded[:, j : j + seq_len] * kernel[j] for j in range(window))
+        return y_btc, padded[:, seq_len:]
+    # Document index of every padded position (the prefix belongs to the document the piece starts in).
+    document = jnp.pad(jnp.cumsum(starts_bt.astype(jnp.int32), axis=1), [(0, 0), (window - 1, 0)])
+    own = document[:, window - 1 :, None]
+    y_btc = sum(
+        jnp.where(document[:, j : j + seq_len, None] == own, padded[:, j : j + seq_len], 0) * kernel[j]
+        for j in range(window)
+    )
+    prefix = jnp.where(document[:, seq_len:, None] == document[:, -1:, None], padded[:, seq_len:], 0)
+    return y_btc, prefix
 
 
 class CausalDepthwiseConv(nnx.Module):
@@ -42,8 +56,10 @@ class CausalDepthwiseConv(nnx.Module):
     def init_state(self, batch_size: int) -> jax.Array:
         return jnp.zeros((batch_size, self.window - 1, self.channels), self.dtype)
 
-    def __call__(self, x_btc: jax.Array, state: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, x_btc: jax.Array, state: jax.Array | None = None, starts_bt: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         if state is None:
             state = self.init_state(x_btc.shape[0])
-        y_btc, new_state = causal_depthwise_conv(x_btc.astype(self.dtype), self.kernel[...], state)
+        y_btc, new_state = causal_depthwise_conv(x_btc.astype(self.dtype), self.kernel[...], state, starts_bt)
         return y_btc, new_state

@@ -22,7 +22,7 @@ PyTree = Any
 # The C×C products and solves of the inner loops stay exact even where the model runs reduced-precision matmuls
 # (HOPE_SPEC Appendix B.3): HIGHEST unless a model asks otherwise (model.inner_precision). On CPU this changes
 # nothing; on a GPU, HIGHEST is true float32 on the CUDA cores, and an H200 HOPE step ran 22% faster at DEFAULT
-# (BUILD_NOTES "Benchmarks", fifth session).
+# (BUILD_NOTES "GPU: NVIDIA H200").
 HIGHEST = lax.Precision.HIGHEST
 INNER_PRECISIONS = {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH, "default": lax.Precision.DEFAULT}
 
@@ -90,7 +90,10 @@ def gram_step_size(lr: jax.Array, curvature: jax.Array, x: jax.Array, eps: float
     equally long), but a write among orthogonal inputs takes the full Sherman–Morrison step lr/(1 + lr·h) instead of
     ≤ 1/C of its error. Step t reads every input of its chunk, so it is causal only for memories whose reads use the
     chunk-start weights (the DGD memories of HOPE and the CMS), not for a read through the chunk (titans.py)."""
-    gram_row_sums = jnp.sum(jnp.abs(mm(x, x.T)), axis=-1)
+    # A token with lr 0 takes no step (a document reset's masked token): its row of D is zero and drops out of the
+    # bound, so the other tokens' steps never depend on it.
+    active = (lr > 0).astype(x.dtype)
+    gram_row_sums = jnp.sum(jnp.abs(mm(x, x.T)) * active[None, :], axis=-1)
     gain = curvature / (jnp.sum(x * x, axis=-1) + eps)
     return lr / (1.0 + lr * gain * gram_row_sums)
 

@@ -41,6 +41,7 @@ def cms_local(
     truncate_bptt: bool = False,
     remat_group: int = 1,
     accum_dtype=jnp.float32,
+    update_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """One in-context CMS level over a batch; returns (y [B, T, d_out], end weights).
 
@@ -51,6 +52,8 @@ def cms_local(
     period: C in tokens (a trailing partial chunk updates at the end of the sequence; period ≥ T means the outputs
       never see an update). dgd=False gives plain GD with decay. normalized_step: dgd.dgd_chunk_update's
       curvature-normalised gradient step over the period (False: η' per token), bounded by `step_bound`.
+    update_mask: [B, T] per-token weights in {0, 1} of the updates (None: every token); a 0 takes no step and no
+      decay (document resets, models/document_resets.py).
     """
     if x.ndim != 3 or k.shape[:2] != x.shape[:2] or v.shape != k.shape:
         raise ValueError(
@@ -67,19 +70,20 @@ def cms_local(
         normalized_step=normalized_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
     )  # fmt: skip
 
-    def one_sequence(w, x, k, v):
+    def one_sequence(w, x, k, v, mask):
         def chunk_fn(w, xs):
-            x_c, k_c, v_c = xs
+            x_c, k_c, v_c, mask_c = xs
             # The output, the target and the inner gradient's forward pass all read the chunk-start weights.
             key_parts, target_parts, out_parts = fast_mlp.forward_parts_of_blocks(
                 w, (k_c, v_c, x_c), residual=False, activation=activation
             )
-            return update(w, k_c, target_parts["out"], key_parts), out_parts["out"]
+            return update(w, k_c, target_parts["out"], key_parts, mask=mask_c), out_parts["out"]
 
-        w_end, y = scan_chunks(chunk_fn, w, (x, k, v), period, remat_group)
+        w_end, y = scan_chunks(chunk_fn, w, (x, k, v, mask), period, remat_group)
         return y, w_end
 
-    y, w_end = jax.vmap(one_sequence)(*cast((weights, x, k, v)))
+    mask = jnp.ones(x.shape[:2], accum_dtype) if update_mask is None else update_mask
+    y, w_end = jax.vmap(one_sequence)(*cast((weights, x, k, v, mask)))
     return y.astype(x.dtype), w_end
 
 
@@ -88,12 +92,14 @@ def _cast(tree, dtype):
 
 
 def _local_chunk_update(w, k_c, target, key_parts, *, inner_lr, inner_decay, period, activation, dgd, normalized_step,
-                        step_bound, truncate_bptt):  # fmt: skip
-    """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring)."""
-    ones = jnp.ones(k_c.shape[:1], k_c.dtype)
+                        step_bound, truncate_bptt, mask=None):  # fmt: skip
+    """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring);
+    mask [C] in {0, 1}: a 0 takes no step and no decay (None: every token)."""
+    mask = jnp.ones(k_c.shape[:1], k_c.dtype) if mask is None else mask
     w, _ = dgd_chunk_update(
-        w, None, k_c, target, inner_lr * ones, (1.0 - inner_lr * inner_decay) * ones, residual=False, activation=activation,
-        dgd=dgd, truncate_bptt=truncate_bptt, key_parts=key_parts, normalized_step=normalized_step,
+        w, None, k_c, target, inner_lr * mask, 1.0 - inner_lr * inner_decay * mask, residual=False,
+        activation=activation, dgd=dgd, truncate_bptt=truncate_bptt, key_parts=key_parts,
+        normalized_step=normalized_step,
         chunk_size=period, step_bound=step_bound,
     )  # fmt: skip
     return w

@@ -22,7 +22,7 @@ from jax import lax
 from hope_jax.memory.chunking import current_precision, mm, segment_products, shift_rows_down
 
 # Blocks up to this size are multiplied as broadcast products summed in one fused loop: as dot thunks, the 2×2 and
-# 4×4 products of the first inversion levels cost more in dispatch than in arithmetic (bench notes, fourth session).
+# 4×4 products of the first inversion levels cost more in dispatch than in arithmetic.
 SMALL_BLOCK_PRODUCT = 4
 
 

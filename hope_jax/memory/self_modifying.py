@@ -163,8 +163,9 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
 
 def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
     """(q, k, v, η, log α) from the generators' outputs `out` (leading axis: memories in `index` order) and the static
-    streams. log α is computed in log space: log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α
-    reached z = −302 in the smoke run) and its gradient in the decay products is then NaN; log_sigmoid stays finite."""
+    streams (and an optional per-token 'update_mask' that zeroes η and log α). log α is computed in log space:
+    log(sigmoid(z)) is log(0) = −inf once z ≲ −104 (an exploding M_α reached z = −302 in the smoke run) and its
+    gradient in the decay products is then NaN; log_sigmoid stays finite."""
     keys = l2_normalize(out[index["k"]] if "k" in index else xs["k"])
     values = out[index["v"]] if "v" in index else xs["v"]
     values = l2_normalize(values) if cfg.normalize_values else values
@@ -174,6 +175,8 @@ def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
         log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
     else:
         log_alpha = jnp.zeros_like(eta)
+    if "update_mask" in xs:  # document resets (models/document_resets.py): a masked token takes no step, no decay
+        eta, log_alpha = eta * xs["update_mask"], log_alpha * xs["update_mask"]
     return queries, keys, values, eta, log_alpha
 
 

@@ -22,6 +22,10 @@ token's output depends only on those weights and its own inputs: CMS levels, the
 chunk sizes); otherwise (the Titans dual form and MAC segments read the chunk's earlier tokens) from one P-token
 chunk [pending ; token ; padding], O(P) per token, instead of the general path's two-chunk buffer.
 
+Document resets (models/document_resets.py): given per-token `starts` and the memory's initial state, `fn` is called
+as fn(fast, chunk, update_mask) and each chunk runs through document_resets.chunk_with_resets; the starts ride in
+the pending slots with the tokens, so pieces still equal the whole.
+
 A fresh sequence (`carry=None`) is the training path: the piece starts on a boundary, so the chunking is static —
 whole chunks are scanned unpadded and a trailing partial chunk is one shorter call whose update is dropped.
 """
@@ -36,15 +40,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from hope_jax.models.document_resets import chunk_with_resets, where_batch
+
 PyTree = Any
 ChunkFn = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
 
 
-def init_carry(fast: PyTree, token_shapes: PyTree, period: int, batch_size: int) -> dict:
+def init_carry(fast: PyTree, token_shapes: PyTree, period: int, batch_size: int, *, starts: bool = False) -> dict:
     """A fresh carry: `fast` (leaves [B, ...]) and empty pending slots for inputs shaped like `token_shapes`.
 
     token_shapes: pytree of jax.ShapeDtypeStruct for ONE token's inputs (no batch or time axis).
+    starts: the layer runs with document resets (run_chunked's `starts`), so the slots hold each token's start flag.
     """
+    if starts:
+        token_shapes = {"in": token_shapes, "starts": jax.ShapeDtypeStruct((), jnp.bool_)}
     pending = jax.tree.map(lambda s: jnp.zeros((batch_size, period - 1, *s.shape), s.dtype), token_shapes)
     return {"fast": fast, "pending": pending, "count": jnp.zeros((), jnp.int32)}
 
@@ -72,6 +81,8 @@ def run_chunked(
     carry: dict | None,
     remat: bool = False,
     outputs_from_chunk_start: bool = False,
+    starts: jax.Array | None = None,
+    initial: PyTree = None,
 ) -> tuple[PyTree, dict]:
     """Runs `fn(fast, chunk_inputs) -> (chunk_outputs, new_fast)` over whole chunks of P tokens.
 
@@ -82,12 +93,19 @@ def run_chunked(
     outputs_from_chunk_start: the caller's declaration that fn's output for a token depends only on the chunk-start
     fast weights and that token's own inputs (not on the chunk's earlier tokens); lets a one-token piece be computed
     from the token alone (module docstring). Leave False when unsure: the result is then right either way.
+    starts: bool [B, T] document starts of this piece (None: no resets); `initial` is then the state a document
+    starts from (leaves [B, ...]), fn takes a third argument, the chunk's update mask (None: every token), and the
+    carry must come from init_carry(..., starts=True).
     """
+    if starts is not None:
+        fn = _resetting(fn, initial)
+        inputs = {"in": inputs, "starts": starts}
     length = jax.tree.leaves(inputs)[0].shape[1]
     if carry is None:
         return _run_fresh(fn, inputs, period, fast, remat)
     if length == 1 and period > 1:
-        return _run_token(fn, inputs, period, carry, remat, outputs_from_chunk_start)
+        resets_initial = None if starts is None else initial
+        return _run_token(fn, inputs, period, carry, remat, outputs_from_chunk_start, resets_initial)
     fast, pending, count = carry["fast"], carry["pending"], carry["count"]
     n_chunks = math.ceil((period - 1 + length) / period)
     padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
@@ -113,20 +131,34 @@ def run_chunked(
     return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(filled % period, jnp.int32)}
 
 
+def _resetting(fn, initial: PyTree) -> ChunkFn:
+    """fn(fast, chunk, update_mask) as a ChunkFn over {'in': chunk, 'starts': [B, P]} (document_resets.py)."""
+
+    def chunk_fn(fast, chunk):
+        return chunk_with_resets(fn, chunk["starts"], initial, fast, chunk["in"])
+
+    return chunk_fn
+
+
 def _run_token(
-    fn: ChunkFn, inputs: PyTree, period: int, carry: dict, remat: bool, outputs_from_chunk_start: bool
+    fn: ChunkFn, inputs: PyTree, period: int, carry: dict, remat: bool, outputs_from_chunk_start: bool, initial
 ) -> tuple[PyTree, dict]:
     """A one-token piece with a carry (decoding): equal to the general path, with the chunk update computed only
     when this token completes the chunk (count + 1 == P) and no buffer longer than one chunk."""
     fast, pending, count = carry["fast"], carry["pending"], carry["count"]
     fn = jax.checkpoint(fn) if remat else fn
     completes = count + 1 == period
+    read_fast = fast
+    if initial is not None:
+        # A start among the chunk's earlier tokens: this token reads the initial state (its own start flag is
+        # handled by fn); the unfilled slots are zeros.
+        read_fast = where_batch(jnp.any(pending["starts"], axis=1), initial, fast)
 
     def whole_chunk():  # [pending ; token ; zeros]: the token at offset `count`, every layer being causal
         return jax.tree.map(lambda old, new: _place(old, new, count, period), pending, inputs)
 
     if outputs_from_chunk_start:
-        outputs = fn(fast, inputs)[0]  # its update (of a one-token chunk) is unused and never computed under jit
+        outputs = fn(read_fast, inputs)[0]  # its update (of a one-token chunk) is unused and never computed under jit
         fast = lax.cond(completes, lambda: fn(fast, whole_chunk())[1], lambda: fast)
     else:
 

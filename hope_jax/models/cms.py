@@ -28,6 +28,7 @@ from flax import nnx
 from hope_jax.layers import RMSNorm, normal_init, swiglu
 from hope_jax.memory.cms import cms_local, level_forward, nested_chunk_starts
 from hope_jax.models import chunk_carry
+from hope_jax.models.document_resets import seen_start, where_batch, where_tokens
 from hope_jax.models.typed_config import CMSConfig, ModelConfig
 from hope_jax.sharding import constrain
 
@@ -158,6 +159,12 @@ class CMS(nnx.Module):
         # weights by the driver (models/lm_ttt.py).
         local_chain = chain if chain and self.objectives[chain[0]] in IN_CONTEXT_OBJECTIVES else ()
         self.nested = local_chain if len(local_chain) > 1 else ()
+        self.resets = cfg.reset_at_token >= 0  # document resets (models/document_resets.py)
+        if self.resets and self.nested:
+            raise ValueError(
+                "model.reset_at_token ≥ 0 (document resets) is not implemented for a nested chain of 'local' levels "
+                "(model.cms.variant = 'nested' with objective 'local'); use 'lm' levels or model.reset_at_token = -1"
+            )
         self.agg = (
             nnx.Param(jnp.ones((len(self.periods),), jnp.float32), out_sharding=(None,))
             if self.variant == "independent"
@@ -173,36 +180,55 @@ class CMS(nnx.Module):
         def level_state(i):
             if self.nested and i == self.nested[0]:  # the whole nested unit's carry
                 tokens = {"x": token, "k": token, "v": token}
-                initial = [self._initial(j, batch_size) for j in self.nested]
+                initial = [self.initial_fast(j, batch_size) for j in self.nested]
                 return chunk_carry.init_carry(initial, tokens, self.periods[self.nested[-1]], batch_size)
             if i in self.nested:
                 return {}
             if self.in_context(i):
                 tokens = {"x": token, "k": token, "v": token}
-                return chunk_carry.init_carry(self._initial(i, batch_size), tokens, self.periods[i], batch_size)
+                return chunk_carry.init_carry(
+                    self.initial_fast(i, batch_size), tokens, self.periods[i], batch_size, starts=self.resets
+                )
             if self.objectives[i] == LM_OBJECTIVE:
                 # The driver (models/lm_ttt.py) steps lm_fast; lm_grad sums a level's gradients over its period.
-                initial = self._initial(i, batch_size)
+                initial = self.initial_fast(i, batch_size)
                 return {"lm_fast": initial, "lm_grad": jax.tree.map(jnp.zeros_like, initial)}
             return {}
 
         return [level_state(i) for i in range(len(self.levels))]
 
-    def _initial(self, i: int, batch_size: int) -> dict:
+    def initial_fast(self, i: int, batch_size: int) -> dict:
         # Per-sequence fast weights: batch over the data-parallel axes (DESIGN D2).
         per_sequence = lambda a: constrain(jnp.broadcast_to(a, (batch_size, *a.shape)), ("batch",) + (None,) * a.ndim)
         return jax.tree.map(per_sequence, self.levels[i].weights())
 
-    def _lm_level(self, i, x_btd, state):
-        """An 'lm' level inside one call: the MLP on the carried per-sequence weights (the driver updates them)."""
+    def _lm_level(self, i, x_btd, state, starts_bt):
+        """An 'lm' level inside one call: the MLP on the carried per-sequence weights (the driver updates them).
+
+        With document resets the call is one piece from a chunk boundary: a token after a start in the piece reads
+        the reset weights `lm_fast` (the driver puts the level's initial weights there and differentiates them), a
+        token before it the weights the chunk started with, `lm_carried` (given by the driver; else `lm_fast`, and
+        the reset weights are the level's initial ones)."""
         level = self.levels[i]
+        batch = x_btd.shape[0]
         if state is None:
-            state = {"lm_fast": self._initial(i, x_btd.shape[0])}
+            state = {"lm_fast": self.initial_fast(i, batch)}
             state["lm_grad"] = jax.tree.map(jnp.zeros_like, state["lm_fast"])
-        fast = state["lm_fast"]
         per_sequence = jax.vmap(lambda x, g, u, d: swiglu(x, g, u, d))
-        weights = (fast[name].astype(self.dtype) for name in ("w_gate", "w_up", "w_down"))
-        return per_sequence(level.norm(x_btd), *weights), state
+        read = lambda fast: per_sequence(
+            level.norm(x_btd), *(fast[name].astype(self.dtype) for name in ("w_gate", "w_up", "w_down"))
+        )
+        if starts_bt is None:
+            return read(state["lm_fast"]), state
+        seen = seen_start(starts_bt)
+        if "lm_carried" in state:
+            reset, carried = state["lm_fast"], state["lm_carried"]
+        else:
+            carried = state["lm_fast"]
+            reset = where_batch(seen[:, -1], self.initial_fast(i, batch), carried)
+        # A piece without a start reads `reset` everywhere (equal to the carried weights there, and differentiated).
+        from_reset = seen | ~seen[:, -1:]
+        return where_tokens(from_reset, read(reset), read(carried)), state
 
     def _sow_local_fit(self, i, keys, values, start_fast, end_fast) -> None:
         """Inner-loop diagnostics (DESIGN D11): the local objective ½‖f(k) − f(v)‖² (target at the same weights, as
@@ -219,29 +245,30 @@ class CMS(nnx.Module):
         self.sow(nnx.Intermediate, "cms_loss_before", fit(start_fast))
         self.sow(nnx.Intermediate, "cms_loss_after", fit(end_fast))
 
-    def _level(self, i, x_btd, keys, values, state):
+    def _level(self, i, x_btd, keys, values, state, starts_bt):
         level = self.levels[i]
         if self.objectives[i] == LM_OBJECTIVE:
-            return self._lm_level(i, x_btd, state)
+            return self._lm_level(i, x_btd, state, starts_bt)
         if not self.in_context(i):
             return level.plain(x_btd), state
         period = self.periods[i]
 
-        def chunk_fn(fast, chunk):
+        def chunk_fn(fast, chunk, update_mask=None):
             y, new_fast = cms_local(
                 fast, chunk["x"], chunk["k"], chunk["v"], inner_lr=self.inner_lr, inner_decay=self.inner_decay,
                 period=period, dgd=self.dgd, truncate_bptt=self.truncate_bptt, remat_group=0,
-                normalized_step=self.normalized_step, step_bound=self.step_bound,
+                normalized_step=self.normalized_step, step_bound=self.step_bound, update_mask=update_mask,
             )  # fmt: skip
             return y, new_fast
 
         batch = x_btd.shape[0]
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
         y, carry = chunk_carry.run_chunked(
-            chunk_fn, inputs, period, fast=self._initial(i, batch) if state is None else None,
+            chunk_fn, inputs, period, fast=self.initial_fast(i, batch) if state is None else None,
             carry=state, remat=self.remat_chunks, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
+            starts=starts_bt, initial=None if starts_bt is None else self.initial_fast(i, batch),
         )  # fmt: skip
-        self._sow_local_fit(i, keys, values, self._initial(i, batch) if state is None else state["fast"], carry["fast"])
+        self._sow_local_fit(i, keys, values, self.initial_fast(i, batch) if state is None else state["fast"], carry["fast"])
         return y.astype(self.dtype), carry
 
     def _nested_unit(self, x_btd, keys, values, state):
@@ -274,7 +301,7 @@ class CMS(nnx.Module):
             return x[:, :length], [end] * len(chain)
 
         batch = x_btd.shape[0]
-        start_fast = [self._initial(i, batch) for i in chain] if state is None else state["fast"]
+        start_fast = [self.initial_fast(i, batch) for i in chain] if state is None else state["fast"]
         x_btd, carry = chunk_carry.run_chunked(
             chunk_fn, {"x": x_btd, "k": keys, "v": values}, periods[-1], fast=start_fast if state is None else None,
             carry=state, remat=self.remat_chunks,
@@ -283,7 +310,8 @@ class CMS(nnx.Module):
             self._sow_local_fit(i, keys, values, before, after)
         return x_btd, carry
 
-    def __call__(self, x_btd, keys_btd, values_btd, state: list | None):
+    def __call__(self, x_btd, keys_btd, values_btd, state: list | None, starts_bt: jax.Array | None = None):
+        """starts_bt: bool [B, T] document starts (model.reset_at_token): every in-context level restarts there."""
         states = [None] * len(self.levels) if state is None else state
         new_states, outputs = [], []
         for i in range(len(self.levels)):
@@ -296,7 +324,7 @@ class CMS(nnx.Module):
                 new_states.append({})  # a plain level inside the nested unit (applied there)
                 continue
             # independent: x_btd is not updated inside the loop, so every level reads the block's input
-            y, new_state = self._level(i, x_btd, keys_btd, values_btd, states[i])
+            y, new_state = self._level(i, x_btd, keys_btd, values_btd, states[i], starts_bt)
             new_states.append(new_state if self.in_context(i) or self.objectives[i] == LM_OBJECTIVE else {})
             if self.variant == "independent":
                 outputs.append(self.agg[i].astype(self.dtype) * y)

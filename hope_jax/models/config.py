@@ -22,6 +22,9 @@ from hope_jax.memory.self_modifying import MEMORY_TARGETS
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # hope_jax/layers/attention.py
+# Models whose every in-context state restarts at model.reset_at_token (the attention models would also need
+# document masks in attention and in the KV cache).
+DOCUMENT_RESET_MODELS = ("hope",)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -51,6 +54,12 @@ def default_model_config() -> ml_collections.ConfigDict:
     # (exact float32, HOPE_SPEC Appendix B.3) | 'high' | 'default' (TF32-class on NVIDIA GPUs: an H200 HOPE step
     # −22%, BUILD_NOTES "Benchmarks"). Changes nothing on CPU.
     cfg.inner_precision = "highest"
+    # Documents in a packed window: the token id at which every in-context state restarts (HOPE: the mixer's conv
+    # window, its memories, every in-context CMS level), so that no document reads the previous one's memory; the
+    # packer puts <eos> = 1 before each document (data_pipeline/packing.py), so 1 resets there. −1: the state runs
+    # through the whole window (documents read their predecessors). models/document_resets.py; BUILD_NOTES
+    # "Documents in packed windows" has the measured choice.
+    cfg.reset_at_token = -1
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
     cfg.memory = ml_collections.ConfigDict()
@@ -167,6 +176,16 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
     if model_cfg.memory.memory_target not in MEMORY_TARGETS:
         raise ValueError(
             f"model.memory.memory_target = {model_cfg.memory.memory_target!r}; known: {', '.join(MEMORY_TARGETS)}"
+        )
+    if not -1 <= model_cfg.reset_at_token < model_cfg.vocab_size:
+        raise ValueError(
+            f"model.reset_at_token must be −1 (off) or a token id below model.vocab_size = {model_cfg.vocab_size}, "
+            f"got {model_cfg.reset_at_token}"
+        )
+    if model_cfg.reset_at_token >= 0 and model_cfg.name not in DOCUMENT_RESET_MODELS:
+        raise ValueError(
+            f"model.reset_at_token = {model_cfg.reset_at_token} (document resets) is implemented for model.name in "
+            f"{DOCUMENT_RESET_MODELS}, not {model_cfg.name!r}; set model.reset_at_token = -1"
         )
     if model_cfg.memory.memory_depth not in (1, 2):
         depth = model_cfg.memory.memory_depth

@@ -43,10 +43,10 @@ class ChannelMixer(nnx.Module):
     def init_state(self, batch_size: int):
         return [] if self.cms is None else self.cms.init_state(batch_size, self.d_model)
 
-    def __call__(self, x_btd, keys_btd, values_btd, state):
+    def __call__(self, x_btd, keys_btd, values_btd, state, starts_bt=None):
         if self.cms is None:
             return x_btd + self.mlp(self.mlp_norm(x_btd)), []
-        return self.cms(x_btd, keys_btd, values_btd, state)
+        return self.cms(x_btd, keys_btd, values_btd, state, starts_bt)
 
 
 class HopeBlock(nnx.Module):
@@ -58,10 +58,12 @@ class HopeBlock(nnx.Module):
     def init_state(self, batch_size: int, max_len: int | None = None) -> dict:
         return {"mixer": self.mixer.init_state(batch_size), "cms": self.channel.init_state(batch_size)}
 
-    def __call__(self, x_btd, position, state):
-        mixed, mixer_state, keys, values = self.mixer(self.mixer_norm(x_btd), None if state is None else state["mixer"])
+    def __call__(self, x_btd, position, state, starts_bt=None):
+        """starts_bt: bool [B, T] document starts (model.reset_at_token), None without resets."""
+        mixer_state = None if state is None else state["mixer"]
+        mixed, mixer_state, keys, values = self.mixer(self.mixer_norm(x_btd), mixer_state, starts_bt)
         x_btd = x_btd + mixed
-        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"])
+        x_btd, cms_state = self.channel(x_btd, keys, values, None if state is None else state["cms"], starts_bt)
         return x_btd, {"mixer": mixer_state, "cms": cms_state}
 
 

@@ -34,6 +34,12 @@ the chunk_carry.py rule one level up. Generation therefore re-runs up to G − 1
 Cost in training: the inner gradient is one more backward pass through the model per chunk; every layer takes its
 carried-state path, which for a layer of chunk size C runs ⌈(C − 1 + G)/C⌉ chunks per G tokens.
 
+Document resets (`model.reset_at_token`, models/document_resets.py): in a G-chunk with a document start, every lm
+level restarts from its initial weights, which the chunk's tokens after the first start read and the inner gradient
+is taken at; the tokens before it read the weights the chunk started with ('lm_carried' in the level state during
+the chunk's forward pass), only predictions made at or after the chunk's last start count, and the accumulated
+gradient of the level's earlier sub-chunks is dropped.
+
 Diagnostics: the mean lm loss of the finished chunks at their chunk-start weights is sown as `lm_loss`; whatever the
 layers sow per chunk is averaged over the chunks.
 """
@@ -51,6 +57,7 @@ from flax import nnx
 from jax import lax
 
 from hope_jax.models.cms import lm_levels, nested_chain
+from hope_jax.models.document_resets import update_mask, where_batch
 from hope_jax.models.typed_config import ModelConfig
 
 
@@ -64,6 +71,7 @@ class TTTSpec:
     inner_decay: float
     lm_second_order: bool
     nested: bool  # cms.variant 'nested': a level takes the next slower level's weights whenever that one steps
+    reset_at_token: int = -1  # document starts (−1: none)
 
 
 def ttt_spec(cfg: ModelConfig) -> TTTSpec | None:
@@ -80,14 +88,17 @@ def ttt_spec(cfg: ModelConfig) -> TTTSpec | None:
         inner_decay=float(cfg.cms.inner_decay),
         lm_second_order=bool(cfg.cms.lm_second_order),
         nested=len(nested_chain(cfg.cms)) > 1,
+        reset_at_token=int(cfg.reset_at_token),
     )
 
 
-def in_chunk_nll(logits_bgv: jax.Array, tokens_bg: jax.Array) -> jax.Array:
-    """float32[B]: summed NLL of the chunk's predictions whose targets are inside the chunk (G − 1 per sequence)."""
+def in_chunk_nll(logits_bgv: jax.Array, tokens_bg: jax.Array, weights_bg: jax.Array | None = None) -> jax.Array:
+    """float32[B]: summed NLL of the chunk's predictions whose targets are inside the chunk (G − 1 per sequence),
+    each weighted by weights_bg[:, t] of the predicting token t where given."""
     logits = logits_bgv[:, :-1].astype(jnp.float32)
     target_logit = jnp.take_along_axis(logits, tokens_bg[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_logit, axis=-1)
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    return jnp.sum(nll if weights_bg is None else nll * weights_bg[:, :-1], axis=-1)
 
 
 def get_fast(inner: dict, spec: TTTSpec) -> list:
@@ -162,17 +173,45 @@ def init_ttt_state(inner: dict, spec: TTTSpec, batch_size: int) -> dict:
     }
 
 
-def chunk_forward_and_step(graphdef, variables, forward, inner: dict, chunk_bg: jax.Array, spec: TTTSpec):
+def _reset_levels(inner: dict, spec: TTTSpec, chunk_bg: jax.Array, initial: list) -> tuple[dict, list, jax.Array]:
+    """Document resets entering a G-chunk: (the state whose lm levels carry 'lm_carried' = their chunk-start weights
+    and, in sequences with a start in the chunk, a cleared accumulator; each level's weights for the gradient — its
+    initial ones where the chunk has a start; the per-token weights of the chunk's predictions)."""
+    starts = chunk_bg == spec.reset_at_token
+    restart = jnp.any(starts, axis=1)
+    carried = get_fast(inner, spec)
+    fast = [[where_batch(restart, w0, w) for w0, w in zip(i_row, c_row, strict=True)]
+            for i_row, c_row in zip(initial, carried, strict=True)]  # fmt: skip
+
+    def enter(layer, k, state):
+        cleared = jax.tree.map(
+            lambda a: jnp.where(restart.reshape((-1,) + (1,) * (a.ndim - 1)), 0.0, a), state["lm_grad"]
+        )
+        return {**state, "lm_grad": cleared, "lm_carried": carried[layer][k]}
+
+    return _map_levels(inner, spec, enter), fast, update_mask(starts)
+
+
+def chunk_forward_and_step(
+    graphdef, variables, forward, inner: dict, chunk_bg: jax.Array, spec: TTTSpec, initial: list | None = None
+):
     """One G-chunk from the model state `inner` at its start: (logits, the state after it with every lm level's
-    accumulator and due step applied, float32[B] in-chunk NLL at the chunk-start weights, what the layers sowed)."""
+    accumulator and due step applied, float32[B] in-chunk NLL at the chunk-start weights, what the layers sowed).
+    initial: every lm level's initial weights [layer][level] (LMTestTimeTraining.lm_initial_fast), needed with
+    document resets (spec.reset_at_token ≥ 0)."""
+    pair_weights, fast = None, get_fast(inner, spec)
+    if spec.reset_at_token >= 0:
+        inner, fast, pair_weights = _reset_levels(inner, spec, chunk_bg, initial)
 
     def chunk_loss(fast):
         module = nnx.merge(graphdef, variables)
         logits, new_inner = forward(module, chunk_bg, set_fast(inner, spec, fast))
-        nll_b = in_chunk_nll(logits, chunk_bg)
+        nll_b = in_chunk_nll(logits, chunk_bg, pair_weights)
         return jnp.sum(nll_b), (logits, new_inner, nll_b, nnx.state(module, nnx.Intermediate))
 
-    (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(get_fast(inner, spec))
+    (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(fast)
+    if spec.reset_at_token >= 0:
+        new_inner = _map_levels(new_inner, spec, lambda layer, k, s: {n: a for n, a in s.items() if n != "lm_carried"})
     if not spec.lm_second_order:
         grads = lax.stop_gradient(grads)
     new_inner = inner_step(new_inner, spec, grads, inner["position"] + chunk_bg.shape[1])
@@ -205,12 +244,15 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
     filled = count + length
     chunks = jnp.moveaxis(buffer[:, : n_chunks * g].reshape(batch, n_chunks, g), 1, 0)
 
+    initial = model.lm_initial_fast(batch) if spec.reset_at_token >= 0 else None
     nnx.pop(model, nnx.Intermediate)  # re-sown below, averaged over the chunks
     graphdef, variables = nnx.split(model)
 
     def chunk_step(inner, xs):
         index, chunk_bg = xs
-        logits, new_inner, nll_b, sown = chunk_forward_and_step(graphdef, variables, forward, inner, chunk_bg, spec)
+        logits, new_inner, nll_b, sown = chunk_forward_and_step(
+            graphdef, variables, forward, inner, chunk_bg, spec, initial
+        )
         complete = (index + 1) * g <= filled
         new_inner = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_inner, inner)
         return new_inner, (logits, nll_b, complete, sown)
@@ -259,6 +301,10 @@ class LMTestTimeTraining:
     def init_state(self, batch_size: int, max_len: int | None = None) -> Any:
         inner = super().init_state(batch_size, max_len)
         return inner if self.ttt is None else init_ttt_state(inner, self.ttt, batch_size)
+
+    def lm_initial_fast(self, batch_size: int) -> list:
+        """Every lm level's initial (meta-learned) weights per sequence, [layer][level] as get_fast orders them."""
+        return [[block.channel.cms.initial_fast(i, batch_size) for i, _, _ in self.ttt.levels] for block in self.blocks]
 
     def plain_forward(self, tokens_bt: jax.Array, inner: Any):
         """The model without test-time training: one stateful pass with every lm level's weights held constant."""

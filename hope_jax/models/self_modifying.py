@@ -96,6 +96,7 @@ class SelfModifyingMixer(nnx.Module):
         # Equal chunk sizes and one memory form: every memory updates on the same chunks as one stack (joint_sequence).
         self.joint = runs_jointly(self.cfg)
         self.remat_chunks = mem.remat_chunks
+        self.resets = cfg.reset_at_token >= 0  # document resets: the carry's pending slots hold start flags
         self.diagnostics_stride = mem.diagnostics_stride
         d, heads, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
         self.n_heads, self.head_dim = heads, hd
@@ -154,7 +155,7 @@ class SelfModifyingMixer(nnx.Module):
         return {
             "conv": self.conv.init_state(batch_size),
             "chunks": chunk_carry.init_carry(
-                self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size
+                self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size, starts=self.resets
             ),
         }
 
@@ -188,10 +189,12 @@ class SelfModifyingMixer(nnx.Module):
             out.update(alpha_w=self.alpha_w[...], alpha_b=self.alpha_b[...])
         return out
 
-    def __call__(self, x_btd: jax.Array, state: dict | None):
+    def __call__(self, x_btd: jax.Array, state: dict | None, starts_bt: jax.Array | None = None):
+        """starts_bt: bool [B, T] document starts (model.reset_at_token): conv window and memories restart there."""
         batch, seq_len, _ = x_btd.shape
+        heads = self.n_heads
         projected = self.w_in(x_btd).reshape(batch, seq_len, -1)
-        conv_out, conv_state = self.conv(projected, None if state is None else state["conv"])
+        conv_out, conv_state = self.conv(projected, None if state is None else state["conv"], starts_bt)
         streams = jax.nn.silu(conv_out).reshape(batch, seq_len, len(self.streams), self.n_heads, self.head_dim)
         streams = {name: streams[:, :, i] for i, name in enumerate(self.streams)}
         reduction = jax.tree.map(lambda a: a.astype(jnp.float32), self.reduction())
@@ -199,7 +202,9 @@ class SelfModifyingMixer(nnx.Module):
         per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, self.cfg), in_axes=(0, 0, 0))
         per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
 
-        def chunk_fn(fast, chunk):  # chunk leaves [B, P, H, d] -> per (batch, head) sequences [P, d]
+        def chunk_fn(fast, chunk, update_mask=None):  # chunk leaves [B, P, H, d] -> per (batch, head) [P, d]
+            if update_mask is not None:  # [B, P] -> one copy per head
+                chunk = {**chunk, "update_mask": jnp.broadcast_to(update_mask[..., None], (*update_mask.shape, heads))}
             chunk = jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2).astype(jnp.float32), chunk)
             (y, keys, values), new_fast = per_batch(chunk, fast, reduction)
             return jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2), (y, keys, values)), new_fast
@@ -210,6 +215,7 @@ class SelfModifyingMixer(nnx.Module):
             # Joint: every memory reads its chunk-start weights; unequal chunk sizes update inside the period (lcm),
             # so a token's output depends on the period's earlier tokens.
             outputs_from_chunk_start=self.joint,
+            starts=starts_bt, initial=None if starts_bt is None else self.initial_fast(batch),
         )  # fmt: skip
         start_fast = self.initial_fast(batch) if state is None else state["chunks"]["fast"]
         self._sow_memory_fit(self._memory_of(start_fast), self._memory_of(carry["fast"]), keys, values)

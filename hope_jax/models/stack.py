@@ -1,7 +1,9 @@
 """The language-model frame shared by the memory models: embedding → blocks → final RMSNorm → fp32 logits.
 
 A block is an nnx.Module with `init_state(batch_size, max_len)` and `__call__(x_btd, position, state)` returning
-(x_btd, new_state); `state=None` is a fresh sequence. The LM state is {'position': int32 scalar, 'layers': [...]}.
+(x_btd, new_state); `state=None` is a fresh sequence. With `model.reset_at_token` ≥ 0 a block is also handed
+`starts_bt` (bool [B, T], the tokens equal to it: document starts, models/document_resets.py). The LM state is
+{'position': int32 scalar, 'layers': [...]}.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from hope_jax.models.typed_config import ModelConfig
 LMState = dict[str, Any]
 
 
-def _run_block(block, x_btd, position, state):
-    return block(x_btd, position, state)
+def _run_block(block, x_btd, position, state, starts_bt):
+    if starts_bt is None:
+        return block(x_btd, position, state)
+    return block(x_btd, position, state, starts_bt)
 
 
 class BlockStackLM(nnx.Module):
@@ -38,6 +42,7 @@ class BlockStackLM(nnx.Module):
         self.remat = cfg.remat
         maybe_remat(_run_block, self.remat)  # unknown policy names fail at construction
         self.inner_precision = cfg.inner_precision
+        self.reset_at_token = cfg.reset_at_token  # −1: no document resets
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> LMState:
         """Fresh per-sequence state: fast weights at their meta-learned initial values, empty caches. (Under the
@@ -55,10 +60,12 @@ class BlockStackLM(nnx.Module):
         position = jnp.zeros((), jnp.int32) if state is None else state["position"]
         layer_states = [None] * len(self.blocks) if state is None else state["layers"]
         run_block = maybe_remat(_run_block, self.remat)
+        # Document resets: every block's in-context state restarts at a reset token (blocks take the flags).
+        starts_bt = tokens_bt == self.reset_at_token if self.reset_at_token >= 0 else None
         x_btd = self.embed.encode(tokens_bt)
         new_states = []
         for block, layer_state in zip(self.blocks, layer_states, strict=True):
-            x_btd, new_state = run_block(block, x_btd, position, layer_state)
+            x_btd, new_state = run_block(block, x_btd, position, layer_state, starts_bt)
             new_states.append(new_state)
         logits_btv = self.embed.decode(self.final_norm(x_btd))
         return logits_btv, {"position": position + tokens_bt.shape[1], "layers": new_states}

@@ -94,6 +94,7 @@ class ModelConfig:
     max_seq_len: int
     remat: str
     inner_precision: str
+    reset_at_token: int
     memory: MemoryConfig
     cms: CMSConfig
     titans: TitansConfig
