@@ -83,7 +83,8 @@ def run_chunked(
     outputs_from_chunk_start: bool = False,
     starts: jax.Array | None = None,
     initial: PyTree = None,
-) -> tuple[PyTree, dict]:
+    with_aux: bool = False,
+) -> tuple:
     """Runs `fn(fast, chunk_inputs) -> (chunk_outputs, new_fast)` over whole chunks of P tokens.
 
     inputs: pytree of [B, T, ...] per-token inputs of this piece. fast: the initial fast weights, used when carry
@@ -96,16 +97,27 @@ def run_chunked(
     starts: bool [B, T] document starts of this piece (None: no resets); `initial` is then the state a document
     starts from (leaves [B, ...]), fn takes a third argument, the chunk's update mask (None: every token), and the
     carry must come from init_carry(..., starts=True).
+    with_aux: fn returns (chunk_outputs, new_fast, aux) and the result is (outputs, new carry, aux stacked over the
+    calls of fn [n_calls, ...], complete bool [n_calls]: whether that call's chunk was whole and committed).
     """
+    fn3 = fn if with_aux else (lambda f, c, *mask: (*fn(f, c, *mask), None))
     if starts is not None:
-        fn = _resetting(fn, initial)
+        fn3 = _resetting(fn3, initial)
         inputs = {"in": inputs, "starts": starts}
     length = jax.tree.leaves(inputs)[0].shape[1]
     if carry is None:
-        return _run_fresh(fn, inputs, period, fast, remat)
-    if length == 1 and period > 1:
+        result = _run_fresh(fn3, inputs, period, fast, remat)
+    elif length == 1 and period > 1:
         resets_initial = None if starts is None else initial
-        return _run_token(fn, inputs, period, carry, remat, outputs_from_chunk_start, resets_initial)
+        result = _run_token(fn3, inputs, period, carry, remat, outputs_from_chunk_start, resets_initial)
+    else:
+        result = _run_pieces(fn3, inputs, period, carry, remat)
+    return result if with_aux else result[:2]
+
+
+def _run_pieces(fn, inputs: PyTree, period: int, carry: dict, remat: bool):
+    """The general carried path: [pending ; piece] zero-padded to whole chunks at a dynamic offset."""
+    length = jax.tree.leaves(inputs)[0].shape[1]
     fast, pending, count = carry["fast"], carry["pending"], carry["count"]
     n_chunks = math.ceil((period - 1 + length) / period)
     padded_len = n_chunks * period + period  # room for the next pending slice at any boundary
@@ -116,23 +128,25 @@ def run_chunked(
 
     def step(fast, xs):
         index, chunk = xs
-        outputs, new_fast = fn(fast, chunk)
+        outputs, new_fast, aux = fn(fast, chunk)
         complete = (index + 1) * period <= filled
         new_fast = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_fast, fast)
-        return new_fast, outputs
+        return new_fast, (outputs, aux, complete)
 
     if remat:
         step = jax.checkpoint(step, prevent_cse=False)  # scanned: see _run_fresh
-    fast, outputs = lax.scan(step, fast, (jnp.arange(n_chunks), chunks))
+    fast, (outputs, aux, complete) = lax.scan(step, fast, (jnp.arange(n_chunks), chunks))
     outputs = jax.tree.map(_merge_chunks, outputs)
     outputs = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, count, length, axis=1), outputs)
     boundary = (filled // period) * period
     new_pending = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, boundary, period - 1, axis=1), combined)
-    return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(filled % period, jnp.int32)}
+    new_carry = {"fast": fast, "pending": new_pending, "count": jnp.asarray(filled % period, jnp.int32)}
+    return outputs, new_carry, aux, complete
 
 
-def _resetting(fn, initial: PyTree) -> ChunkFn:
-    """fn(fast, chunk, update_mask) as a ChunkFn over {'in': chunk, 'starts': [B, P]} (document_resets.py)."""
+def _resetting(fn, initial: PyTree):
+    """fn(fast, chunk, update_mask) -> (outputs, new_fast, aux) over {'in': chunk, 'starts': [B, P]}
+    (document_resets.py)."""
 
     def chunk_fn(fast, chunk):
         return chunk_with_resets(fn, chunk["starts"], initial, fast, chunk["in"])
@@ -140,9 +154,7 @@ def _resetting(fn, initial: PyTree) -> ChunkFn:
     return chunk_fn
 
 
-def _run_token(
-    fn: ChunkFn, inputs: PyTree, period: int, carry: dict, remat: bool, outputs_from_chunk_start: bool, initial
-) -> tuple[PyTree, dict]:
+def _run_token(fn, inputs: PyTree, period: int, carry: dict, remat: bool, outputs_from_chunk_start: bool, initial):
     """A one-token piece with a carry (decoding): equal to the general path, with the chunk update computed only
     when this token completes the chunk (count + 1 == P) and no buffer longer than one chunk."""
     fast, pending, count = carry["fast"], carry["pending"], carry["count"]
@@ -158,7 +170,8 @@ def _run_token(
         return jax.tree.map(lambda old, new: _place(old, new, count, period), pending, inputs)
 
     if outputs_from_chunk_start:
-        outputs = fn(read_fast, inputs)[0]  # its update (of a one-token chunk) is unused and never computed under jit
+        # Its update (of a one-token chunk) is unused and never computed under jit.
+        outputs, _, aux = fn(read_fast, inputs)
         fast = lax.cond(completes, lambda: fn(fast, whole_chunk())[1], lambda: fast)
     else:
 
@@ -166,9 +179,10 @@ def _run_token(
             return fn(fast, whole_chunk())
 
         def keep_branch():  # the same outputs; the unused update is dead code inside this branch
-            return fn(fast, whole_chunk())[0], fast
+            outputs, _, aux = fn(fast, whole_chunk())
+            return outputs, fast, aux
 
-        chunk_outputs, fast = lax.cond(completes, update_branch, keep_branch)
+        chunk_outputs, fast, aux = lax.cond(completes, update_branch, keep_branch)
         outputs = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, count, 1, axis=1), chunk_outputs)
 
     def write(old, new):  # the general path's pending slots: the token at `count`, all zeros once the chunk is done
@@ -177,7 +191,8 @@ def _run_token(
 
     new_pending = jax.tree.map(write, pending, inputs)
     new_count = jnp.where(completes, 0, count + 1).astype(jnp.int32)
-    return outputs, {"fast": fast, "pending": new_pending, "count": new_count}
+    stacked = jax.tree.map(lambda a: a[None], aux)
+    return outputs, {"fast": fast, "pending": new_pending, "count": new_count}, stacked, completes[None]
 
 
 def _split_chunks(a: jax.Array, period: int) -> jax.Array:
@@ -190,7 +205,7 @@ def _merge_chunks(a: jax.Array) -> jax.Array:
     return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], a.shape[0] * a.shape[2], *a.shape[3:])
 
 
-def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bool) -> tuple[PyTree, dict]:
+def _run_fresh(fn, inputs: PyTree, period: int, fast: PyTree, remat: bool):
     """carry=None (training): the piece starts on a boundary, so everything about the chunking is static.
 
     The whole chunks are scanned without padding; the trailing T % P tokens are one shorter call of `fn` whose update
@@ -200,12 +215,12 @@ def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bo
     """
     length = jax.tree.leaves(inputs)[0].shape[1]
     n_full, n_tail = divmod(length, period)
-    pieces = []
+    pieces, auxes, complete = [], [], []
     if n_full:
 
         def step(fast, chunk):
-            outputs, new_fast = fn(fast, chunk)
-            return new_fast, outputs
+            outputs, new_fast, aux = fn(fast, chunk)
+            return new_fast, (outputs, aux)
 
         if remat:
             # Inside lax.scan the CSE barriers of jax.checkpoint are unnecessary (the scan body cannot be merged with
@@ -213,15 +228,23 @@ def _run_fresh(fn: ChunkFn, inputs: PyTree, period: int, fast: PyTree, remat: bo
             step = jax.checkpoint(step, prevent_cse=n_full == 1)
         whole = jax.tree.map(lambda a: _split_chunks(a[:, : n_full * period], period), inputs)
         if n_full == 1:  # a plain call, so that an unused end state is not computed at all
-            fast, outputs = step(fast, jax.tree.map(lambda a: a[0], whole))
-            outputs = jax.tree.map(lambda a: a[None], outputs)
+            fast, (outputs, aux) = step(fast, jax.tree.map(lambda a: a[0], whole))
+            outputs, aux = jax.tree.map(lambda a: a[None], (outputs, aux))
         else:
-            fast, outputs = lax.scan(step, fast, whole)
+            fast, (outputs, aux) = lax.scan(step, fast, whole)
         pieces.append(jax.tree.map(_merge_chunks, outputs))
+        auxes.append(aux)
+        complete.append(jnp.ones((n_full,), bool))
     tail = jax.tree.map(lambda a: a[:, n_full * period :], inputs)
     if n_tail:
         tail_fn = jax.checkpoint(fn) if remat else fn
-        pieces.append(tail_fn(fast, tail)[0])
-    outputs = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *pieces) if len(pieces) > 1 else pieces[0]
+        tail_outputs, _, tail_aux = tail_fn(fast, tail)
+        pieces.append(tail_outputs)
+        auxes.append(jax.tree.map(lambda a: a[None], tail_aux))
+        complete.append(jnp.zeros((1,), bool))
+    join = lambda parts, axis: jax.tree.map(lambda *p: jnp.concatenate(p, axis=axis), *parts)
+    outputs = join(pieces, 1) if len(pieces) > 1 else pieces[0]
+    aux = join(auxes, 0) if len(auxes) > 1 else auxes[0]
     new_pending = jax.tree.map(lambda a: _time_pad(a, period - 1), tail)
-    return outputs, {"fast": fast, "pending": new_pending, "count": jnp.asarray(n_tail, jnp.int32)}
+    new_carry = {"fast": fast, "pending": new_pending, "count": jnp.asarray(n_tail, jnp.int32)}
+    return outputs, new_carry, aux, jnp.concatenate(complete)

@@ -27,10 +27,11 @@ Gradients through the inner step: first-order by default (the inner gradient is 
 gradient reaches the level's initial weights through the retention term and through every chunk's forward pass);
 `cms.lm_second_order = True` differentiates through the inner gradient (a Hessian-vector product per chunk).
 
-Pieces: the carried state is {'position', 'inner': the model state at the last G boundary, 'pending': the ≤ G − 1
-tokens since it, 'count'}; a piece is processed as [pending ; piece] from that boundary (the pending tokens' outputs
-are discarded), the buffer padded to whole G-chunks and each chunk's new state kept only if the chunk is complete —
-the chunk_carry.py rule one level up. Generation therefore re-runs up to G − 1 tokens through the model per step.
+Pieces: the G-chunks are driven by chunk_carry.run_chunked, the whole model state being its fast state: the carried
+state is {'position', 'inner': the model state at the last G boundary, 'pending': the ≤ G − 1 tokens since it,
+'count'}, and a piece runs as [pending ; piece] from that boundary (chunk_carry.py's rule, one level up). Generation
+re-runs up to G − 1 tokens through the model per step, and takes the inner gradient only when a token completes its
+G-chunk (a fresh sequence's trailing T % G tokens likewise run without it: their update is dropped).
 Cost in training: the inner gradient is one more backward pass through the model per chunk; every layer takes its
 carried-state path, which for a layer of chunk size C runs ⌈(C − 1 + G)/C⌉ chunks per G tokens.
 
@@ -56,6 +57,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from hope_jax.models import chunk_carry
 from hope_jax.models.cms import lm_levels, nested_chain
 from hope_jax.models.document_resets import update_mask, where_batch
 from hope_jax.models.typed_config import ModelConfig
@@ -222,70 +224,44 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
     """Test-time-trained forward pass: (logits [B, L, V], new state).
 
     forward(module, tokens_bt, inner_state) -> (logits, inner_state) is the model's plain stateful forward pass (lm
-    weights constant); state None is a fresh sequence (model.init_state is used, so pieces == whole).
+    weights constant); state None is a fresh sequence (model.init_state is used, so pieces == whole). The G-chunks
+    are driven by chunk_carry.run_chunked with the whole model state as its fast state.
     """
     batch, length = tokens_bt.shape
-    g = spec.granularity
     tokens_bt = tokens_bt.astype(jnp.int32)
-    fresh = state is None
-    if fresh:
-        # A fresh sequence starts on a boundary, so the chunking is static (chunk_carry's training path): the whole
-        # G-chunks are scanned unpadded and the T % G trailing tokens, whose update would be dropped, run the plain
-        # forward pass once (no inner gradient, no G-token padding for a sequence shorter than G).
+    if state is None:
         state = model.init_state(batch)
-        count, n_chunks = 0, length // g
-        buffer = tokens_bt
+        carry = None
     else:
-        count = state["count"]
-        n_chunks = -(-(g - 1 + length) // g)
-        buffer = jnp.zeros((batch, n_chunks * g + g), jnp.int32)  # room for the next pending slice at any boundary
-        buffer = lax.dynamic_update_slice_in_dim(buffer, state["pending"], 0, axis=1)
-        buffer = lax.dynamic_update_slice_in_dim(buffer, tokens_bt, count, axis=1)
-    filled = count + length
-    chunks = jnp.moveaxis(buffer[:, : n_chunks * g].reshape(batch, n_chunks, g), 1, 0)
-
+        carry = {"fast": state["inner"], "pending": state["pending"], "count": state["count"]}
     initial = model.lm_initial_fast(batch) if spec.reset_at_token >= 0 else None
     nnx.pop(model, nnx.Intermediate)  # re-sown below, averaged over the chunks
     graphdef, variables = nnx.split(model)
 
-    def chunk_step(inner, xs):
-        index, chunk_bg = xs
+    def chunk_fn(inner, chunk_bg):
         logits, new_inner, nll_b, sown = chunk_forward_and_step(
             graphdef, variables, forward, inner, chunk_bg, spec, initial
         )
-        complete = (index + 1) * g <= filled
-        new_inner = jax.tree.map(lambda new, old: jnp.where(complete, new, old), new_inner, inner)
-        return new_inner, (logits, nll_b, complete, sown)
+        return logits, new_inner, (nll_b, sown)
 
-    inner, sown, parts = state["inner"], None, []
-    mean_loss = jnp.zeros((), jnp.float32)
-    if n_chunks:
-        inner, (logits, nll_cb, complete_c, sown) = lax.scan(chunk_step, inner, (jnp.arange(n_chunks), chunks))
-        parts.append(jnp.moveaxis(logits, 0, 1).reshape(batch, n_chunks * g, -1))
-        weight = complete_c.astype(jnp.float32)
-        mean_loss = jnp.sum(jnp.mean(nll_cb, axis=1) * weight) / (jnp.maximum(jnp.sum(weight), 1.0) * (g - 1))
-    if fresh and length % g:
-        module = nnx.merge(graphdef, variables)
-        parts.append(forward(module, tokens_bt[:, n_chunks * g :], inner)[0])
-        if not n_chunks:
-            sown = nnx.state(module, nnx.Intermediate)
-    logits = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    if not fresh:
-        logits = lax.dynamic_slice_in_dim(logits, count, length, axis=1)
-
-    if sown is not None and jax.tree.leaves(sown):
+    logits, carry, (nll_cb, sown), complete_c = chunk_carry.run_chunked(
+        chunk_fn, tokens_bt, spec.granularity, fast=state["inner"], carry=carry, with_aux=True
+    )
+    # The lm loss of the finished chunks; the layers' diagnostics averaged over them (over every call when none
+    # finished: a piece shorter than G).
+    weight = complete_c.astype(jnp.float32)
+    total = jnp.maximum(jnp.sum(weight), 1.0)
+    mean_loss = jnp.sum(jnp.mean(nll_cb, axis=1) * weight) / (total * (spec.granularity - 1))
+    sown_weight = jnp.where(jnp.any(complete_c), weight, jnp.ones_like(weight))
+    sown = jax.tree.map(lambda a: jnp.tensordot(sown_weight, a, axes=1) / jnp.sum(sown_weight), sown)
+    if jax.tree.leaves(sown):
         nnx.update(model, sown)
     model.sow(nnx.Intermediate, "lm_loss", lax.stop_gradient(mean_loss))
-
-    if fresh:
-        pending = jnp.pad(tokens_bt[:, n_chunks * g :], [(0, 0), (0, g - 1 - length % g)])
-    else:
-        pending = lax.dynamic_slice_in_dim(buffer, (filled // g) * g, g - 1, axis=1)
     new_state = {
         "position": state["position"] + length,
-        "inner": inner,
-        "pending": pending,
-        "count": jnp.asarray(filled % g, jnp.int32),
+        "inner": carry["fast"],
+        "pending": carry["pending"],
+        "count": carry["count"],
     }
     return logits, new_state
 
