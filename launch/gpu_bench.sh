@@ -2,12 +2,14 @@
 # Every GPU benchmark of the project in one go, for a session that has one GPU for a few minutes:
 #
 #   bash launch/gpu_bench.sh OUT_DIR [seconds per step, default 300]
-#   STEPS="train generate" bash launch/gpu_bench.sh OUT_DIR 300      # a subset, in this order
+#   STEPS="kernels train" bash launch/gpu_bench.sh OUT_DIR 240       # a subset, in this order (a 15-minute slot)
 #
 # Steps (default: all, in this order):
+#   kernels: the Pallas memory kernels (model.memory.kernel=pallas) against the XLA path on this GPU: Triton compile,
+#     differences, fwd and fwd+bwd times (python -m hope_jax.kernels.check; hope_jax/kernels/README.md);
 #   attention: xla vs cuDNN flash attention (model.attention_impl), numerics against float32 and fwd+bwd time;
 #   train: seq 2048 and 8192 (32,768 tokens/step): Transformer++ (xla attention), Transformer++ with cuDNN attention
-#     ('flash') and HOPE, parameter-matched (configs/bench_gpu.py). The steps are first compiled by parallel
+#     ('flash'), HOPE and HOPE on the Pallas kernels ('hope_pallas'), parameter-matched (configs/bench_gpu.py). The steps are first compiled by parallel
 #     processes (`bench train --compile_only`, one per HOPE row) into jax's persistent compilation cache, so the
 #     timed runs that follow find them compiled (compiling is mostly one core's work, so the rows compile side by
 #     side);
@@ -21,7 +23,7 @@
 set -u
 out=${1:?usage: bash launch/gpu_bench.sh OUT_DIR [seconds per step]}
 limit=${2:-300}
-steps=${STEPS:-attention train generate profile_hope}
+steps=${STEPS:-kernels attention train generate profile_hope}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 log="$out/bench.log"
@@ -43,7 +45,7 @@ precompile() {  # precompile ARGS... : one `bench train --compile_only` per HOPE
   dir=$(mktemp -d)
   echo "== precompile ($(date -u +%H:%M:%S), limit ${limit}s, cache $JAX_COMPILATION_CACHE_DIR)" | tee -a "$log"
   for seq in 2048 8192; do
-    for only in hope transformer,flash; do
+    for only in hope hope_pallas transformer,flash; do
       # No preallocation: these processes share the GPU, and compiling allocates nothing large.
       XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$limit" "$python" -m hope_jax.bench "$@" --seq_lens=$seq \
         --only=$only --compile_only >"$dir/$seq-$only.log" 2>&1 &
@@ -62,10 +64,16 @@ precompile() {  # precompile ARGS... : one `bench train --compile_only` per HOPE
   echo "XLA_FLAGS=$XLA_FLAGS"
 } 2>&1 | tee -a "$log"
 
-train=(train --config=configs/bench_gpu.py --variants=transformer,flash=transformer,hope --match_params=hope
-  --set=flash:model.attention_impl=cudnn --tokens_per_step=32768 --devices=1 --warmup=2 --steps=3 --repeats=3)
+train=(train --config=configs/bench_gpu.py --variants=transformer,flash=transformer,hope,hope_pallas=hope
+  --match_params=hope --set=flash:model.attention_impl=cudnn --set=hope_pallas:model.memory.kernel=pallas
+  --tokens_per_step=32768 --devices=1 --warmup=2 --steps=3 --repeats=3)
 for name in $steps; do
   case $name in
+    kernels)
+      echo "== kernels ($(date -u +%H:%M:%S), limit ${limit}s): python -m hope_jax.kernels.check" | tee -a "$log"
+      timeout "$limit" "$python" -m hope_jax.kernels.check --kinds joint,memory --chunks 16 \
+        --dot-dtypes bfloat16,float32 >>"$log" 2>&1
+      echo "== kernels rc $? ($(date -u +%H:%M:%S))" | tee -a "$log" ;;
     attention) step attention 60 attention --impls=xla,cudnn --seq_lens=2048,8192 --tokens=32768 --heads=12 --head_dim=64 ;;
     train)
       precompile "${train[@]}"
@@ -76,7 +84,7 @@ for name in $steps; do
     # The trace itself stays in /tmp; the top kernels by time go to the log.
     profile_hope) step profile_hope "$limit" train --config=configs/bench_gpu.py --variants=hope --seq_lens=2048 \
       --tokens_per_step=32768 --devices=1 --warmup=1 --steps=1 --repeats=1 --profile=/tmp/hope_jax_gpu_trace ;;
-    *) echo "unknown step $name (attention, train, generate, profile_hope)" | tee -a "$log"; exit 2 ;;
+    *) echo "unknown step $name (kernels, attention, train, generate, profile_hope)" | tee -a "$log"; exit 2 ;;
   esac
 done
 grep -h "^|" "$log"

@@ -84,6 +84,7 @@ def run_chunked(
     starts: jax.Array | None = None,
     initial: PyTree = None,
     with_aux: bool = False,
+    whole_periods_at_once: bool = False,
 ) -> tuple:
     """Runs `fn(fast, chunk_inputs) -> (chunk_outputs, new_fast)` over whole chunks of P tokens.
 
@@ -99,6 +100,8 @@ def run_chunked(
     carry must come from init_carry(..., starts=True).
     with_aux: fn returns (chunk_outputs, new_fast, aux) and the result is (outputs, new carry, aux stacked over the
     calls of fn [n_calls, ...], complete bool [n_calls]: whether that call's chunk was whole and committed).
+    whole_periods_at_once: a fresh sequence's whole periods go to ONE call of fn (a fn that loops over the chunks
+    itself, the Pallas kernels of hope_jax/kernels); the trailing partial period is a call of its own as always.
     """
     fn3 = fn if with_aux else (lambda f, c, *mask: (*fn(f, c, *mask), None))
     if starts is not None:
@@ -106,7 +109,7 @@ def run_chunked(
         inputs = {"in": inputs, "starts": starts}
     length = jax.tree.leaves(inputs)[0].shape[1]
     if carry is None:
-        result = _run_fresh(fn3, inputs, period, fast, remat)
+        result = _run_fresh(fn3, inputs, period, fast, remat, whole_periods_at_once)
     elif length == 1 and period > 1:
         resets_initial = None if starts is None else initial
         result = _run_token(fn3, inputs, period, carry, remat, outputs_from_chunk_start, resets_initial)
@@ -205,7 +208,7 @@ def _merge_chunks(a: jax.Array) -> jax.Array:
     return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], a.shape[0] * a.shape[2], *a.shape[3:])
 
 
-def _run_fresh(fn, inputs: PyTree, period: int, fast: PyTree, remat: bool):
+def _run_fresh(fn, inputs: PyTree, period: int, fast: PyTree, remat: bool, whole_periods_at_once: bool = False):
     """carry=None (training): the piece starts on a boundary, so everything about the chunking is static.
 
     The whole chunks are scanned without padding; the trailing T % P tokens are one shorter call of `fn` whose update
@@ -215,8 +218,14 @@ def _run_fresh(fn, inputs: PyTree, period: int, fast: PyTree, remat: bool):
     """
     length = jax.tree.leaves(inputs)[0].shape[1]
     n_full, n_tail = divmod(length, period)
+    whole_len = n_full * period
     pieces, auxes, complete = [], [], []
-    if n_full:
+    if n_full and whole_periods_at_once:  # fn loops over the chunks itself (and rematerialises as it chooses)
+        outputs, fast, aux = fn(fast, jax.tree.map(lambda a: a[:, :whole_len], inputs))
+        pieces.append(outputs)
+        auxes.append(jax.tree.map(lambda a: a[None], aux))
+        complete.append(jnp.ones((1,), bool))
+    elif n_full:
 
         def step(fast, chunk):
             outputs, new_fast, aux = fn(fast, chunk)
@@ -226,7 +235,7 @@ def _run_fresh(fn, inputs: PyTree, period: int, fast: PyTree, remat: bool):
             # Inside lax.scan the CSE barriers of jax.checkpoint are unnecessary (the scan body cannot be merged with
             # its recomputation) and they hinder XLA's fusion; a single chunk is a plain call and keeps them.
             step = jax.checkpoint(step, prevent_cse=n_full == 1)
-        whole = jax.tree.map(lambda a: _split_chunks(a[:, : n_full * period], period), inputs)
+        whole = jax.tree.map(lambda a: _split_chunks(a[:, :whole_len], period), inputs)
         if n_full == 1:  # a plain call, so that an unused end state is not computed at all
             fast, (outputs, aux) = step(fast, jax.tree.map(lambda a: a[0], whole))
             outputs, aux = jax.tree.map(lambda a: a[None], (outputs, aux))
@@ -235,7 +244,7 @@ def _run_fresh(fn, inputs: PyTree, period: int, fast: PyTree, remat: bool):
         pieces.append(jax.tree.map(_merge_chunks, outputs))
         auxes.append(aux)
         complete.append(jnp.ones((n_full,), bool))
-    tail = jax.tree.map(lambda a: a[:, n_full * period :], inputs)
+    tail = jax.tree.map(lambda a: a[:, whole_len:], inputs)
     if n_tail:
         tail_fn = jax.checkpoint(fn) if remat else fn
         tail_outputs, _, tail_aux = tail_fn(fast, tail)

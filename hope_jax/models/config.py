@@ -22,6 +22,7 @@ from hope_jax.memory.self_modifying import MEMORY_TARGETS
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")  # hope_jax/layers/attention.py
+MEMORY_KERNELS = ("xla", "pallas", "auto")  # hope_jax/kernels/selfmod.py
 # Models whose every in-context state restarts at model.reset_at_token (the attention models would also need
 # document masks in attention and in the KV cache).
 DOCUMENT_RESET_MODELS = ("hope",)
@@ -56,9 +57,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     cfg.inner_precision = "highest"
     # Documents in a packed window: the token id at which every in-context state restarts (HOPE: the mixer's conv
     # window, its memories, every in-context CMS level), so that no document reads the previous one's memory; the
-    # packer puts <eos> = 1 before each document (data_pipeline/packing.py), so 1 resets there. −1: the state runs
-    # through the whole window (documents read their predecessors). models/document_resets.py; BUILD_NOTES
-    # "Documents in packed windows" has the measured choice.
+    # packer ends each document with <eos> = 1 (data_pipeline/packing.py), so 1 resets at the <eos> input, whose
+    # prediction is the next document's first token. −1: the state runs through the whole window (documents read
+    # their predecessors). models/document_resets.py; BUILD_NOTES "Documents in packed windows" has the measured choice.
     cfg.reset_at_token = -1
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.
@@ -107,6 +108,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     # means over every n-th token of the piece (tokens 0, n, 2n, …); 1 = every token. Each fit reads the memory twice
     # over the whole piece, without gradient: at n = 1 they took ~5% of a HOPE train step on CPU (bench notes).
     cfg.memory.diagnostics_stride = 8
+    # Which implementation runs the self-modifying mixer's memories (hope_jax/kernels/selfmod.py): 'xla' | 'pallas'
+    # (M_memory's chunk scan as one Pallas Triton program per sequence and head, state on chip; interpret mode off a
+    # GPU) | 'auto' (pallas on a GPU, xla elsewhere). 'pallas' needs power-of-two sizes ≥ 16 (errors name the key).
+    cfg.memory.kernel = "xla"
 
     # Continuum Memory System (DESIGN D6): one entry per level, highest frequency first (the order is the chain's).
     cfg.cms = ml_collections.ConfigDict()
@@ -182,6 +187,11 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
             f"model.reset_at_token must be −1 (off) or a token id below model.vocab_size = {model_cfg.vocab_size}, "
             f"got {model_cfg.reset_at_token}"
         )
+    if model_cfg.reset_at_token >= 0 and model_cfg.memory.kernel == "pallas":
+        raise ValueError(
+            f"model.reset_at_token = {model_cfg.reset_at_token} (document resets) runs on model.memory.kernel 'xla' "
+            "(or 'auto', which then picks it); the Pallas kernel has no per-token update mask"
+        )
     if model_cfg.reset_at_token >= 0 and model_cfg.name not in DOCUMENT_RESET_MODELS:
         raise ValueError(
             f"model.reset_at_token = {model_cfg.reset_at_token} (document resets) is implemented for model.name in "
@@ -190,6 +200,12 @@ def validate_model_config(model_cfg: ml_collections.ConfigDict) -> None:
     if model_cfg.memory.memory_depth not in (1, 2):
         depth = model_cfg.memory.memory_depth
         raise ValueError(f"model.memory.memory_depth must be 1 (matrix) or 2 (residual MLP), got {depth}")
+    if model_cfg.memory.kernel not in MEMORY_KERNELS:
+        raise ValueError(f"model.memory.kernel = {model_cfg.memory.kernel!r}; known: {', '.join(MEMORY_KERNELS)}")
+    if model_cfg.memory.kernel == "pallas" and model_cfg.name == "hope" and model_cfg.d_model % model_cfg.n_heads == 0:
+        from hope_jax.kernels import selfmod  # late: the kernels import the memories this module configures
+
+        selfmod.check_supported(model_cfg.memory, head_dim(model_cfg))
     if model_cfg.memory.diagnostics_stride < 1:
         raise ValueError(f"model.memory.diagnostics_stride must be ≥ 1, got {model_cfg.memory.diagnostics_stride}")
     if model_cfg.d_model % model_cfg.n_heads:

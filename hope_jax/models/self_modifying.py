@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hope_jax.kernels import selfmod as selfmod_kernel
 from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize_scale
@@ -97,6 +98,10 @@ class SelfModifyingMixer(nnx.Module):
         self.joint = runs_jointly(self.cfg)
         self.remat_chunks = mem.remat_chunks
         self.resets = cfg.reset_at_token >= 0  # document resets: the carry's pending slots hold start flags
+        # model.memory.kernel: 'xla' | 'pallas' (hope_jax/kernels); document resets run on xla ('auto' picks it).
+        self.kernel = "xla" if self.resets else selfmod_kernel.resolve(mem.kernel)
+        if self.kernel == "pallas":
+            selfmod_kernel.check_supported(mem, cfg.head_dim)
         self.diagnostics_stride = mem.diagnostics_stride
         d, heads, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
         self.n_heads, self.head_dim = heads, hd
@@ -201,6 +206,10 @@ class SelfModifyingMixer(nnx.Module):
         sequence_fn = joint_sequence if self.joint else self_modifying_sequence
         per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, self.cfg), in_axes=(0, 0, 0))
         per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
+        if self.kernel == "pallas":  # the chunk scan as one Pallas program per (sequence, head), all periods at once
+            per_batch = selfmod_kernel.batch_fn(
+                self.cfg, joint=self.joint, dot_dtype=self.dtype, remat=self.remat_chunks
+            )
 
         def chunk_fn(fast, chunk, update_mask=None):  # chunk leaves [B, P, H, d] -> per (batch, head) [P, d]
             if update_mask is not None:  # [B, P] -> one copy per head
@@ -212,6 +221,7 @@ class SelfModifyingMixer(nnx.Module):
         (y, keys, values), carry = chunk_carry.run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.remat_chunks,
+            whole_periods_at_once=self.kernel == "pallas",
             # Joint: every memory reads its chunk-start weights; unequal chunk sizes update inside the period (lcm),
             # so a token's output depends on the period's earlier tokens.
             outputs_from_chunk_start=self.joint,

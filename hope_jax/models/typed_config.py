@@ -34,6 +34,7 @@ class MemoryConfig(SelfModConfig):
     alpha_bias_init: float
     remat_chunks: bool
     diagnostics_stride: int
+    kernel: str
     remat_group: int = 0
 
 

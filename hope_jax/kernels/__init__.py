@@ -1,0 +1,1 @@
+"""Pallas kernels for the inner loops (model.memory.kernel; README.md here)."""
