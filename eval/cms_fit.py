@@ -74,10 +74,10 @@ def measure_batch(model: nnx.Module, tokens_bt: np.ndarray) -> list[dict]:
     """Per lm level (in spec order): sums of the objective before / after each update, update counts, improvements
     and the relative drift per sequence, for one batch of windows."""
     spec = model.ttt
-    if spec.reset_token >= 0:
+    if spec.reset_at_token >= 0:
         raise ValueError(
             f"eval.cms_fit follows each lm level through whole windows and does not model document resets; this "
-            f"run's model.reset_at_token = {spec.reset_token} restarts the levels at every document"
+            f"run's model.reset_at_token = {spec.reset_at_token} restarts the levels at every document"
         )
     g = spec.granularity
     graphdef, variables = nnx.split(model)

@@ -70,8 +70,8 @@ def test_cms_level_with_a_period_above_the_solve_block_matches_the_per_token_ref
     weights = {"w_gate": normal(1, d, hidden, scale=0.3), "w_up": normal(1, d, hidden, scale=0.3),
                "w_down": normal(1, hidden, d, scale=0.3)}  # fmt: skip
     x, k, v = normal(1, length, d), unit(normal(1, length, d)), normal(1, length, d)
-    y, w_end = jax.jit(lambda *a: cms_local(*a, lr=0.5, decay=0.2, period=period))(weights, x, k, v)
-    y_ref, w_ref = jax.jit(lambda *a: reference.cms_local_reference(*a, lr=0.5, decay=0.2, period=period))(
+    y, w_end = jax.jit(lambda *a: cms_local(*a, inner_lr=0.5, inner_decay=0.2, period=period))(weights, x, k, v)
+    y_ref, w_ref = jax.jit(lambda *a: reference.cms_local_reference(*a, inner_lr=0.5, inner_decay=0.2, period=period))(
         weights, x, k, v
     )
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ from hope_jax.models.cms import CMS
 from hope_jax.models.self_modifying import SelfModifyingMixer
 from hope_jax.models.titans import LMMMixer, NeuralMemory
 from hope_jax.models.titans_mac import MACMixer
+from hope_jax.models.typed_config import ModelConfig
 
 BATCH, PREFIX, SEQ = 2, 3, 11  # tokens PREFIX..SEQ-1 decoded one by one: boundaries at 4 and 8 (and every 2)
 TINY = dict(d_model=8, n_heads=1, conv_window=2)
@@ -33,7 +34,7 @@ def make_cfg(overrides: dict):
 def cms_layer(variant: str, periods=(2, 4), out_init_std: float = 0.02):
     cms = {"periods": periods, "objectives": ("local",) * len(periods), "hidden": (6,) * len(periods)}
     cfg = make_cfg({"cms": {**cms, "inner_lr": 0.5, "variant": variant}})
-    layer = CMS(cfg, out_init_std=out_init_std, rngs=nnx.Rngs(0))
+    layer = CMS(ModelConfig.from_config(cfg), out_init_std=out_init_std, rngs=nnx.Rngs(0))
 
     def call(module, x, state, position):  # the block's keys and values: fixed functions of x here
         return module(x, jnp.tanh(x), jnp.sin(x), state)
@@ -43,7 +44,7 @@ def cms_layer(variant: str, periods=(2, 4), out_init_std: float = 0.02):
 
 def mixer_layer(chunk: int, aux_chunk: int, **memory):
     cfg = make_cfg({"memory": {"chunk_size": chunk, "aux_chunk_size": aux_chunk, **memory}})
-    layer = SelfModifyingMixer(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+    layer = SelfModifyingMixer(ModelConfig.from_config(cfg), out_init_std=0.02, rngs=nnx.Rngs(0))
 
     def call(module, x, state, position):  # outputs: the mixer's and the keys and values it hands to the CMS
         out, state, keys, values = module(x, state)
@@ -54,7 +55,7 @@ def mixer_layer(chunk: int, aux_chunk: int, **memory):
 
 def titans_layer(kind, titans: dict, **overrides):
     cfg = make_cfg({"titans": {"theta_max": 0.5, **titans}, **overrides})
-    layer = kind(cfg, rngs=nnx.Rngs(0))
+    layer = kind(ModelConfig.from_config(cfg), rngs=nnx.Rngs(0))
     if kind is NeuralMemory:
         return layer, lambda module, x, state, position: module(x, state), lambda m: m.init_state(BATCH)
     return layer, lambda module, x, state, position: module(x, position, state), lambda m: m.init_state(BATCH)

@@ -32,7 +32,7 @@ def _memories(rng, n, dim, in_scale, out_scale):
 def test_gradient_is_finite_when_the_retention_gate_underflows():
     """α = sigmoid(−300) is 0 in float32: the old log(α) = −inf made every outer gradient NaN (HOPE mixer path)."""
     length, dim = 8, 4
-    cfg = SelfModConfig(chunk_size_memory=4, aux_chunk_size=4, eta_max=0.3, remat_group=0)
+    cfg = SelfModConfig(chunk_size=4, aux_chunk_size=4, eta_max=0.3, remat_group=0)
     rng = np.random.default_rng(0)
     weights = _memories(rng, len(GENS) + 1, dim, 0.3, 0.3)
     fast = {"gen": jax.tree.map(lambda a: a[:-1], weights), "memory": jax.tree.map(lambda a: a[-1:], weights)}
@@ -73,7 +73,7 @@ def long_run():
         "alpha_w": jnp.asarray(rng.normal(size=dim) * 0.02, jnp.float32),
         "alpha_b": jnp.full((), 5.0),
     }
-    base = SelfModConfig(chunk_size_memory=16, aux_chunk_size=16, eta_max=1.0, remat_group=0)
+    base = SelfModConfig(chunk_size=16, aux_chunk_size=16, eta_max=1.0, remat_group=0)
 
     @jax.jit
     def run(normalized_fast, literal_fast):

@@ -20,6 +20,7 @@ from hope_jax.memory.self_modifying import SelfModConfig, generator_names, stati
 from hope_jax.models import apply_overrides, default_model_config
 from hope_jax.models.config import validate_model_config
 from hope_jax.models.self_modifying import SelfModifyingMixer
+from hope_jax.models.typed_config import ModelConfig
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32
 
@@ -40,7 +41,7 @@ def inputs(cfg: SelfModConfig, *, n: int, length: int, dim: int, seed: int = 0, 
             "w_out": jax.random.normal(keys[6], (n, dim, dim)) * 0.5 / jnp.sqrt(dim),
         }
     momentum = {}
-    if cfg.use_momentum:
+    if cfg.momentum:
         momentum = jax.tree.map(lambda a: 0.1 * jax.random.normal(keys[7], a.shape), weights)
     return per_token, weights, momentum
 
@@ -69,7 +70,7 @@ SHAPES = {"chunk16_dim64": (16, 64, 40), "chunk64_dim128": (64, 128, 80)}  # (C,
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def shaped(request):
     chunk, dim, length = SHAPES[request.param]
-    cfg = SelfModConfig(chunk_size_memory=chunk, aux_chunk_size=chunk)
+    cfg = SelfModConfig(chunk_size=chunk, aux_chunk_size=chunk)
     args = inputs(cfg, n=2, length=length, dim=dim)
     spec = KernelSpec(cfg, length=length, interpret=True)
     return cfg, spec, args
@@ -96,9 +97,9 @@ def outer_grad(scan):
 # decay reaches M_memory as log α = 0.
 ABLATIONS = {  # each switch in one case; combined where they touch different parts of the update
     "no_momentum_matrix_memory_value_target_truncated": dict(
-        use_momentum=False, memory_depth=1, memory_target="value", truncate_bptt=True
+        momentum=False, memory_depth=1, memory_target="value", truncate_bptt=True
     ),
-    "no_dgd_no_weight_decay_plain_step": dict(use_dgd=False, normalize_step=False),
+    "no_dgd_no_weight_decay_plain_step": dict(dgd=False, normalized_step=False),
     "dgd_first_layer_gram_bound": dict(dgd_layers="first", step_bound="gram", momentum_decay=0.5),
     "gated_delta": dict(gated_delta=True),
 }
@@ -106,12 +107,12 @@ ABLATIONS = {  # each switch in one case; combined where they touch different pa
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_switches_match_xla(name):
-    cfg = SelfModConfig(chunk_size_memory=16, **ABLATIONS[name])
+    cfg = SelfModConfig(chunk_size=16, **ABLATIONS[name])
     args = inputs(cfg, n=1, length=24, dim=16, decay="no_weight_decay" not in name)
     # checkpoint_group 2: the backward kernel replays chunk 0 from the group's checkpoint to get chunk 1's state
     spec = KernelSpec(cfg, length=24, interpret=True, checkpoint_group=2)
     assert_trees_close(memory_scan(spec, *args), jax.jit(lambda *a: reference_scan(cfg, *a))(*args))
-    if not cfg.use_momentum:  # a one-matrix state, truncate_bptt and a partial last chunk in the backward kernel
+    if not cfg.momentum:  # a one-matrix state, truncate_bptt and a partial last chunk in the backward kernel
         kernel = outer_grad(lambda *a: memory_scan(spec, *a))(*args)
         assert_gradients_close(kernel, outer_grad(lambda *a: reference_scan(cfg, *a))(*args))
 
@@ -119,7 +120,7 @@ def test_switches_match_xla(name):
 def test_bfloat16_products_stay_near_the_float32_path():
     """dot_dtype bfloat16 (model.compute_dtype bfloat16): feature × weight products in bf16, state, coefficients and
     the solve in float32. Not the float32 path, so compared at bfloat16's resolution (8 bits of mantissa)."""
-    cfg = SelfModConfig(chunk_size_memory=16)
+    cfg = SelfModConfig(chunk_size=16)
     args = inputs(cfg, n=1, length=32, dim=16)
     bf16 = memory_scan(KernelSpec(cfg, length=32, dot_dtype="bfloat16", interpret=True), *args)
     assert_trees_close(bf16, jax.jit(lambda *a: reference_scan(cfg, *a))(*args), rtol=3e-2, atol=3e-2)
@@ -130,7 +131,7 @@ def test_kernels_lower_to_triton_for_cuda(dot_dtype):
     """Exporting a gradient for CUDA runs the Pallas Triton lowering of the forward and backward kernels on this CPU:
     every primitive in them has a Triton rule (no slicing of register tensors, 2-D products of at least 16, operands
     of one type), with checkpoint groups of 1 and 2 chunks. Compiling the Triton IR to a GPU binary needs a GPU."""
-    cfg = SelfModConfig(chunk_size_memory=16)
+    cfg = SelfModConfig(chunk_size=16)
     args = inputs(cfg, n=2, length=40, dim=64)
     spec = KernelSpec(cfg, length=40, dot_dtype=dot_dtype, checkpoint_group=1 if dot_dtype == "float32" else 2)
     exported = jax.export.export(
@@ -204,7 +205,7 @@ def test_head_dim_below_16_names_the_keys():
 def mixer_run(cfg, x, pieces=None, grad=False):
     """(outputs, end state[, parameter gradients of an outer loss]) of the mixer over x [B, T, d], in `pieces` (state
     carried from piece to piece) or whole."""
-    model = SelfModifyingMixer(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+    model = SelfModifyingMixer(ModelConfig.from_config(cfg), out_init_std=0.02, rngs=nnx.Rngs(0))
     graph, params, rest = nnx.split(model, nnx.Param, ...)
     bounds = np.cumsum([0, *(pieces or [x.shape[1]])])
 

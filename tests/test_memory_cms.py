@@ -35,14 +35,19 @@ def make_inputs(seed=0, dtype=np.float32):
 
 @functools.partial(jax.jit, static_argnames="period")
 def chunked_both(inp, lr, period):
-    return {kind: cms_local(inp[kind], inp["x"], inp["k"], inp["v"], lr=lr, decay=0.2, period=period) for kind in KINDS}
+    return {
+        kind: cms_local(inp[kind], inp["x"], inp["k"], inp["v"], inner_lr=lr, inner_decay=0.2, period=period)
+        for kind in KINDS
+    }
 
 
 @jax.jit
 def reference_both(inp, lr, period):
     # period is traced: the reference only uses it in `t % period`, so one compilation serves every period
     return {
-        kind: reference.cms_local_reference(inp[kind], inp["x"], inp["k"], inp["v"], lr=lr, decay=0.2, period=period)
+        kind: reference.cms_local_reference(
+            inp[kind], inp["x"], inp["k"], inp["v"], inner_lr=lr, inner_decay=0.2, period=period
+        )
         for kind in KINDS
     }
 
@@ -121,8 +126,8 @@ def test_outer_gradient_matches_finite_differences():
                 p["x"],
                 p["k"],
                 p["v"],
-                lr=p["lr"],
-                decay=0.2,
+                inner_lr=p["lr"],
+                inner_decay=0.2,
                 period=4,
                 remat_group=2,
                 accum_dtype=jnp.float64,
@@ -134,4 +139,6 @@ def test_outer_gradient_matches_finite_differences():
 
 def test_linear_level_is_rejected(inputs):
     with pytest.raises(ValueError, match="CMS level is a 2-layer MLP"):
-        cms_local({"w": inputs["mlp"]["w_in"]}, inputs["x"], inputs["k"], inputs["v"], lr=0.1, decay=0.0, period=4)
+        cms_local(
+            {"w": inputs["mlp"]["w_in"]}, inputs["x"], inputs["k"], inputs["v"], inner_lr=0.1, inner_decay=0.0, period=4
+        )

@@ -22,36 +22,32 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 CONFIGS = {
     # generators chunk 4 (divides T), memory chunk 16 (does not: a trailing 4-token chunk)
-    "default": SelfModConfig(aux_chunk_size=4, chunk_size_memory=16, eta_max=0.3),
+    "default": SelfModConfig(aux_chunk_size=4, chunk_size=16, eta_max=0.3),
     # chunk 1 everywhere: the exact token recurrence
-    "chunk1": SelfModConfig(aux_chunk_size=1, chunk_size_memory=1, eta_max=0.3),
+    "chunk1": SelfModConfig(aux_chunk_size=1, chunk_size=1, eta_max=0.3),
     # A15 gated-delta form, A4 alternative, no momentum, ℓ2-normalised values; generator chunk larger than the memory's
     "gated_first_nomom": SelfModConfig(
         aux_chunk_size=16,
-        chunk_size_memory=4,
+        chunk_size=4,
         eta_max=0.3,
         normalize_values=True,
         gated_delta=True,
         dgd_layers="first",
-        use_momentum=False,
+        momentum=False,
     ),
     # w/o DGD, w/o weight decay, adaptive q; chunk sizes that do not divide each other
     "gd_nodecay_adaptiveq": SelfModConfig(
         aux_chunk_size=3,
-        chunk_size_memory=8,
+        chunk_size=8,
         eta_max=0.05,
-        use_dgd=False,
-        use_weight_decay=False,
+        dgd=False,
+        weight_decay=False,
         adaptive_q=True,
     ),
     # A-Table 6 'w/o adaptive k' and 'w/o adaptive v': static streams, no M_k / M_v; equal chunk sizes (one joint scan)
-    "static_kv_joint": SelfModConfig(
-        aux_chunk_size=4, chunk_size_memory=4, eta_max=0.3, adaptive_k=False, adaptive_v=False
-    ),
+    "static_kv_joint": SelfModConfig(aux_chunk_size=4, chunk_size=4, eta_max=0.3, adaptive_k=False, adaptive_v=False),
     # 'w/o adaptive k' with adaptive q and unequal chunk sizes (two scans)
-    "static_k_adaptiveq": SelfModConfig(
-        aux_chunk_size=4, chunk_size_memory=8, eta_max=0.3, adaptive_k=False, adaptive_q=True
-    ),
+    "static_k_adaptiveq": SelfModConfig(aux_chunk_size=4, chunk_size=8, eta_max=0.3, adaptive_k=False, adaptive_q=True),
 }
 
 
@@ -105,7 +101,7 @@ def test_chunked_matches_per_token_reference(name):
     np.testing.assert_allclose(y, y_ref, **TOL)
     np.testing.assert_allclose(keys, keys_ref, **TOL)
     np.testing.assert_allclose(values, values_ref, **TOL)
-    assert set(state) == ({"weights", "momentum"} if cfg.use_momentum else {"weights"})
+    assert set(state) == ({"weights", "momentum"} if cfg.momentum else {"weights"})
     for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(state_ref)):
         np.testing.assert_allclose(got, want, **TOL)
     # every memory really moved
@@ -146,7 +142,7 @@ def test_per_sample_isolation():
 
 def test_outer_gradient_matches_finite_differences():
     """Directional derivative of an outer loss in (x, q, initial states, A3 reduction): autodiff vs central FD, float64."""
-    cfg = SelfModConfig(aux_chunk_size=4, chunk_size_memory=8, eta_max=0.3, remat_group=2, accum_dtype="float64")
+    cfg = SelfModConfig(aux_chunk_size=4, chunk_size=8, eta_max=0.3, remat_group=2, accum_dtype="float64")
     with jax.enable_x64(True):
         # 16 tokens: whole groups of whole chunks in both scans, so the backward program stays small to compile
         x, q, state, reduction = make_inputs(cfg, seed=3, dtype=np.float64, length=16)
@@ -179,11 +175,11 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="dgd_layers"):
         SelfModConfig(dgd_layers="second")
     with pytest.raises(ValueError, match="chunk sizes must be positive"):
-        SelfModConfig(chunk_size_memory=0)
+        SelfModConfig(chunk_size=0)
 
 
-@pytest.mark.parametrize("normalize_step", [True, False], ids=["normalized_step", "per_token_step"])
-def test_without_dgd_only_the_transition_term_goes(normalize_step):
+@pytest.mark.parametrize("normalized_step", [True, False], ids=["normalized_step", "per_token_step"])
+def test_without_dgd_only_the_transition_term_goes(normalized_step):
     """A-Table 6's 'w/o DGD' changes DGD alone: on one token, DGD − GD = −η' x̂ᵀ(x̂ W_0), so both take the same
     gradient step (η' also without DGD; a step of η would be 1.5× larger at η = 0.5)."""
     rng = np.random.default_rng(3)
@@ -191,8 +187,8 @@ def test_without_dgd_only_the_transition_term_goes(normalize_step):
     key, target = (jnp.asarray(rng.normal(size=(1, n)), jnp.float32) for n in (4, 3))
     lr = jnp.full((1,), 0.5, jnp.float32)
 
-    def update(use_dgd):
-        kwargs = dict(residual=False, activation="silu", use_dgd=use_dgd, normalize_step=normalize_step)
+    def update(dgd):
+        kwargs = dict(residual=False, activation="silu", dgd=dgd, normalized_step=normalized_step)
         return dgd_chunk_update(w0, None, key, target, lr, jnp.ones((1,)), **kwargs)[0]["w"]
 
     x_hat = key / jnp.linalg.norm(key)

@@ -37,12 +37,12 @@ def gates(inp):
     return inp["q"], inp["k"], inp["v"], inp["theta"], inp["eta"], inp["alpha"]
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "remat_group", "normalize_step"))
-def chunked_both(inp, chunk_size, remat_group=1, normalize_step=True):
+@functools.partial(jax.jit, static_argnames=("chunk_size", "remat_group", "normalized_step"))
+def chunked_both(inp, chunk_size, remat_group=1, normalized_step=True):
     """Linear and 2-layer memories, momentum on, in one compiled program."""
     return {
         kind: titans_memory(
-            inp[kind], *gates(inp), chunk_size=chunk_size, remat_group=remat_group, normalize_step=normalize_step
+            inp[kind], *gates(inp), chunk_size=chunk_size, remat_group=remat_group, normalized_step=normalized_step
         )
         for kind in ("linear", "mlp")
     }
@@ -77,18 +77,18 @@ def test_chunked_matches_per_token_reference(inputs, chunk_size, remat_group):
             np.testing.assert_allclose(s[name], s_ref[name], **TOL)
 
 
-@pytest.mark.parametrize("normalize_step", [False, True], ids=["E5", "longhorn_step"])
-def test_chunk_size_one_is_the_exact_token_recurrence(inputs, normalize_step):
+@pytest.mark.parametrize("normalized_step", [False, True], ids=["E5", "longhorn_step"])
+def test_chunk_size_one_is_the_exact_token_recurrence(inputs, normalized_step):
     """E5–E6 token by token, written out in numpy (gradient at M_{t−1}), for the linear memory; with the normalised
     step, θ_t / (1 + θ_t‖k_t‖²) (Longhorn's δ, the chunk step at C = 1) in place of θ_t."""
-    y, w_end, _ = chunked_both(inputs, 1, normalize_step=normalize_step)["linear"]
+    y, w_end, _ = chunked_both(inputs, 1, normalized_step=normalized_step)["linear"]
     for b, h in [(0, 0), (1, 1)]:
         w = inputs["linear"]["w"][b, h].astype(np.float64)
         s = np.zeros_like(w)
         q, k, v, theta, eta, alpha = (a[b, h].astype(np.float64) for a in gates(inputs))
         for t in range(T):
             grad = np.outer(k[t], k[t] @ w - v[t])
-            step = theta[t] / (1.0 + theta[t] * k[t] @ k[t]) if normalize_step else theta[t]
+            step = theta[t] / (1.0 + theta[t] * k[t] @ k[t]) if normalized_step else theta[t]
             s = eta[t] * s - step * grad
             w = (1.0 - alpha[t]) * w + s
             np.testing.assert_allclose(y[b, h, t], q[t] @ w, **TOL)
@@ -98,9 +98,7 @@ def test_chunk_size_one_is_the_exact_token_recurrence(inputs, normalize_step):
 def test_linear_memory_without_momentum_is_the_gated_delta_rule(inputs):
     """With η = 0 and chunk 1: M_t = ((1−α_t) I − θ_t k_t k_tᵀ) M_{t−1} + θ_t k_t v_tᵀ (row convention), y_t = q_t M_t."""
     run = jax.jit(
-        lambda inp: titans_memory(
-            inp["linear"], *gates(inp), chunk_size=1, use_momentum=False, normalize_step=False
-        )
+        lambda inp: titans_memory(inp["linear"], *gates(inp), chunk_size=1, momentum=False, normalized_step=False)
     )
     y, w_end, s_end = run(inputs)
     assert s_end is None
@@ -245,32 +243,33 @@ def test_outer_gradient_is_finite_when_the_gates_saturate():
 
     from hope_jax.models import titans as titans_model
     from hope_jax.models.config import default_model_config
+    from hope_jax.models.typed_config import ModelConfig
 
     cfg = default_model_config()
     cfg.d_model, cfg.n_heads = 8, 2
     cfg.titans.chunk_size = 4
-    opts = titans_model.TitansOptions.from_config(cfg)
-    layer = titans_model.Gates(cfg, rngs=nnx.Rngs(0))
+    typed = ModelConfig.from_config(cfg)
+    layer = titans_model.Gates(typed, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(layer)
     rng = np.random.default_rng(0)
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
-    batch, length, hd = 1, 8, opts.head_dim
+    batch, length, hd = 1, 8, typed.head_dim
     x = rng.normal(size=(batch, length, cfg.d_model)).astype(np.float32)
-    q, k, v = (unit(rng.normal(size=(batch, length, opts.n_heads, hd))).astype(np.float32) for _ in range(3))
-    w = {name: (0.3 * rng.normal(size=(batch, opts.n_heads, hd, hd))).astype(np.float32) for name in ("w_in", "w_out")}
+    q, k, v = (unit(rng.normal(size=(batch, length, typed.n_heads, hd))).astype(np.float32) for _ in range(3))
+    w = {name: (0.3 * rng.normal(size=(batch, typed.n_heads, hd, hd))).astype(np.float32) for name in ("w_in", "w_out")}
 
     @jax.jit
     def loss_and_grads(params, fast, q, k, v, x):
         def loss(params, fast, q, k, v, x):
             tokens = {"q": q, "k": k, "v": v, **nnx.merge(graphdef, params)(x)}
-            y, end = titans_model.memory_call(fast, tokens, opts)
+            y, end = titans_model.memory_call(fast, tokens, typed)
             return jnp.sum(jnp.sin(y)) + sum(jnp.sum(a**2) for a in jax.tree.leaves(end))
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))(params, fast, q, k, v, x)
 
     fast = {"w": w, "s": jax.tree.map(np.zeros_like, w)}
     for logits in [(300.0, 300.0, 300.0), (-300.0, -300.0, -300.0), (300.0, -300.0, 300.0), (-300.0, 300.0, -300.0)]:
-        params["bias"] = nnx.Param(jnp.broadcast_to(jnp.asarray(logits)[:, None], (3, opts.n_heads)))
+        params["bias"] = nnx.Param(jnp.broadcast_to(jnp.asarray(logits)[:, None], (3, typed.n_heads)))
         value, grads = loss_and_grads(params, fast, q, k, v, x)
         assert np.isfinite(value), logits
         for path, g in jax.tree_util.tree_leaves_with_path(grads):

@@ -20,6 +20,7 @@ from hope_jax.models import apply_overrides, build_model, count_params, default_
 from hope_jax.models.cms import CMS, level_param_regex, outer_level_periods, validate_cms_config
 from hope_jax.models.config import validate_model_config
 from hope_jax.models.self_modifying import SelfModifyingMixer
+from hope_jax.models.typed_config import ModelConfig
 from hope_jax.optim.labels import param_paths
 
 BASE = dict(vocab_size=64, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
@@ -190,7 +191,7 @@ def nested_cms_reference(cms: CMS, x, keys, values) -> np.ndarray:
     level's period it takes its own update (memory.cms_local on that chunk); whenever a slower level has just
     updated, the next faster level takes over the slower one's weights (its initial state for the slower chunk)."""
     periods = cms.periods
-    kw = dict(lr=cms.inner_lr, decay=cms.inner_decay, use_dgd=cms.use_dgd, remat_group=0)
+    kw = dict(inner_lr=cms.inner_lr, inner_decay=cms.inner_decay, dgd=cms.dgd, remat_group=0)
     state = [cms.initial_fast(i, x.shape[0]) for i in range(len(periods))]
     out = []
     for start in range(0, x.shape[1], periods[0]):
@@ -217,7 +218,7 @@ def test_nested_cms_hands_the_slower_levels_weights_to_the_faster_level():
     Three levels (2, 4, 8) over 16 tokens (two slow chunks), whole and in pieces, against the loop above."""
     cms_cfg = {"periods": (2, 4, 8), "objectives": ("local",) * 3, "hidden": (8,) * 3, "inner_lr": 0.5}
     cfg = make_cfg({"d_model": 8, "cms": {**cms_cfg, "variant": "nested"}})
-    cms = CMS(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+    cms = CMS(ModelConfig.from_config(cfg), out_init_std=0.02, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(3), (2, 16, 8), jnp.float32)
     keys, values = jnp.tanh(x), jnp.sin(2.0 * x)
     expected = jax.jit(lambda *inputs: nested_cms_reference(cms, *inputs))(x, keys, values)
@@ -229,7 +230,9 @@ def test_nested_cms_hands_the_slower_levels_weights_to_the_faster_level():
     np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), expected, atol=2e-6, rtol=1e-5)
     # The hand-over matters: the sequential chain (each level keeps its own weights) differs after the first
     # update of the period-4 level, not before.
-    sequential = CMS(make_cfg({"d_model": 8, "cms": cms_cfg}), out_init_std=0.02, rngs=nnx.Rngs(0))
+    sequential = CMS(
+        ModelConfig.from_config(make_cfg({"d_model": 8, "cms": cms_cfg})), out_init_std=0.02, rngs=nnx.Rngs(0)
+    )
     plain, _ = run(sequential, x, keys, values, None)
     np.testing.assert_allclose(plain[:, :4], whole[:, :4], atol=1e-6)
     assert np.abs(np.asarray(plain[:, 4:] - whole[:, 4:])).max() > 1e-4
@@ -292,7 +295,7 @@ def test_mixer_runs_the_per_token_reference(memory):
     """What the HOPE mixer runs is the per-token reference (memory/reference.py) on the mixer's own streams and
     meta-learned initial memories: outputs, keys and values, for every A-Table 6 switch and both chunk layouts."""
     cfg = make_cfg(HOPE, {"memory": {**memory, "eta_max": 0.5}})
-    mixer = SelfModifyingMixer(cfg, out_init_std=0.3, rngs=nnx.Rngs(3))
+    mixer = SelfModifyingMixer(ModelConfig.from_config(cfg), out_init_std=0.3, rngs=nnx.Rngs(3))
     batch, length = 2, 12
     x_btd = jax.random.normal(jax.random.key(4), (batch, length, cfg.d_model))
     out, _, keys, values = mixer(x_btd, None)
@@ -337,9 +340,9 @@ def test_fit_diagnostics_are_means_over_every_stride_th_token():
     x = jax.random.normal(jax.random.key(1), (batch, SEQ, BASE["d_model"]), jnp.float32)
     sown, outputs = {}, {}
     for n in (stride, 1):
-        cfg = make_cfg(HOPE, {"memory": {"diagnostics_stride": n}})
-        mixer = SelfModifyingMixer(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
-        cms = CMS(cfg, out_init_std=0.02, rngs=nnx.Rngs(0))
+        typed = ModelConfig.from_config(make_cfg(HOPE, {"memory": {"diagnostics_stride": n}}))
+        mixer = SelfModifyingMixer(typed, out_init_std=0.02, rngs=nnx.Rngs(0))
+        cms = CMS(typed, out_init_std=0.02, rngs=nnx.Rngs(0))
         y, _, keys, values = mixer(x, None)
         z, _ = cms(y, keys, values, None)
         outputs[n] = (y, z)
@@ -351,10 +354,10 @@ def test_fit_diagnostics_are_means_over_every_stride_th_token():
 
     # The reference reads the last pass's (stride 1) weights, keys and values: the same as the stride-3 pass's (same
     # seed, and the stride changes no output — asserted above).
-    heads = cfg.n_heads
+    heads = typed.n_heads
     per_head = lambda a: a[:, ::stride].reshape(batch, -1, heads, a.shape[-1] // heads)
     memory = mixer.memories["memory"].value()
-    read = jax.vmap(lambda w, a: fast_mlp.forward(w, a, residual=True, activation=cfg.memory.activation), (0, 1), 1)
+    read = jax.vmap(lambda w, a: fast_mlp.forward(w, a, residual=True, activation=typed.memory.activation), (0, 1), 1)
     k, v = per_head(keys), per_head(values)
     mixer_fit = 0.5 * jnp.mean(
         jnp.sum(jnp.square(jax.vmap(read, (None, 0))(memory, k) - jax.vmap(read, (None, 0))(memory, v)), -1)

@@ -28,7 +28,7 @@ from hope_jax.memory.self_modifying import (
     updated_names,
 )
 from hope_jax.models.config import default_model_config
-from hope_jax.models.self_modifying import selfmod_config
+from hope_jax.models.typed_config import ModelConfig
 from tests import paper_equations as paper
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -89,7 +89,7 @@ def library_linear(m0, s0, keys, values, queries, eta, alpha, *, chunk, momentum
         new_w, new_s = dgd_chunk_update(
             {"w": w}, None if momentum is None else {"w": s}, k, targets, lr, None, log_retention=jnp.log(a),
             residual=False, activation="silu", gated_delta=gated_delta, momentum_decay=momentum or 0.0,
-            normalize_step=step_size == "normalized", chunk_size=chunk,
+            normalized_step=step_size == "normalized", chunk_size=chunk,
         )  # fmt: skip
         return (new_w["w"], s if new_s is None else new_s["w"]), read(q)
 
@@ -131,15 +131,15 @@ B, H, T_HOPE, CHUNK = 2, 2, 12, 4
 
 
 def preset_config(**memory):
-    """The HOPE preset's SelfModConfig (models/config.py defaults) with small chunks; the fields the reference
+    """The HOPE preset's memory typed (models/config.py defaults) with small chunks; the fields the reference
     implements are checked so that a changed preset fails here rather than silently comparing something else."""
     model = default_model_config()
     model.d_model, model.n_heads = D * H, H
     model.memory.chunk_size = model.memory.aux_chunk_size = CHUNK
     model.memory.update(memory)
-    cfg = selfmod_config(model)
-    assert (cfg.use_dgd, cfg.dgd_layers, cfg.gated_delta, cfg.memory_target) == (True, "all", False, "self")
-    assert (cfg.adaptive_q, cfg.adaptive_k, cfg.adaptive_v, cfg.use_weight_decay) == (False, True, True, True)
+    cfg = ModelConfig.from_config(model).memory
+    assert (cfg.dgd, cfg.dgd_layers, cfg.gated_delta, cfg.memory_target) == (True, "all", False, "self")
+    assert (cfg.adaptive_q, cfg.adaptive_k, cfg.adaptive_v, cfg.weight_decay) == (False, True, True, True)
     assert (cfg.step_bound, cfg.activation) == ("chunk", "silu")
     return cfg
 
@@ -210,9 +210,9 @@ def reference_hope(cfg, streams, memories, momenta, reduction, **overrides):
     """paper.self_modifying_titans per batch and head; returns (y, keys, values) [B, H, T, d] and the end states
     as {name: [(w1, w2) per (b, h)]} in the papers' convention."""
     kw = dict(
-        chunk=cfg.chunk_size_memory, aux_chunk=cfg.aux_chunk_size, eta_max=cfg.eta_max,
-        momentum=cfg.momentum_decay if cfg.use_momentum else None,
-        step_size="normalized" if cfg.normalize_step else "printed", normalize_values=cfg.normalize_values,
+        chunk=cfg.chunk_size, aux_chunk=cfg.aux_chunk_size, eta_max=cfg.eta_max,
+        momentum=cfg.momentum_decay if cfg.momentum else None,
+        step_size="normalized" if cfg.normalized_step else "printed", normalize_values=cfg.normalize_values,
     )  # fmt: skip
     kw.update(overrides)
     outputs, ends = [], {}

@@ -93,27 +93,29 @@ def test_curvature_bounds_match_the_jacobian():
         np.testing.assert_allclose(bounds["w_out"][t], jnp.sum(hidden**2), rtol=1e-5)
 
 
-@pytest.mark.parametrize("normalize_step", [True, False], ids=["normalized", "literal"])
-def test_titans_memory_stays_bounded_on_aligned_keys_at_its_initial_gates(normalize_step):
+@pytest.mark.parametrize("normalized_step", [True, False], ids=["normalized", "literal"])
+def test_titans_memory_stays_bounded_on_aligned_keys_at_its_initial_gates(normalized_step):
     """θ ≈ 0.5, η ≈ 0.5 (the gates' initial values), 2-layer residual memory, chunk 16, 256 tokens."""
     keys, values = aligned_streams(2)
     weights = jax.tree.map(lambda a: a[None, None], mlp_weights(2, 1.0, 0.1))
     gate = lambda value: jnp.full((1, 1, T), value, jnp.float32)
     y, w_end, _ = titans_memory(
         weights, keys[None, None], keys[None, None], 0.01 * values[None, None], gate(0.5), gate(0.5), gate(0.007),
-        chunk_size=CHUNK, normalize_step=normalize_step,
+        chunk_size=CHUNK, normalized_step=normalized_step,
     )  # fmt: skip
     peak = max(float(jnp.max(jnp.abs(a))) for a in w_end.values())
-    if normalize_step:
+    if normalized_step:
         assert bool(jnp.isfinite(y).all()) and peak < 5.0
     else:  # E5's step: geometric growth (measured: inf within 96 tokens)
         assert not np.isfinite(peak) or peak > 1e6
 
 
 @pytest.mark.parametrize(
-    ("normalize_step", "step_bound"), [(True, "chunk"), (True, "gram"), (False, "chunk")], ids=["chunk", "gram", "literal"]
+    ("normalized_step", "step_bound"),
+    [(True, "chunk"), (True, "gram"), (False, "chunk")],
+    ids=["chunk", "gram", "literal"],
 )
-def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(normalize_step, step_bound):
+def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(normalized_step, step_bound):
     """Self-generated targets v̂ = M(v), η = 1, chunk 16, fast weights at the scale measured in the diverging HOPE
     run (max |W_in| ≈ 3.6, |W_out| ≈ 1.4 in the chunk before the overflow)."""
     keys, values = aligned_streams(3)
@@ -122,14 +124,14 @@ def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(nor
     update = jax.jit(
         lambda w, s, k, v: dgd_chunk_update(
             w, s, k, fast_mlp.forward(w, v), jnp.ones(CHUNK), None, log_retention=jnp.full(CHUNK, -0.007),
-            residual=True, activation="silu", normalize_step=normalize_step, step_bound=step_bound,
+            residual=True, activation="silu", normalized_step=normalized_step, step_bound=step_bound,
         )  # fmt: skip
     )
     for c in range(T // CHUNK):
         chunk = slice(c * CHUNK, (c + 1) * CHUNK)
         w, s = update(w, s, keys[chunk], values[chunk])
     peak = max(float(jnp.max(jnp.abs(a))) for a in w.values())
-    if normalize_step:
+    if normalized_step:
         assert peak < 3.0
     else:
         assert not np.isfinite(peak) or peak > 1e6

@@ -88,11 +88,11 @@ def _forward(memory, chunk, slow):
         fn = reference.titans_reference if slow else titans_memory
         return lambda a: fn(a["weights"], a["q"], a["k"], a["v"], a["theta"], a["eta"], a["alpha"], chunk_size=chunk)[0]
     if memory == "self_modifying":
-        cfg = SelfModConfig(chunk_size_memory=chunk, aux_chunk_size=chunk, eta_max=0.5)
+        cfg = SelfModConfig(chunk_size=chunk, aux_chunk_size=chunk, eta_max=0.5)
         fn = reference.self_modifying_reference if slow else self_modifying_titans
         return lambda a: fn(a["x"], a["q"], a["state"], a["reduction"], cfg)[0]
     fn = reference.cms_local_reference if slow else cms_local
-    return lambda a: fn(a["weights"], a["x"], a["k"], a["v"], lr=0.1, decay=0.1, period=chunk)[0]
+    return lambda a: fn(a["weights"], a["x"], a["k"], a["v"], inner_lr=0.1, inner_decay=0.1, period=chunk)[0]
 
 
 def _best_time(compiled, args, repeats):

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
         for chunk in (int(c) for c in args.chunks.split(",")):
-            cfg = SelfModConfig(chunk_size_memory=chunk, aux_chunk_size=chunk, normalize_values=True, remat_group=1)
+            cfg = SelfModConfig(chunk_size=chunk, aux_chunk_size=chunk, normalize_values=True, remat_group=1)
             if kind == "joint":
                 inputs = joint_inputs(args.sequences, args.seq_len, args.d_head, cfg)
                 reference = lambda *a, cfg=cfg: _joint_reference(cfg)(*a)

@@ -127,13 +127,13 @@ def batch_fn(
         )
         unflat = lambda tree: jax.tree.map(lambda a: a.reshape(batch, heads, 1, *a.shape[1:]), tree)
         new = {"gen": gen_w, "memory": unflat(mem_w)}
-        if cfg.use_momentum:
+        if cfg.momentum:
             new.update(gen_s=gen_s, memory_s=unflat(mem_s))
         if joint:
             cat = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=2), a, b)
             new = {
                 "w": cat(new["gen"], new["memory"]),
-                **({"s": cat(gen_s, new["memory_s"])} if cfg.use_momentum else {}),
+                **({"s": cat(gen_s, new["memory_s"])} if cfg.momentum else {}),
             }
         return (y.reshape(batch, heads, length, -1), per_token[1], per_token[2]), new
 

@@ -40,7 +40,7 @@ class Ops:
     """The chunk's constant masks and the Triton-friendly helpers every function below shares (C = chunk size)."""
 
     def __init__(self, cfg: SelfModConfig, dot_dtype, precision, last):
-        c = self.c = cfg.chunk_size_memory
+        c = self.c = cfg.chunk_size
         self.cfg, self.last = cfg, last
         self.fdot = functools.partial(dot, dtype=F32, precision=precision)  # coefficients, Gram, solve
         self.wdot = functools.partial(dot, dtype=jnp.dtype(dot_dtype), precision=precision)  # features × weights
@@ -98,7 +98,7 @@ def coefficients(ops: Ops, log_alpha) -> dict:
     """recurrence.chunk_coefficients from log α [C, 1], shared by every matrix of every memory in the chunk."""
     cfg = ops.cfg
     co = {"decay": ops.segment_products(log_alpha), "decay_from_start": jnp.exp(ops.cumsum_col(log_alpha))}
-    if cfg.use_momentum:
+    if cfg.momentum:
         log_eps = math.log(cfg.momentum_decay) if cfg.momentum_decay > 0 else -jnp.inf
         log_m = jnp.full((ops.c, 1), log_eps, F32)
         co["momentum_decay"] = ops.segment_products(log_m)
@@ -115,7 +115,7 @@ def update_memory(ops: Ops, co: dict, weights, momenta, k, v, lr, onto_values: b
     """dgd.dgd_chunk_update of one memory regressing keys k onto M(v) (or onto v where `onto_values`), at its
     chunk-start (weights, momenta); returns (end weights, end momenta) as tuples."""
     cfg, rsum, wdot, fdot = ops.cfg, ops.rsum, ops.wdot, ops.fdot
-    mom = cfg.use_momentum
+    mom = cfg.momentum
     # The inner gradient's factors at the chunk-start weights (fast_mlp.forward_parts / grad_factors_and_products).
     if len(weights) == 2:
         w_in, w_out = weights
@@ -144,10 +144,10 @@ def update_memory(ops: Ops, co: dict, weights, momenta, k, v, lr, onto_values: b
         g = g_out / inv_norm
         if cfg.gated_delta:
             step = -transition_lr * (g - wdot(x_hat, w0))
-        elif cfg.normalize_step and cfg.step_bound == "gram":
+        elif cfg.normalized_step and cfg.step_bound == "gram":
             gram_rows = rsum(jnp.abs(fdot(x, x, dims=((1,), (1,)))))
             step = -(lr / (1.0 + lr * (curvature / (rsum(x * x) + 1e-12)) * gram_rows)) * g
-        elif cfg.normalize_step:
+        elif cfg.normalized_step:
             step = -(lr / (1.0 + ops.c * lr * curvature)) * g
         else:
             step = -transition_lr * g
@@ -156,7 +156,7 @@ def update_memory(ops: Ops, co: dict, weights, momenta, k, v, lr, onto_values: b
         if mom:
             carried = carried + ops.pick(co["momentum_into_state"]) * s0
         write_rows = co["write_last"] * step
-        if cfg.use_dgd and (cfg.dgd_layers == "all" or first):
+        if cfg.dgd and (cfg.dgd_layers == "all" or first):
             beta = transition_lr
             gram = fdot(x_hat, x_hat, dims=((1,), (1,)))
             system = beta * (gram * fdot(ops.shift, co["decay"]))

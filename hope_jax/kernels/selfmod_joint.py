@@ -34,7 +34,7 @@ def joint_chunk(spec: KernelSpec, state, params, tokens, last):
     names = generator_names(cfg) + ("memory",)
     n = len(names)
     weights = [tuple(state[2 * i : 2 * i + 2]) for i in range(n)]
-    momenta = [tuple(state[2 * n + 2 * i : 2 * n + 2 * i + 2]) if cfg.use_momentum else () for i in range(n)]
+    momenta = [tuple(state[2 * n + 2 * i : 2 * n + 2 * i + 2]) if cfg.momentum else () for i in range(n)]
     xs = dict(zip(static_stream_names(cfg), tokens, strict=True))
     out = {name: ops.read(weights[i], xs["x"]) for i, name in enumerate(names[:-1])}
     keys = ops.l2(out["k"] if cfg.adaptive_k else xs["k"])
@@ -42,7 +42,7 @@ def joint_chunk(spec: KernelSpec, state, params, tokens, last):
     values = ops.l2(values) if cfg.normalize_values else values
     queries = ops.l2(out["q"] if cfg.adaptive_q else xs["q"])
     eta = cfg.eta_max * jax.nn.sigmoid(ops.rsum(out["eta"] * params[0]) + params[1])
-    if cfg.use_weight_decay:
+    if cfg.weight_decay:
         log_alpha = jax.nn.log_sigmoid(ops.rsum(out["alpha"] * params[2]) + params[3])
     else:
         log_alpha = jnp.zeros_like(eta)
@@ -66,10 +66,10 @@ def joint_batch(spec: KernelSpec, streams: dict, fast: dict, reduction: dict):
     flat = lambda a: a.reshape(batch * heads, *a.shape[2:])
     tokens = pad_tokens(spec, tuple(flat(streams[name].astype(F32)) for name in static_stream_names(cfg)))
     n = len(generator_names(cfg)) + 1
-    parts = ("w", "s") if cfg.use_momentum else ("w",)
+    parts = ("w", "s") if cfg.momentum else ("w",)
     state = tuple(flat(fast[part][m][:, :, i]) for part in parts for i in range(n) for m in MATRICES)
     per_head = lambda a: flat(jnp.broadcast_to(a.astype(F32), (batch, *a.shape)).reshape(batch, heads, 1, -1))
-    names = ("eta_w", "eta_b") + (("alpha_w", "alpha_b") if cfg.use_weight_decay else ())
+    names = ("eta_w", "eta_b") + (("alpha_w", "alpha_b") if cfg.weight_decay else ())
     params = tuple(per_head(reduction[name]) for name in names)
     outputs, end = scan(spec, tokens, params, state)
     y, keys, values = (a[:, : spec.length].reshape(batch, heads, spec.length, -1) for a in outputs)

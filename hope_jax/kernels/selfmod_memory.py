@@ -94,7 +94,7 @@ def _div(index, n: int):
 
 def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple, checkpoints: bool):
     n_tok, n_par, n_state, n_out = layout
-    c = spec.cfg.chunk_size_memory
+    c = spec.cfg.chunk_size
     refs = list(refs)
     take = lambda n: [refs.pop(0) for _ in range(n)]
     token_refs, param_refs, state_refs, out_refs, end_refs = (take(n) for n in (n_tok, n_par, n_state, n_out, n_state))
@@ -127,7 +127,7 @@ def _forward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple, check
 
 def _backward_kernel(*refs, spec: KernelSpec, n_chunks: int, layout: tuple):
     n_tok, n_par, n_state, n_out = layout
-    c = spec.cfg.chunk_size_memory
+    c = spec.cfg.chunk_size
     refs = list(refs)
     take = lambda n: [refs.pop(0) for _ in range(n)]
     token_refs, param_refs, ckpt_refs, d_out_refs, d_end_refs = (
@@ -190,7 +190,7 @@ def _out_widths(spec: KernelSpec, dim: int) -> tuple[int, ...]:
 
 def _scan_forward(spec: KernelSpec, tokens: tuple, params: tuple, state: tuple, checkpoints: bool):
     n_seq, padded_len, dim = tokens[0].shape
-    n_chunks = padded_len // spec.cfg.chunk_size_memory
+    n_chunks = padded_len // spec.cfg.chunk_size
     widths = _out_widths(spec, dim)
     out_shape = [jax.ShapeDtypeStruct((n_seq, padded_len, w), tokens[0].dtype) for w in widths]
     out_shape += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in state]
@@ -220,7 +220,7 @@ def _scan_fwd(spec, tokens, params, state):
 def _scan_bwd(spec, residuals, cotangents):
     tokens, params, state, ckpts = residuals
     d_outputs, d_end = cotangents
-    n_chunks = tokens[0].shape[1] // spec.cfg.chunk_size_memory
+    n_chunks = tokens[0].shape[1] // spec.cfg.chunk_size
     layout = (len(tokens), len(params), len(state), len(d_outputs))
     kernel = functools.partial(_backward_kernel, spec=spec, n_chunks=n_chunks, layout=layout)
     out_shape = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (*tokens, *params, *state)]
@@ -234,7 +234,7 @@ scan.defvjp(_scan_fwd, _scan_bwd)
 
 def pad_tokens(spec: KernelSpec, tokens) -> tuple:
     """[N, T, w] (or [N, T]: a [N, T', 1] column) per-token arrays zero-padded to whole chunks."""
-    c = spec.cfg.chunk_size_memory
+    c = spec.cfg.chunk_size
     pad = -(-spec.length // c) * c - spec.length
     column = lambda a: a[..., None] if a.ndim == 2 else a
     return tuple(jnp.pad(column(a), [(0, 0), (0, pad), (0, 0)]) for a in tokens)
@@ -242,13 +242,13 @@ def pad_tokens(spec: KernelSpec, tokens) -> tuple:
 
 def _state_list(spec: KernelSpec, weights: dict, momentum: dict) -> list:
     names = _weight_names(spec.cfg)
-    return [weights[n] for n in names] + ([momentum[n] for n in names] if spec.cfg.use_momentum else [])
+    return [weights[n] for n in names] + ([momentum[n] for n in names] if spec.cfg.momentum else [])
 
 
 def _state_dicts(spec: KernelSpec, state) -> tuple[dict, dict]:
     names = _weight_names(spec.cfg)
     weights = dict(zip(names, state[: len(names)], strict=True))
-    return weights, (dict(zip(names, state[len(names) :], strict=True)) if spec.cfg.use_momentum else {})
+    return weights, (dict(zip(names, state[len(names) :], strict=True)) if spec.cfg.momentum else {})
 
 
 def reference_scan(cfg: SelfModConfig, per_token: tuple, weights: dict, momentum: dict):
@@ -260,16 +260,16 @@ def reference_scan(cfg: SelfModConfig, per_token: tuple, weights: dict, momentum
             queries, keys, values, eta, log_alpha = xs
             y = _read_memory(w_, queries, cfg)
             onto_values = (cfg.memory_target == "value",)
-            new = _update_stack(w_, s_, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory, onto_values)
+            new = _update_stack(w_, s_, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values)
             return new, y
 
         stack = lambda tree: jax.tree.map(lambda a: a[None], tree)  # a stack of one memory, as _update_stack takes
-        (w_end, s_end), y = scan_chunks(memory_chunk, (stack(w), stack(s)), per_token, cfg.chunk_size_memory,
+        (w_end, s_end), y = scan_chunks(memory_chunk, (stack(w), stack(s)), per_token, cfg.chunk_size,
                                         cfg.remat_group)  # fmt: skip
         unstack = lambda tree: jax.tree.map(lambda a: a[0], tree)
         return y, unstack(w_end), unstack(s_end)
 
-    return jax.vmap(one)(per_token, weights, momentum if cfg.use_momentum else {})
+    return jax.vmap(one)(per_token, weights, momentum if cfg.momentum else {})
 
 
 def memory_scan(spec: KernelSpec, per_token: tuple, weights: dict, momentum: dict):

@@ -12,8 +12,8 @@ Fast-weight dicts (hope_jax.memory.fast_mlp): {'w': [dk, dv]} linear; {'w_in': [
 
 1. Titans neural memory (LMM / MAC / MAG; HOPE_SPEC E5–E13), reads M_t through the dual form:
 
-   titans_memory(weights, q, k, v, theta, eta, alpha, momentum=None, *, log_eta=None, log_keep=None, chunk_size,
-                 use_momentum=True, residual=True, activation='silu', truncate_bptt=False, remat_group=1,
+   titans_memory(weights, q, k, v, theta, eta, alpha, surprise=None, *, log_eta=None, log_keep=None, chunk_size,
+                 momentum=True, residual=True, activation='silu', truncate_bptt=False, remat_group=1,
                  accum_dtype=jnp.float32)
        -> (y [B,H,T,dv], end_weights, end_momentum | None)
    theta = inner lr, eta = momentum decay, alpha = forget gate (Titans naming), all [B, H, T]. Learned sigmoid gates
@@ -23,20 +23,20 @@ Fast-weight dicts (hope_jax.memory.fast_mlp): {'w': [dk, dv]} linear; {'w_in': [
 
 2. Self-modifying Titans (HOPE's mixer; E20–E28, DESIGN D5):
 
-   SelfModConfig(chunk_size_memory=16, aux_chunk_size=16, adaptive_q=False, use_dgd=True, dgd_layers='all',
-                 use_momentum=True, momentum_decay=0.9, use_weight_decay=True, gated_delta=False, eta_max=1.0,
+   SelfModConfig(chunk_size=16, aux_chunk_size=16, adaptive_q=False, dgd=True, dgd_layers='all',
+                 momentum=True, momentum_decay=0.9, weight_decay=True, gated_delta=False, eta_max=1.0,
                  activation='silu', remat_group=1, truncate_bptt=False, accum_dtype='float32')
    init_self_modifying_state(initial_weights {□: {'w_in': [H,d,h], 'w_out': [H,h,d]}}, batch_size, cfg) -> state
    self_modifying_titans(x [B,H,T,d], q [B,H,T,d] | None, state, reduction, cfg)
        -> (y [B,H,T,d], new_state, keys [B,H,T,d], values [B,H,T,d])
-   state = {'weights': {□: {...}}, 'momentum': {□: {...}} (with use_momentum)}, □ in updated_names(cfg);
+   state = {'weights': {□: {...}}, 'momentum': {□: {...}} (with momentum)}, □ in updated_names(cfg);
    reduction = {'eta_w': [H,d], 'eta_b': [H], 'alpha_w': [H,d], 'alpha_b': [H]} (A3 outer parameters).
 
 3. CMS `local` level (DESIGN D6):
 
-   cms_local(weights, x [B,T,d], k [B,T,d], v [B,T,d], *, lr, decay, period, activation='silu', use_dgd=True,
+   cms_local(weights, x [B,T,d], k [B,T,d], v [B,T,d], *, inner_lr, inner_decay, period, activation='silu', dgd=True,
              truncate_bptt=False, remat_group=1, accum_dtype=jnp.float32) -> (y [B,T,d], end_weights)
-   retention = 1 − lr·decay, so lr = 0 is the plain MLP (weights bit-identical).
+   retention = 1 − inner_lr·inner_decay, so inner_lr = 0 is the plain MLP (weights bit-identical).
 
 Per-token references (tests and `python -m hope_jax.bench inner` only): hope_jax.memory.reference.
 """

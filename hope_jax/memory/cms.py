@@ -7,7 +7,7 @@ adds the residual) with period C. Tokens of chunk c read the chunk-start weights
     ℓ_t(θ) = ½‖f_θ(k_t) − f_θs(t)(v_t)‖²,
 
 the target being a constant of the inner gradient. Retention is tied to the learning rate as in decoupled weight decay,
-α = 1 − lr·decay, so lr = 0 leaves θ untouched and the level is exactly the plain MLP.
+α = 1 − inner_lr·inner_decay, so inner_lr = 0 leaves θ untouched and the level is exactly the plain MLP.
 """
 
 import functools
@@ -31,12 +31,12 @@ def cms_local(
     k: jax.Array,
     v: jax.Array,
     *,
-    lr: jax.Array | float,
-    decay: jax.Array | float,
+    inner_lr: jax.Array | float,
+    inner_decay: jax.Array | float,
     period: int,
     activation: str = "silu",
-    use_dgd: bool = True,
-    normalize_step: bool = True,
+    dgd: bool = True,
+    normalized_step: bool = True,
     step_bound: str = "chunk",
     truncate_bptt: bool = False,
     remat_group: int = 1,
@@ -47,9 +47,10 @@ def cms_local(
 
     weights: per-sequence level weights, leaves [B, ...] (2-layer or SwiGLU, see module docstring).
     x: [B, T, d] the level's input; k, v: [B, T, d] the block's keys and values (heads concatenated).
-    lr: inner learning rate η (scalar, may be a traced outer parameter); decay: weight decay, retention 1 − lr·decay.
+    inner_lr: inner learning rate η (scalar, may be a traced outer parameter); inner_decay: weight decay, retention
+      1 − inner_lr·inner_decay.
     period: C in tokens (a trailing partial chunk updates at the end of the sequence; period ≥ T means the outputs
-      never see an update). use_dgd=False gives plain GD with decay. normalize_step: dgd.dgd_chunk_update's
+      never see an update). dgd=False gives plain GD with decay. normalized_step: dgd.dgd_chunk_update's
       curvature-normalised gradient step over the period (False: η' per token), bounded by `step_bound`.
     update_mask: [B, T] per-token weights in {0, 1} of the updates (None: every token); a 0 takes no step and no
       decay (document resets, models/document_resets.py).
@@ -62,11 +63,11 @@ def cms_local(
     if kind == "linear":
         raise ValueError("a CMS level is a 2-layer MLP {'w_in', 'w_out'} or SwiGLU {'w_gate', 'w_up', 'w_down'}")
     cast = functools.partial(_cast, dtype=accum_dtype)
-    lr, decay = cast(lr), cast(decay)
+    inner_lr, inner_decay = cast(inner_lr), cast(inner_decay)
 
     update = functools.partial(
-        _local_chunk_update, lr=lr, decay=decay, period=period, activation=activation, use_dgd=use_dgd,
-        normalize_step=normalize_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
+        _local_chunk_update, inner_lr=inner_lr, inner_decay=inner_decay, period=period, activation=activation, dgd=dgd,
+        normalized_step=normalized_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
     )  # fmt: skip
 
     def one_sequence(w, x, k, v, mask):
@@ -90,14 +91,15 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), tree)
 
 
-def _local_chunk_update(w, k_c, target, key_parts, *, lr, decay, period, activation, use_dgd, normalize_step,
+def _local_chunk_update(w, k_c, target, key_parts, *, inner_lr, inner_decay, period, activation, dgd, normalized_step,
                         step_bound, truncate_bptt, mask=None):  # fmt: skip
     """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring);
     mask [C] in {0, 1}: a 0 takes no step and no decay (None: every token)."""
     mask = jnp.ones(k_c.shape[:1], k_c.dtype) if mask is None else mask
     w, _ = dgd_chunk_update(
-        w, None, k_c, target, lr * mask, 1.0 - lr * decay * mask, residual=False, activation=activation,
-        use_dgd=use_dgd, truncate_bptt=truncate_bptt, key_parts=key_parts, normalize_step=normalize_step,
+        w, None, k_c, target, inner_lr * mask, 1.0 - inner_lr * inner_decay * mask, residual=False,
+        activation=activation, dgd=dgd, truncate_bptt=truncate_bptt, key_parts=key_parts,
+        normalized_step=normalized_step,
         chunk_size=period, step_bound=step_bound,
     )  # fmt: skip
     return w
@@ -109,11 +111,11 @@ def nested_chunk_starts(
     k: jax.Array,
     v: jax.Array,
     *,
-    lr: jax.Array | float,
-    decay: jax.Array | float,
+    inner_lr: jax.Array | float,
+    inner_decay: jax.Array | float,
     activation: str = "silu",
-    use_dgd: bool = True,
-    normalize_step: bool = True,
+    dgd: bool = True,
+    normalized_step: bool = True,
     step_bound: str = "chunk",
     truncate_bptt: bool = False,
     accum_dtype=jnp.float32,
@@ -139,8 +141,8 @@ def nested_chunk_starts(
             f"k, v must be [B, {periods[-1]}, d] (one chunk of the slowest level); got {k.shape}, {v.shape}"
         )
     cast = functools.partial(_cast, dtype=accum_dtype)
-    lr, decay, carried, k, v = cast((lr, decay, carried, k, v))
-    options = dict(lr=lr, decay=decay, activation=activation, use_dgd=use_dgd, normalize_step=normalize_step,
+    inner_lr, inner_decay, carried, k, v = cast((inner_lr, inner_decay, carried, k, v))
+    options = dict(inner_lr=inner_lr, inner_decay=inner_decay, activation=activation, dgd=dgd, normalized_step=normalized_step,
                    step_bound=step_bound, truncate_bptt=truncate_bptt)  # fmt: skip
 
     def update(w, k_c, v_c, period):

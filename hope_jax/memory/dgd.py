@@ -7,7 +7,7 @@ gradient of ½‖f(k_t) − target_t‖² at the chunk-start weights W_s, rescal
     DGD (default):  W_t = (a_t I − η'_t x̂_tᵀ x̂_t) W_{t−1} − λ_t x̂_tᵀ g_t,      η'_t = η_t / (1 + η_t ‖x̂_t‖²)
     without DGD:    W_t = a_t W_{t−1} − λ_t x̂_tᵀ g_t                              (plain GD with decay)
     gradient step:  λ_t = η_t / (1 + C·η_t·h_t), h_t the token's curvature bound in W (chunking.chunk_step_size:
-                    the C gradients taken at W_s stay one stable mini-batch step); normalize_step=False: λ = η'
+                    the C gradients taken at W_s stay one stable mini-batch step); normalized_step=False: λ = η'
                     (E19 per token), with DGD or without: 'w/o DGD' drops the −η' x̂ᵀx̂ W term and nothing else
                     (a step of η would be 1.5× larger at η = 0.5 and confound the ablation)
     momentum (A5):  the step goes through S_t = ε S_{t−1} − (step) and W_t = (transition) W_{t−1} + S_t
@@ -43,13 +43,13 @@ def dgd_chunk_update(
     log_retention: jax.Array | None = None,
     residual: bool,
     activation: str,
-    use_dgd: bool = True,
+    dgd: bool = True,
     dgd_layers: str = "all",
     gated_delta: bool = False,
     momentum_decay: float = 0.9,
     truncate_bptt: bool = False,
     key_parts: dict | None = None,
-    normalize_step: bool = True,
+    normalized_step: bool = True,
     chunk_size: int | None = None,
     step_bound: str = "chunk",
 ) -> tuple[dict, dict | None]:
@@ -60,7 +60,7 @@ def dgd_chunk_update(
     its log computed in log space (e.g. jax.nn.log_sigmoid of the logit), because log(sigmoid(z)) underflows to
     log(0) = −inf for z ≲ −104 in float32 and its gradient 1/α is then inf × 0 = NaN in the decay products.
     key_parts: fast_mlp.forward_parts(weights, keys) when the caller computed it with other reads of the same weights.
-    normalize_step: the gradient term of each matrix steps by η_t / (1 + C·η_t·h_t), h_t its curvature bound
+    normalized_step: the gradient term of each matrix steps by η_t / (1 + C·η_t·h_t), h_t its curvature bound
     (chunking.chunk_step_size, C = chunk_size, default the chunk's length); the DGD transition keeps η'_t. False: η'_t
     for both (E19 per token, which a chunk of C gradients at one state overshoots once C·η' exceeds ~2).
     step_bound: how the normalised step bounds the chunk: 'chunk' (C·h_t, the worst case of C aligned inputs) or
@@ -79,7 +79,7 @@ def dgd_chunk_update(
     factors = fast_mlp.grad_factors_and_products(
         weights, keys, targets, residual=residual, activation=activation, key_parts=key_parts
     )
-    curvature = fast_mlp.curvature_bounds(weights, keys, key_parts) if normalize_step and not gated_delta else None
+    curvature = fast_mlp.curvature_bounds(weights, keys, key_parts) if normalized_step and not gated_delta else None
     chunk_size = keys.shape[0] if chunk_size is None else chunk_size
     log_momentum = None
     if momentum is not None:
@@ -101,7 +101,7 @@ def dgd_chunk_update(
         # DGD's transition and η' see the unit-norm input x̂; the gradient term x̂ᵀ(‖x‖ g) = xᵀ g is unchanged.
         # Without DGD the step stays η' (only the transition term goes), so the ablation changes DGD alone.
         transition_lr = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1))
-        beta = transition_lr if use_dgd and (dgd_layers == "all" or names[0] in FIRST_LAYERS) else None
+        beta = transition_lr if dgd and (dgd_layers == "all" or names[0] in FIRST_LAYERS) else None
 
         steps = []
         for name in names:
@@ -111,9 +111,9 @@ def dgd_chunk_update(
                 steps.append(-transition_lr[:, None] * (g - mm(x_hat, weights[name])))
             else:
                 step_lr = transition_lr
-                if normalize_step and step_bound == "gram":
+                if normalized_step and step_bound == "gram":
                     step_lr = gram_step_size(lr, curvature[name], x)
-                elif normalize_step:
+                elif normalized_step:
                     step_lr = chunk_step_size(lr, curvature[name], chunk_size)
                 steps.append(-step_lr[:, None] * g)
         step = join(steps)

@@ -29,19 +29,19 @@ def titans_reference(
     theta,
     eta,
     alpha,
-    momentum=None,
+    surprise=None,
     *,
     chunk_size,
-    use_momentum=True,
+    momentum=True,
     residual=True,
     activation="silu",
-    normalize_step=True,
+    normalized_step=True,
 ):
     """Per-token Titans (E5–E6 with gradients at the chunk-start state, y_t = M_t(q_t)); same API as titans_memory.
-    normalize_step: each weight matrix's step is θ_t / (1 + C·θ_t·h_t), h_t = ‖∂M(k_t)/∂W‖²_F at the chunk start."""
+    normalized_step: each weight matrix's step is θ_t / (1 + C·θ_t·h_t), h_t = ‖∂M(k_t)/∂W‖²_F at the chunk start."""
     loss = lambda w, key, val: fast_mlp.inner_loss(w, key, val, residual=residual, activation=activation)
-    if momentum is None:
-        momentum = jax.tree.map(jnp.zeros_like, weights)
+    if surprise is None:
+        surprise = jax.tree.map(jnp.zeros_like, weights)
 
     def one_sequence(w, s, q, k, v, theta, eta, alpha):
         def step(carry, inputs):
@@ -51,10 +51,10 @@ def titans_reference(
             grad = jax.grad(loss)(snapshot, k_t, v_t)
             curvature = curvature_bounds(snapshot, k_t, residual=residual, activation=activation)
             step = {
-                name: theta_t / (1.0 + chunk_size * theta_t * curvature[name]) if normalize_step else theta_t
+                name: theta_t / (1.0 + chunk_size * theta_t * curvature[name]) if normalized_step else theta_t
                 for name in grad
             }
-            if use_momentum:
+            if momentum:
                 s = {name: eta_t * s[name] - step[name] * grad[name] for name in grad}
                 w = {name: (1.0 - alpha_t) * w[name] + s[name] for name in grad}
             else:
@@ -66,8 +66,8 @@ def titans_reference(
         (w, s, _), y = lax.scan(step, (w, s, w), (steps, q, k, v, theta, eta, alpha))
         return y, w, s
 
-    y, w, s = jax.vmap(jax.vmap(one_sequence))(weights, momentum, q, k, v, theta, eta, alpha)
-    return y, w, (s if use_momentum else None)
+    y, w, s = jax.vmap(jax.vmap(one_sequence))(weights, surprise, q, k, v, theta, eta, alpha)
+    return y, w, (s if momentum else None)
 
 
 def curvature_bounds(snapshot: dict, key: jax.Array, *, residual: bool, activation: str) -> dict:
@@ -110,15 +110,15 @@ def dgd_token_step(
     *,
     residual,
     activation,
-    use_dgd,
+    dgd,
     dgd_layers,
     gated_delta,
     momentum_decay,
     chunk_size,
-    normalize_step=True,
+    normalized_step=True,
 ):
     """One token of DGD on every weight matrix of a memory (E19, E28 with A4/A5/A15 options), explicitly.
-    normalize_step: the gradient term steps by lr / (1 + C·lr·h), h = curvature_bounds (not with gated_delta)."""
+    normalized_step: the gradient term steps by lr / (1 + C·lr·h), h = curvature_bounds (not with gated_delta)."""
     grad = jax.grad(fast_mlp.inner_loss)(snapshot, key, target, residual=residual, activation=activation)
     inputs = layer_inputs(snapshot, key, residual=residual, activation=activation)
     curvature = curvature_bounds(snapshot, key, residual=residual, activation=activation)
@@ -132,9 +132,9 @@ def dgd_token_step(
         transition = retention * jnp.eye(x_hat.shape[0])
         beta = lr / (1.0 + lr * jnp.sum(x_hat**2))
         step_size = beta  # η' with or without DGD: 'w/o DGD' removes the transition term only
-        if use_dgd and (dgd_layers == "all" or name in first_layers):
+        if dgd and (dgd_layers == "all" or name in first_layers):
             transition = transition - beta * jnp.outer(x_hat, x_hat)
-        if normalize_step and not gated_delta:
+        if normalized_step and not gated_delta:
             step_size = lr / (1.0 + chunk_size * lr * curvature[name])
         if s is None:
             new_w[name] = transition @ w[name] - step_size * g
@@ -152,11 +152,11 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
     dgd_kw = dict(
         residual=True,
         activation=cfg.activation,
-        use_dgd=cfg.use_dgd,
+        dgd=cfg.dgd,
         dgd_layers=cfg.dgd_layers,
         gated_delta=cfg.gated_delta,
         momentum_decay=cfg.momentum_decay,
-        normalize_step=cfg.normalize_step,
+        normalized_step=cfg.normalized_step,
     )
     fwd = lambda w, u: fast_mlp.forward(w, u[None], residual=True, activation=cfg.activation)[0]
     unit = lambda u: u / jnp.sqrt(jnp.sum(u**2) + 1e-6)
@@ -168,7 +168,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
             snapshot = {
                 name: _refresh(
                     t,
-                    cfg.chunk_size_memory if name == "memory" else cfg.aux_chunk_size,
+                    cfg.chunk_size if name == "memory" else cfg.aux_chunk_size,
                     w[name],
                     snapshot[name],
                 )
@@ -182,7 +182,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
             eta_t = cfg.eta_max * jax.nn.sigmoid(out["eta"] @ reduction["eta_w"] + reduction["eta_b"])
             alpha_t = (
                 jax.nn.sigmoid(out["alpha"] @ reduction["alpha_w"] + reduction["alpha_b"])
-                if cfg.use_weight_decay
+                if cfg.weight_decay
                 else jnp.ones(())
             )
             y_t = fwd(snapshot["memory"], q_t)
@@ -198,7 +198,7 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
                     target,
                     eta_t,
                     alpha_t,
-                    chunk_size=cfg.chunk_size_memory if name == "memory" else cfg.aux_chunk_size,
+                    chunk_size=cfg.chunk_size if name == "memory" else cfg.aux_chunk_size,
                     **dgd_kw,
                 )
             return (new_w, new_s if s is not None else None, snapshot), (y_t, k_t, v_t)
@@ -207,16 +207,18 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
         (w, s, _), (y, k, v) = lax.scan(step, (weights, momentum, weights), (steps, x, q_static, k_static, v_static))
         return y, w, s, k, v
 
-    momentum = state.get("momentum") if cfg.use_momentum else None
+    momentum = state.get("momentum") if cfg.momentum else None
     static = [jnp.zeros_like(x) if stream is None else stream for stream in (q_static, k, v)]
     per_head = jax.vmap(one_sequence, in_axes=(0, 0, 0, 0, 0, 0, 0))
     batched = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, 0, None))
     y, w, s, keys, values = batched(x, *static, state["weights"], momentum, reduction)
-    new_state = {"weights": w, "momentum": s} if cfg.use_momentum else {"weights": w}
+    new_state = {"weights": w, "momentum": s} if cfg.momentum else {"weights": w}
     return y, new_state, keys, values
 
 
-def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu", use_dgd=True, normalize_step=True):
+def cms_local_reference(
+    weights, x, k, v, *, inner_lr, inner_decay, period, activation="silu", dgd=True, normalized_step=True
+):
     """Per-token CMS `local` level; same API as cms_local."""
 
     def one_sequence(w, x, k, v):
@@ -232,16 +234,16 @@ def cms_local_reference(weights, x, k, v, *, lr, decay, period, activation="silu
                 snapshot,
                 k_t,
                 target,
-                lr,
-                1.0 - lr * decay,
+                inner_lr,
+                1.0 - inner_lr * inner_decay,
                 residual=False,
                 activation=activation,
-                use_dgd=use_dgd,
+                dgd=dgd,
                 dgd_layers="all",
                 gated_delta=False,
                 momentum_decay=0.0,
                 chunk_size=period,
-                normalize_step=normalize_step,
+                normalized_step=normalized_step,
             )
             return (w, snapshot), y_t
 

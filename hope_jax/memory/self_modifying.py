@@ -16,7 +16,7 @@ in chunk c (s(t) = last token of the previous chunk, A1):
     every □: DGD step on ½‖M_□(k_t) − v̂_□,t‖² with lr η_t and retention α_t (dgd.py; E28 + A4/A5/A15)
 
 A-Table 6's 'w/o adaptive k' ('w/o adaptive v') replaces k_t (v_t) by a static stream (a projection of the block
-input) and M_k (M_v) does not exist. Two chunk sizes: `aux_chunk_size` for the generators, `chunk_size_memory` for
+input) and M_k (M_v) does not exist. Two chunk sizes: `aux_chunk_size` for the generators, `chunk_size` for
 M_memory. The memory's state never feeds the generators, so unequal sizes run as two chunked scans (generators
 first, producing k, v, q, η, α for every token, then the memory) and need not divide each other; equal sizes run as
 one scan over one stack of every memory (`joint_sequence`) when M_memory has the generators' form.
@@ -38,7 +38,7 @@ MEMORY_TARGETS = ("self", "value")
 class SelfModConfig:
     """Static options of self-modifying Titans (hashable; every HOPE ablation row is one field)."""
 
-    chunk_size_memory: int = 16
+    chunk_size: int = 16
     aux_chunk_size: int = 16
     memory_depth: int = 2  # M_memory: 2 = the residual MLP of E24; 1 = a matrix (HOPE_SPEC §5.3)
     # M_memory's regression target: 'self' = its own read of the value, v̂ = M_s(v) (E21); 'value' = v itself, the
@@ -47,11 +47,11 @@ class SelfModConfig:
     adaptive_q: bool = False  # A2: q from a memory instead of the static W_q projection
     adaptive_k: bool = True  # False: k is a static stream and M_k does not exist ("w/o adaptive k")
     adaptive_v: bool = True  # False: v is a static stream and M_v does not exist ("w/o adaptive v")
-    use_dgd: bool = True  # False: plain GD with decay ("w/o DGD")
+    dgd: bool = True  # False: plain GD with decay ("w/o DGD")
     dgd_layers: str = "all"  # A4: 'all' = per-layer DGD (first reading); 'first' = x̂x̂ᵀ term on the first layer only
-    use_momentum: bool = True  # A5
+    momentum: bool = True  # A5
     momentum_decay: float = 0.9  # ε of the momentum buffer (not given by the paper)
-    use_weight_decay: bool = True  # False: α_t = 1 and no M_alpha ("w/o weight decay")
+    weight_decay: bool = True  # False: α_t = 1 and no M_alpha ("w/o weight decay")
     gated_delta: bool = False  # A15: False = Eq. 88 as printed; True = DGD-consistent gated-delta form
     eta_max: float = 1.0
     # ℓ2-normalise the values v_t (the paper does not say; keys and queries are normalised). The self-generated
@@ -60,7 +60,7 @@ class SelfModConfig:
     normalize_values: bool = False
     # Gradient terms step by η / (1 + C·η·h) (chunking.chunk_step_size): a chunk's C gradients at one state stay one
     # stable mini-batch step. False = η' for every token (E19 per token), which overshoots on aligned keys.
-    normalize_step: bool = True
+    normalized_step: bool = True
     step_bound: str = "chunk"  # dgd.dgd_chunk_update: 'chunk' (C·h) | 'gram' (the chunk's Gram matrix)
     activation: str = "silu"
     remat_group: int = 1  # chunks per jax.checkpoint group (0 = off; the model rematerialises whole periods)
@@ -68,10 +68,8 @@ class SelfModConfig:
     accum_dtype: str = "float32"
 
     def __post_init__(self):
-        if self.chunk_size_memory < 1 or self.aux_chunk_size < 1:
-            raise ValueError(
-                f"chunk sizes must be positive, got memory={self.chunk_size_memory} other={self.aux_chunk_size}"
-            )
+        if self.chunk_size < 1 or self.aux_chunk_size < 1:
+            raise ValueError(f"chunk sizes must be positive, got memory={self.chunk_size} other={self.aux_chunk_size}")
         if self.dgd_layers not in DGD_LAYER_CHOICES:
             raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {self.dgd_layers!r}")
         if self.memory_target not in MEMORY_TARGETS:
@@ -84,7 +82,7 @@ class SelfModConfig:
 def runs_jointly(cfg: SelfModConfig) -> bool:
     """Whether every memory updates on the same chunks and stacks with the others (joint_sequence): equal chunk sizes
     and an M_memory of the generators' form."""
-    return cfg.aux_chunk_size == cfg.chunk_size_memory and cfg.memory_depth == 2
+    return cfg.aux_chunk_size == cfg.chunk_size and cfg.memory_depth == 2
 
 
 def memory_form(name: str, cfg: SelfModConfig) -> str:
@@ -97,7 +95,7 @@ def generator_names(cfg: SelfModConfig) -> tuple[str, ...]:
     names = ("k",) if cfg.adaptive_k else ()
     names += ("v",) if cfg.adaptive_v else ()
     names += ("q",) if cfg.adaptive_q else ()
-    return names + ("eta",) + (("alpha",) if cfg.use_weight_decay else ())
+    return names + ("eta",) + (("alpha",) if cfg.weight_decay else ())
 
 
 def updated_names(cfg: SelfModConfig) -> tuple[str, ...]:
@@ -120,7 +118,7 @@ def init_self_modifying_state(initial_weights: dict, batch_size: int, cfg: SelfM
     _check_names(initial_weights, cfg)
     weights = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size, *a.shape)), initial_weights)
     state = {"weights": weights}
-    if cfg.use_momentum:
+    if cfg.momentum:
         state["momentum"] = jax.tree.map(jnp.zeros_like, weights)
     return state
 
@@ -153,14 +151,14 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
         )
         targets = jnp.where(onto_v, values, target_parts["out"]) if any(onto_values) else target_parts["out"]
         return dgd_chunk_update(
-            w, s if cfg.use_momentum else None, keys, targets, eta, None, log_retention=log_alpha,
-            residual=True, activation=cfg.activation, use_dgd=cfg.use_dgd, dgd_layers=cfg.dgd_layers,
+            w, s if cfg.momentum else None, keys, targets, eta, None, log_retention=log_alpha,
+            residual=True, activation=cfg.activation, dgd=cfg.dgd, dgd_layers=cfg.dgd_layers,
             gated_delta=cfg.gated_delta, momentum_decay=cfg.momentum_decay, truncate_bptt=cfg.truncate_bptt,
-            key_parts=key_parts, normalize_step=cfg.normalize_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
+            key_parts=key_parts, normalized_step=cfg.normalized_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
         )  # fmt: skip
 
-    new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.use_momentum else weights, jnp.asarray(onto_values))
-    return new_w, (new_s if cfg.use_momentum else {})
+    new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.momentum else weights, jnp.asarray(onto_values))
+    return new_w, (new_s if cfg.momentum else {})
 
 
 def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
@@ -236,12 +234,12 @@ def joint_sequence(streams, joined, reduction, cfg: SelfModConfig):
             queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
             y = out[n_gens]
         onto_values = (False,) * n_gens + (cfg.memory_target == "value",)
-        new = _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory, onto_values)
+        new = _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values)
         return new, (y, keys, values)
 
     start = (joined["w"], joined.get("s", {}))
-    (w, s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size_memory, cfg.remat_group)
-    return outputs, ({"w": w, "s": s} if cfg.use_momentum else {"w": w})
+    (w, s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size, cfg.remat_group)
+    return outputs, ({"w": w, "s": s} if cfg.momentum else {"w": w})
 
 
 def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
@@ -268,14 +266,14 @@ def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
         queries, keys, values, eta, log_alpha = xs
         y = _read_memory(w, queries, cfg)
         onto_values = (cfg.memory_target == "value",)
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size_memory, onto_values), y
+        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values), y
 
     start_gen = (fast["gen"], fast.get("gen_s", {}))
     (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.aux_chunk_size, cfg.remat_group)
     start_memory = (fast["memory"], fast.get("memory_s", {}))
-    (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size_memory, cfg.remat_group)
+    (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size, cfg.remat_group)
     new_fast = {"gen": gen_w, "memory": mem_w}
-    if cfg.use_momentum:
+    if cfg.momentum:
         new_fast.update(gen_s=gen_s, memory_s=mem_s)
     return (y, per_token[1], per_token[2]), new_fast
 
@@ -292,9 +290,9 @@ def self_modifying_titans(
     q: [B, H, T, d] static queries (x W_q) when cfg.adaptive_q is False; must be None when it is True.
     k, v: [B, H, T, d] static keys / values, given exactly when cfg.adaptive_k / cfg.adaptive_v is False.
     state: {'weights': {□: {'w_in': [B,H,d,h], 'w_out': [B,H,h,d]}, with memory_depth 1 'memory': {'w': [B,H,d,d]}},
-      'momentum': same (only with use_momentum)}.
+      'momentum': same (only with momentum)}.
     reduction: outer parameters of A3, {'eta_w': [H, d], 'eta_b': [H], 'alpha_w': [H, d], 'alpha_b': [H]}
-      (alpha_* only with use_weight_decay; set alpha_b large, e.g. 4-6, so that α ≈ 1 at initialisation).
+      (alpha_* only with weight_decay; set alpha_b large, e.g. 4-6, so that α ≈ 1 at initialisation).
     The returned keys are the ℓ2-normalised keys and the values the values every memory regressed on (CMS `local` uses
     them). T need not be a multiple of either chunk size (a trailing partial chunk is a chunk of its own).
     """
@@ -310,20 +308,20 @@ def self_modifying_titans(
             shape = None if stream is None else stream.shape
             raise ValueError(f"{switch}=False needs a static {name} with x's shape {x.shape}, got {shape}")
     _check_names(state["weights"], cfg)
-    if cfg.use_momentum and "momentum" not in state:
-        raise ValueError("use_momentum=True needs state['momentum'] (see init_self_modifying_state)")
+    if cfg.momentum and "momentum" not in state:
+        raise ValueError("momentum=True needs state['momentum'] (see init_self_modifying_state)")
     gens = generator_names(cfg)
     dtype = jnp.dtype(cfg.accum_dtype)
     cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
     stack = lambda tree, names: jax.tree.map(lambda *a: jnp.stack(a, axis=2), *[cast(tree[n]) for n in names])
     fast = {"gen": stack(state["weights"], gens), "memory": stack(state["weights"], ("memory",))}
-    if cfg.use_momentum:
+    if cfg.momentum:
         fast.update(gen_s=stack(state["momentum"], gens), memory_s=stack(state["momentum"], ("memory",)))
     streams = {"x": cast(x), **{name: cast(given[name]) for name in static}}
     per_head = jax.vmap(lambda s, f, r: self_modifying_sequence(s, f, r, cfg))
     (y, keys, values), end = jax.vmap(per_head, in_axes=(0, 0, None))(streams, fast, cast(reduction))
     unstack = lambda tree, names: {n: jax.tree.map(lambda a, i=i: a[:, :, i], tree) for i, n in enumerate(names)}
     new_state = {"weights": {**unstack(end["gen"], gens), **unstack(end["memory"], ("memory",))}}
-    if cfg.use_momentum:
+    if cfg.momentum:
         new_state["momentum"] = {**unstack(end["gen_s"], gens), **unstack(end["memory_s"], ("memory",))}
     return y.astype(x.dtype), new_state, keys.astype(x.dtype), values.astype(x.dtype)

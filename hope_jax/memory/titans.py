@@ -4,7 +4,7 @@
 
 with ℓ = ½‖M(k) − v‖², gradients at the chunk-start state M_{t'} (mini-batch GD inside a chunk; chunk size 1 is the
 exact token recurrence), θ'_t = θ_t / (1 + C·θ_t·h_t) per weight matrix, h_t its curvature bound
-(chunking.chunk_step_size; `normalize_step=False` takes θ_t as E5 prints it), decay and momentum as C×C coefficient
+(chunking.chunk_step_size; `normalized_step=False` takes θ_t as E5 prints it), decay and momentum as C×C coefficient
 matrices (E12–E13), and the outputs inside a chunk read M_t through the dual form (never materialising per-token
 weights): every layer of the memory is read as γ_t·(u W_{t'}) + σ_t·(u S_{t'}) + Σ_{i≤t} c_{t,i} (u·x_i) ĝ_i.
 """
@@ -32,11 +32,11 @@ def read_through_chunk(
     return out + mm(mm(inputs, x.T) * coeffs.write, step)
 
 
-def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual, activation):
+def _read_memory(weights, surprise, queries, factors, steps, coeffs, *, residual, activation):
     """y_t = M_t(q_t) for the whole chunk, layer by layer through the dual form."""
 
     def layer(name, inputs):
-        return read_through_chunk(inputs, weights[name], momentum.get(name), factors[name][0], steps[name], coeffs)
+        return read_through_chunk(inputs, weights[name], surprise.get(name), factors[name][0], steps[name], coeffs)
 
     kind = fast_mlp.memory_kind(weights)
     if kind == "linear":
@@ -48,18 +48,18 @@ def _read_memory(weights, momentum, queries, factors, steps, coeffs, *, residual
     return queries + out if residual else out
 
 
-def _titans_one_sequence(weights, momentum, q, k, v, theta, log_eta, log_keep, *, options):
-    chunk_size, use_momentum, residual, activation, truncate_bptt, remat_group, normalize_step = options
+def _titans_one_sequence(weights, surprise, q, k, v, theta, log_eta, log_keep, *, options):
+    chunk_size, momentum, residual, activation, truncate_bptt, remat_group, normalized_step = options
 
     def chunk_fn(carry, xs):
         w, s = carry
         q_c, k_c, v_c, theta_c, log_eta_c, log_keep_c = xs
-        coeffs = chunk_coefficients(log_keep_c, log_eta_c if use_momentum else None)
+        coeffs = chunk_coefficients(log_keep_c, log_eta_c if momentum else None)
         parts = fast_mlp.forward_parts(w, k_c, residual=residual, activation=activation)
         factors = fast_mlp.grad_factors_and_products(
             w, k_c, v_c, residual=residual, activation=activation, key_parts=parts
         )
-        if normalize_step:
+        if normalized_step:
             curvature = fast_mlp.curvature_bounds(w, k_c, parts)
             lrs = {name: chunk_step_size(theta_c, curvature[name], chunk_size) for name in factors}
         else:
@@ -71,12 +71,12 @@ def _titans_one_sequence(weights, momentum, q, k, v, theta, log_eta, log_keep, *
             new_w[name], s_end = chunk_end_state(
                 w[name], s.get(name), x, steps[name], coeffs, truncate_bptt=truncate_bptt
             )
-            if use_momentum:
+            if momentum:
                 new_s[name] = s_end
         return (new_w, new_s), y
 
     (w_end, s_end), y = scan_chunks(
-        chunk_fn, (weights, momentum), (q, k, v, theta, log_eta, log_keep), chunk_size, remat_group
+        chunk_fn, (weights, surprise), (q, k, v, theta, log_eta, log_keep), chunk_size, remat_group
     )
     return y, w_end, s_end
 
@@ -89,17 +89,17 @@ def titans_memory(
     theta: jax.Array,
     eta: jax.Array | None,
     alpha: jax.Array | None,
-    momentum: dict | None = None,
+    surprise: dict | None = None,
     *,
     log_eta: jax.Array | None = None,
     log_keep: jax.Array | None = None,
     chunk_size: int,
-    use_momentum: bool = True,
+    momentum: bool = True,
     residual: bool = True,
     activation: str = "silu",
     truncate_bptt: bool = False,
     remat_group: int = 1,
-    normalize_step: bool = True,
+    normalized_step: bool = True,
     accum_dtype=jnp.float32,
 ) -> tuple[jax.Array, dict, dict | None]:
     """Titans memory over a batch of sequences; returns (y [B,H,T,dv], end weights, end momentum or None).
@@ -112,11 +112,12 @@ def titans_memory(
       (pass None there) for learned sigmoid gates, as jax.nn.log_sigmoid(z_η) and jax.nn.log_sigmoid(−z_α). Only log η
       and log(1 − α) are used, so this is the same maths, but finite in value and gradient at any logit, where
       log(σ(z)) / log1p(−σ(z)) are −inf (NaN gradient) once σ saturates in float32 (σ(z) = 1 for z ≳ 17).
-    momentum: carried surprise S (same structure as weights); None = zeros. Ignored with use_momentum=False.
+    surprise: the carried momentum buffer S (T's past surprise; same structure as weights); None = zeros. Ignored
+      with momentum=False.
     chunk_size: gradients inside a chunk are taken at the chunk-start state; a trailing partial chunk is a chunk.
     truncate_bptt: outer gradients flow through the decay of the carried state and through the in-chunk reads,
       not through the end-of-chunk update (DESIGN D4 speed switch).
-    normalize_step: each token's gradient on a weight matrix steps by θ_t / (1 + C·θ_t·h_t), h_t its curvature bound
+    normalized_step: each token's gradient on a weight matrix steps by θ_t / (1 + C·θ_t·h_t), h_t its curvature bound
       there (chunking.chunk_step_size: the chunk's summed step stays below the curvature bound); False: by θ_t (E5
       literally, which diverges once C·θ exceeds ~2 on aligned keys).
     remat_group: chunks per `jax.checkpoint` group (0 = no remat). accum_dtype: dtype of all inner arithmetic;
@@ -126,7 +127,7 @@ def titans_memory(
         raise ValueError(f"q, k, v must be [B, H, T, d] with equal B, H, T; got {q.shape}, {k.shape}, {v.shape}")
     if (alpha is None) == (log_keep is None):
         raise ValueError("give exactly one of alpha and log_keep")
-    if use_momentum and (eta is None) == (log_eta is None):
+    if momentum and (eta is None) == (log_eta is None):
         raise ValueError("give exactly one of eta and log_eta")
     gates = (("theta", theta), ("eta", eta), ("alpha", alpha), ("log_eta", log_eta), ("log_keep", log_keep))
     for name, gate in gates:
@@ -135,21 +136,21 @@ def titans_memory(
     fast_mlp.memory_kind(weights)
     cast = lambda tree: jax.tree.map(lambda a: a.astype(accum_dtype), tree)
     weights = cast(weights)
-    if use_momentum:
-        momentum = cast(momentum) if momentum is not None else jax.tree.map(jnp.zeros_like, weights)
+    if momentum:
+        surprise = cast(surprise) if surprise is not None else jax.tree.map(jnp.zeros_like, weights)
     else:
-        momentum = {}
-    options = (chunk_size, use_momentum, residual, activation, truncate_bptt, remat_group, normalize_step)
+        surprise = {}
+    options = (chunk_size, momentum, residual, activation, truncate_bptt, remat_group, normalized_step)
     per_sequence = lambda w, s, *xs: _titans_one_sequence(w, s, *xs, options=options)
     batched = jax.vmap(jax.vmap(per_sequence))
     out_dtype = q.dtype
     q, k, v, theta = cast((q, k, v, theta))
     log_keep = jnp.log1p(-alpha.astype(accum_dtype)) if log_keep is None else log_keep.astype(accum_dtype)
-    if not use_momentum:  # unused: never take log(η) here (log 0 would put NaN into the gradient)
+    if not momentum:  # unused: never take log(η) here (log 0 would put NaN into the gradient)
         log_eta = jnp.zeros_like(theta)
     elif log_eta is None:
         log_eta = jnp.log(eta.astype(accum_dtype))
     else:
         log_eta = log_eta.astype(accum_dtype)
-    y, w_end, s_end = batched(weights, momentum, q, k, v, theta, log_eta, log_keep)
-    return y.astype(out_dtype), w_end, (s_end if use_momentum else None)
+    y, w_end, s_end = batched(weights, surprise, q, k, v, theta, log_eta, log_keep)
+    return y.astype(out_dtype), w_end, (s_end if momentum else None)

@@ -11,9 +11,11 @@ from hope_jax.models.registry import (
     known_models,
     register,
 )
+from hope_jax.models.typed_config import ModelConfig
 
 __all__ = [
     "PRESETS",
+    "ModelConfig",
     "apply_overrides",
     "build_model",
     "count_params",

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from hope_jax.layers import RMSNorm, normal_init, swiglu
 from hope_jax.memory.cms import cms_local, level_forward, nested_chunk_starts
 from hope_jax.models import chunk_carry
-from hope_jax.models.config import compute_dtype
 from hope_jax.models.document_resets import seen_start, where_batch, where_tokens
+from hope_jax.models.typed_config import CMSConfig, ModelConfig
 from hope_jax.sharding import constrain
 
 IN_CONTEXT_OBJECTIVES = ("local",)  # updated inside the forward pass (chunk_carry)
@@ -39,7 +38,8 @@ OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE, "outer", "frozen")
 VARIANTS = ("sequential", "nested", "independent")
 
 
-def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
+def validate_cms_config(cms_cfg: CMSConfig) -> None:
+    """The CMS levels' consistency (a CMSConfig, or the model.cms ConfigDict), naming the keys."""
     periods, objectives = tuple(cms_cfg.periods), tuple(cms_cfg.objectives)
     if not periods or len(periods) != len(objectives):
         raise ValueError(f"model.cms.periods {periods} and model.cms.objectives {objectives} need one entry per level")
@@ -71,7 +71,7 @@ def validate_cms_config(cms_cfg: ml_collections.ConfigDict) -> None:
         _validate_nested(cms_cfg)
 
 
-def nested_chain(cms_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+def nested_chain(cms_cfg: CMSConfig) -> tuple[int, ...]:
     """Indices of the levels a nested CMS nests (E31), fastest first: its in-context levels ('local' or 'lm');
     () for the other variants."""
     if cms_cfg.variant != "nested":
@@ -80,11 +80,11 @@ def nested_chain(cms_cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
     return tuple(i for i, o in enumerate(objectives) if o in (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE))
 
 
-def _validate_nested(cms_cfg: ml_collections.ConfigDict) -> None:
+def _validate_nested(cms_cfg: CMSConfig) -> None:
     """A nested chain hands each level's weights to the next faster level, so its levels share one objective and
     one width, and each period divides the next (a slower update is always also a faster level's chunk end)."""
     chain = nested_chain(cms_cfg)
-    periods, objectives, hidden = (tuple(cms_cfg[key]) for key in ("periods", "objectives", "hidden"))
+    periods, objectives, hidden = (tuple(getattr(cms_cfg, key)) for key in ("periods", "objectives", "hidden"))
     where = f"model.cms (variant 'nested', levels {list(chain)})"
     if len({objectives[i] for i in chain}) > 1:
         raise ValueError(f"{where}: the nested levels need one objective, got {[objectives[i] for i in chain]}")
@@ -106,7 +106,7 @@ def level_param_regex(index: int) -> str:
     return rf".*cms/levels/{index}/.*"
 
 
-def lm_levels(cms_cfg: ml_collections.ConfigDict) -> tuple[tuple[int, int, float], ...]:
+def lm_levels(cms_cfg: CMSConfig) -> tuple[tuple[int, int, float], ...]:
     """(level index, period, inner learning rate) of every 'lm' level; lr from cms.lm_lrs, else cms.inner_lr."""
     lrs = tuple(cms_cfg.lm_lrs) or (cms_cfg.inner_lr,) * len(cms_cfg.periods)
     return tuple(
@@ -116,9 +116,10 @@ def lm_levels(cms_cfg: ml_collections.ConfigDict) -> tuple[tuple[int, int, float
     )
 
 
-def outer_level_periods(model_cfg: ml_collections.ConfigDict) -> dict[int, int]:
-    """{level index: period in tokens} of the outer levels, for building their optimiser levels."""
-    cms = model_cfg.cms
+def outer_level_periods(cfg: ModelConfig) -> dict[int, int]:
+    """{level index: period in tokens} of the outer levels, for building their optimiser levels (a ModelConfig, or
+    the model ConfigDict)."""
+    cms = cfg.cms
     return {i: p for i, (p, o) in enumerate(zip(cms.periods, cms.objectives, strict=True)) if o == "outer"}
 
 
@@ -141,36 +142,24 @@ class CMSLevel(nnx.Module):
 class CMS(nnx.Module):
     """__call__(x, keys, values, state) -> (x with every level's residual added, new state)."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, out_init_std: float, rngs: nnx.Rngs):
-        cms = model_cfg.cms
+    def __init__(self, cfg: ModelConfig, *, out_init_std: float, rngs: nnx.Rngs):
+        cms = cfg.cms
         validate_cms_config(cms)
-        self.dtype = compute_dtype(model_cfg)
-        self.periods, self.objectives = tuple(cms.periods), tuple(cms.objectives)
+        self.dtype = cfg.compute_dtype
+        self.periods, self.objectives = cms.periods, cms.objectives
         self.variant, self.inner_lr, self.inner_decay = cms.variant, cms.inner_lr, cms.inner_decay
-        self.use_dgd, self.truncate = cms.dgd, model_cfg.memory.truncate_bptt
-        self.normalize_step, self.step_bound = cms.normalized_step, model_cfg.memory.step_bound
-        self.remat = model_cfg.memory.remat_chunks
-        self.diagnostics_stride = model_cfg.memory.diagnostics_stride
-        self.levels = nnx.List(
-            [
-                CMSLevel(
-                    model_cfg.d_model,
-                    hidden,
-                    init_std=model_cfg.init_std,
-                    out_init_std=out_init_std,
-                    eps=model_cfg.norm_eps,
-                    dtype=self.dtype,
-                    rngs=rngs,
-                )  # fmt: skip
-                for hidden in cms.hidden
-            ]
-        )
+        self.dgd, self.truncate_bptt = cms.dgd, cfg.memory.truncate_bptt
+        self.normalized_step, self.step_bound = cms.normalized_step, cfg.memory.step_bound
+        self.remat_chunks = cfg.memory.remat_chunks
+        self.diagnostics_stride = cfg.memory.diagnostics_stride
+        level = dict(init_std=cfg.init_std, out_init_std=out_init_std, eps=cfg.norm_eps, dtype=self.dtype, rngs=rngs)
+        self.levels = nnx.List([CMSLevel(cfg.d_model, hidden, **level) for hidden in cms.hidden])
         chain = nested_chain(cms)
         # A nested chain of 'local' levels runs as one unit (_nested_unit); nested 'lm' levels are handed their
         # weights by the driver (models/lm_ttt.py).
         local_chain = chain if chain and self.objectives[chain[0]] in IN_CONTEXT_OBJECTIVES else ()
         self.nested = local_chain if len(local_chain) > 1 else ()
-        self.resets = model_cfg.reset_at_token >= 0  # document resets (models/document_resets.py)
+        self.resets = cfg.reset_at_token >= 0  # document resets (models/document_resets.py)
         if self.resets and self.nested:
             raise ValueError(
                 "model.reset_at_token ≥ 0 (document resets) is not implemented for a nested chain of 'local' levels "
@@ -266,9 +255,9 @@ class CMS(nnx.Module):
 
         def chunk_fn(fast, chunk, update_mask=None):
             y, new_fast = cms_local(
-                fast, chunk["x"], chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
-                period=period, use_dgd=self.use_dgd, truncate_bptt=self.truncate, remat_group=0,
-                normalize_step=self.normalize_step, step_bound=self.step_bound, update_mask=update_mask,
+                fast, chunk["x"], chunk["k"], chunk["v"], inner_lr=self.inner_lr, inner_decay=self.inner_decay,
+                period=period, dgd=self.dgd, truncate_bptt=self.truncate_bptt, remat_group=0,
+                normalized_step=self.normalized_step, step_bound=self.step_bound, update_mask=update_mask,
             )  # fmt: skip
             return y, new_fast
 
@@ -276,7 +265,7 @@ class CMS(nnx.Module):
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
         y, carry = chunk_carry.run_chunked(
             chunk_fn, inputs, period, fast=self.initial_fast(i, batch) if state is None else None,
-            carry=state, remat=self.remat, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
+            carry=state, remat=self.remat_chunks, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
             starts=starts_bt, initial=None if starts_bt is None else self.initial_fast(i, batch),
         )  # fmt: skip
         self._sow_local_fit(i, keys, values, self.initial_fast(i, batch) if state is None else state["fast"], carry["fast"])
@@ -296,9 +285,9 @@ class CMS(nnx.Module):
             length = chunk["x"].shape[1]
             chunk = jax.tree.map(lambda a: jnp.pad(a, [(0, 0), (0, periods[-1] - length), (0, 0)]), chunk)
             starts, end = nested_chunk_starts(
-                fast, periods, chunk["k"], chunk["v"], lr=self.inner_lr, decay=self.inner_decay,
-                use_dgd=self.use_dgd, normalize_step=self.normalize_step, step_bound=self.step_bound,
-                truncate_bptt=self.truncate,
+                fast, periods, chunk["k"], chunk["v"], inner_lr=self.inner_lr, inner_decay=self.inner_decay,
+                dgd=self.dgd, normalized_step=self.normalized_step, step_bound=self.step_bound,
+                truncate_bptt=self.truncate_bptt,
             )  # fmt: skip
             x = chunk["x"]
             for i in span:
@@ -315,7 +304,7 @@ class CMS(nnx.Module):
         start_fast = [self.initial_fast(i, batch) for i in chain] if state is None else state["fast"]
         x_btd, carry = chunk_carry.run_chunked(
             chunk_fn, {"x": x_btd, "k": keys, "v": values}, periods[-1], fast=start_fast if state is None else None,
-            carry=state, remat=self.remat,
+            carry=state, remat=self.remat_chunks,
         )  # fmt: skip
         for i, before, after in zip(chain, start_fast, carry["fast"], strict=True):
             self._sow_local_fit(i, keys, values, before, after)

@@ -13,15 +13,14 @@ An approximation of what the code computes (elementwise work and the ℓ2 norms 
 
 from __future__ import annotations
 
-import ml_collections
-
 from hope_jax.layers import attention_flops_per_token
-from hope_jax.models.config import head_dim
+from hope_jax.memory.self_modifying import generator_names, static_stream_names
+from hope_jax.models.typed_config import ModelConfig
 
 
-def embedding_head(model_cfg: ml_collections.ConfigDict) -> float:
+def embedding_head(cfg: ModelConfig) -> float:
     """The LM head counts even when tied; the embedding gather does not."""
-    return 6.0 * model_cfg.d_model * model_cfg.vocab_size
+    return 6.0 * cfg.d_model * cfg.vocab_size
 
 
 def dgd_matrix(d_in: int, d_out: int, chunk: int) -> float:
@@ -41,34 +40,30 @@ def mlp_memory(d: int, hidden: int, chunk: int, matrix=dgd_matrix) -> float:
     return matrix(d, hidden, chunk) + matrix(hidden, d, chunk)
 
 
-def selfmod_dense(model_cfg: ml_collections.ConfigDict) -> float:
-    from hope_jax.models.self_modifying import selfmod_config, static_stream_names
-
-    d = model_cfg.d_model
-    return 6.0 * d * d * (len(static_stream_names(selfmod_config(model_cfg))) + 2)  # input streams, gate, output
+def selfmod_dense(cfg: ModelConfig) -> float:
+    d = cfg.d_model
+    return 6.0 * d * d * (len(static_stream_names(cfg.memory)) + 2)  # input streams, gate, output
 
 
-def selfmod_inner(model_cfg: ml_collections.ConfigDict) -> float:
-    from hope_jax.models.self_modifying import generator_names, selfmod_config
-
-    mem, hd = model_cfg.memory, head_dim(model_cfg)
+def selfmod_inner(cfg: ModelConfig) -> float:
+    mem, hd = cfg.memory, cfg.head_dim
     hidden = mem.hidden_factor * hd
-    generators = len(generator_names(selfmod_config(model_cfg))) * mlp_memory(hd, hidden, mem.aux_chunk_size)
+    generators = len(generator_names(mem)) * mlp_memory(hd, hidden, mem.aux_chunk_size)
     if mem.memory_depth == 1:
         memory = dgd_matrix(hd, hd, mem.chunk_size)
     else:
         memory = mlp_memory(hd, hidden, mem.chunk_size)
-    return model_cfg.n_heads * (generators + memory)
+    return cfg.n_heads * (generators + memory)
 
 
-def channel_dense(model_cfg: ml_collections.ConfigDict) -> float:
-    d = model_cfg.d_model
-    hidden = tuple(model_cfg.cms.hidden) if model_cfg.cms.enabled else (model_cfg.mlp_hidden,)
+def channel_dense(cfg: ModelConfig) -> float:
+    d = cfg.d_model
+    hidden = tuple(cfg.cms.hidden) if cfg.cms.enabled else (cfg.mlp_hidden,)
     return 6.0 * 3 * d * sum(hidden)
 
 
-def cms_inner(model_cfg: ml_collections.ConfigDict) -> float:
-    cms, d = model_cfg.cms, model_cfg.d_model
+def cms_inner(cfg: ModelConfig) -> float:
+    cms, d = cfg.cms, cfg.d_model
     if not cms.enabled:
         return 0.0
     total = 0.0
@@ -78,25 +73,27 @@ def cms_inner(model_cfg: ml_collections.ConfigDict) -> float:
     return total
 
 
-def titans(model_cfg, *, mixer_matmul_params: float, attention: float = 0.0, memories: int = 1) -> dict[str, float]:
+def titans(
+    cfg: ModelConfig, *, mixer_matmul_params: float, attention: float = 0.0, memories: int = 1
+) -> dict[str, float]:
     """mixer_matmul_params: per-layer matmul parameters of the mixer (a token passes through each once);
     attention: per-layer attention FLOPs per token; memories: Titans memories per layer."""
-    t, hd = model_cfg.titans, head_dim(model_cfg)
-    per_layer = 6.0 * (3 * model_cfg.d_model * model_cfg.mlp_hidden + mixer_matmul_params)
+    t, hd = cfg.titans, cfg.head_dim
+    per_layer = 6.0 * (3 * cfg.d_model * cfg.mlp_hidden + mixer_matmul_params)
     if t.memory_depth == 1:
         per_head = titans_matrix(hd, hd, t.chunk_size)
     else:
         per_head = mlp_memory(hd, t.hidden_factor * hd, t.chunk_size, titans_matrix)
-    dense = embedding_head(model_cfg) + model_cfg.n_layers * per_layer
-    inner = model_cfg.n_layers * memories * model_cfg.n_heads * per_head
-    attention = model_cfg.n_layers * attention
+    dense = embedding_head(cfg) + cfg.n_layers * per_layer
+    inner = cfg.n_layers * memories * cfg.n_heads * per_head
+    attention = cfg.n_layers * attention
     return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}
 
 
-def titans_attention(model_cfg, seq_len: int, window: int, keys_factor: int = 1) -> float:
+def titans_attention(cfg: ModelConfig, seq_len: int, window: int, keys_factor: int = 1) -> float:
     """Per-layer attention FLOPs per token of a Titans mixer: keys_factor × the (windowed) causal attention over
     seq_len tokens, plus the persistent tokens' share."""
-    return keys_factor * attention_flops_per_token(seq_len, model_cfg.n_heads, head_dim(model_cfg), window, 0) + (
-        attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, model_cfg.n_persistent_tokens)
-        - attention_flops_per_token(1, model_cfg.n_heads, head_dim(model_cfg), 0, 0)
+    return keys_factor * attention_flops_per_token(seq_len, cfg.n_heads, cfg.head_dim, window, 0) + (
+        attention_flops_per_token(1, cfg.n_heads, cfg.head_dim, 0, cfg.n_persistent_tokens)
+        - attention_flops_per_token(1, cfg.n_heads, cfg.head_dim, 0, 0)
     )

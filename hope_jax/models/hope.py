@@ -11,34 +11,32 @@ HOPE-Attention's CMS (`local` levels) regresses the attention's per-head keys an
 from __future__ import annotations
 
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from hope_jax.layers import Attention, RMSNorm, SwiGLU, attention_flops_per_token
 from hope_jax.memory.chunking import l2_normalize
 from hope_jax.models import flops
 from hope_jax.models.cms import CMS
-from hope_jax.models.config import compute_dtype, head_dim
 from hope_jax.models.lm_ttt import LMTestTimeTraining
 from hope_jax.models.registry import register
 from hope_jax.models.self_modifying import SelfModifyingMixer
 from hope_jax.models.stack import BlockStackLM
-from hope_jax.models.transformer import residual_out_std
+from hope_jax.models.typed_config import ModelConfig
 
 
 class ChannelMixer(nnx.Module):
     """The CMS chain, or (cms.enabled False) one plain pre-norm SwiGLU with a residual."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        out_std, dtype = residual_out_std(model_cfg), compute_dtype(model_cfg)
-        self.d_model = model_cfg.d_model
-        if model_cfg.cms.enabled:
-            self.cms, self.mlp_norm, self.mlp = CMS(model_cfg, out_init_std=out_std, rngs=rngs), None, None
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        out_std, dtype = cfg.residual_out_std, cfg.compute_dtype
+        self.d_model = cfg.d_model
+        if cfg.cms.enabled:
+            self.cms, self.mlp_norm, self.mlp = CMS(cfg, out_init_std=out_std, rngs=rngs), None, None
         else:
             self.cms = None
-            self.mlp_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+            self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
             self.mlp = SwiGLU(
-                model_cfg.d_model, model_cfg.mlp_hidden, init_std=model_cfg.init_std, out_init_std=out_std,
+                cfg.d_model, cfg.mlp_hidden, init_std=cfg.init_std, out_init_std=out_std,
                 dtype=dtype, rngs=rngs,
             )  # fmt: skip
 
@@ -52,11 +50,10 @@ class ChannelMixer(nnx.Module):
 
 
 class HopeBlock(nnx.Module):
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(model_cfg)
-        self.mixer_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
-        self.mixer = SelfModifyingMixer(model_cfg, out_init_std=residual_out_std(model_cfg), rngs=rngs)
-        self.channel = ChannelMixer(model_cfg, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=cfg.compute_dtype)
+        self.mixer = SelfModifyingMixer(cfg, out_init_std=cfg.residual_out_std, rngs=rngs)
+        self.channel = ChannelMixer(cfg, rngs=rngs)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> dict:
         return {"mixer": self.mixer.init_state(batch_size), "cms": self.channel.init_state(batch_size)}
@@ -71,16 +68,16 @@ class HopeBlock(nnx.Module):
 
 
 class HopeAttentionBlock(nnx.Module):
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(model_cfg)
-        self.attn_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = cfg.compute_dtype
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
         self.attn = Attention(
-            model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg), window=model_cfg.attention_window,
-            n_persistent=model_cfg.n_persistent_tokens, max_len=model_cfg.max_seq_len,
-            rope_theta=model_cfg.rope_theta, init_std=model_cfg.init_std,
-            out_init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs, impl=model_cfg.attention_impl,
+            cfg.d_model, cfg.n_heads, cfg.head_dim, window=cfg.attention_window,
+            n_persistent=cfg.n_persistent_tokens, max_len=cfg.max_seq_len, rope_theta=cfg.rope_theta,
+            init_std=cfg.init_std, out_init_std=cfg.residual_out_std, dtype=dtype, rngs=rngs,
+            impl=cfg.attention_impl,
         )  # fmt: skip
-        self.channel = ChannelMixer(model_cfg, rngs=rngs)
+        self.channel = ChannelMixer(cfg, rngs=rngs)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> dict:
         return {"attn": self.attn.init_cache(batch_size, max_len), "cms": self.channel.init_state(batch_size)}
@@ -102,11 +99,9 @@ class HopeLM(LMTestTimeTraining, BlockStackLM):
     block_class = HopeBlock
 
     @staticmethod
-    def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
-        dense = flops.embedding_head(model_cfg) + model_cfg.n_layers * (
-            flops.selfmod_dense(model_cfg) + flops.channel_dense(model_cfg)
-        )
-        inner = model_cfg.n_layers * (flops.selfmod_inner(model_cfg) + flops.cms_inner(model_cfg))
+    def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+        dense = flops.embedding_head(cfg) + cfg.n_layers * (flops.selfmod_dense(cfg) + flops.channel_dense(cfg))
+        inner = cfg.n_layers * (flops.selfmod_inner(cfg) + flops.cms_inner(cfg))
         return {"dense": dense, "attention": 0.0, "inner": inner, "total": dense + inner}
 
 
@@ -115,14 +110,12 @@ class HopeAttentionLM(LMTestTimeTraining, BlockStackLM):
     block_class = HopeAttentionBlock
 
     @staticmethod
-    def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
-        d = model_cfg.d_model
-        dense = flops.embedding_head(model_cfg) + model_cfg.n_layers * (
-            6.0 * 4 * d * d + flops.channel_dense(model_cfg)
-        )
-        attention = model_cfg.n_layers * attention_flops_per_token(
-            seq_len, model_cfg.n_heads, head_dim(model_cfg), model_cfg.attention_window,
-            model_cfg.n_persistent_tokens,
+    def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+        d = cfg.d_model
+        dense = flops.embedding_head(cfg) + cfg.n_layers * (6.0 * 4 * d * d + flops.channel_dense(cfg))
+        attention = cfg.n_layers * attention_flops_per_token(
+            seq_len, cfg.n_heads, cfg.head_dim, cfg.attention_window,
+            cfg.n_persistent_tokens,
         )  # fmt: skip
-        inner = model_cfg.n_layers * flops.cms_inner(model_cfg)
+        inner = cfg.n_layers * flops.cms_inner(cfg)
         return {"dense": dense, "attention": attention, "inner": inner, "total": dense + attention + inner}

@@ -54,41 +54,43 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 from jax import lax
 
 from hope_jax.models import chunk_carry
 from hope_jax.models.cms import lm_levels, nested_chain
 from hope_jax.models.document_resets import update_mask, where_batch
+from hope_jax.models.typed_config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class TTTSpec:
+    """The driver's plan, derived from the ModelConfig (cms.inner_decay and cms.lm_second_order keep their names)."""
+
     levels: tuple[tuple[int, int, float], ...]  # (CMS level index, period, inner lr)
     n_layers: int
     granularity: int  # G = gcd of the periods
-    decay: float
-    second_order: bool
+    inner_decay: float
+    lm_second_order: bool
     nested: bool  # cms.variant 'nested': a level takes the next slower level's weights whenever that one steps
-    reset_token: int = -1  # model.reset_at_token: document starts (−1: none)
+    reset_at_token: int = -1  # document starts (−1: none)
 
 
-def ttt_spec(model_cfg: ml_collections.ConfigDict) -> TTTSpec | None:
-    """The lm test-time-training settings of a HOPE-family config; None when it has no 'lm' level."""
-    if not model_cfg.cms.enabled:
+def ttt_spec(cfg: ModelConfig) -> TTTSpec | None:
+    """The lm test-time-training settings of a HOPE-family model; None when it has no 'lm' level."""
+    if not cfg.cms.enabled:
         return None
-    levels = lm_levels(model_cfg.cms)
+    levels = lm_levels(cfg.cms)
     if not levels:
         return None
     return TTTSpec(
         levels=levels,
-        n_layers=model_cfg.n_layers,
+        n_layers=cfg.n_layers,
         granularity=math.gcd(*(period for _, period, _ in levels)),
-        decay=float(model_cfg.cms.inner_decay),
-        second_order=bool(model_cfg.cms.lm_second_order),
-        nested=len(nested_chain(model_cfg.cms)) > 1,
-        reset_token=int(model_cfg.reset_at_token),
+        inner_decay=float(cfg.cms.inner_decay),
+        lm_second_order=bool(cfg.cms.lm_second_order),
+        nested=len(nested_chain(cfg.cms)) > 1,
+        reset_at_token=int(cfg.reset_at_token),
     )
 
 
@@ -129,7 +131,9 @@ def inner_step(inner: dict, spec: TTTSpec, grads: list, end_position: jax.Array)
         _, period, lr = spec.levels[k]
         n_pairs = (period // spec.granularity) * (spec.granularity - 1)
         acc = jax.tree.map(jnp.add, state["lm_grad"], grads[layer][k])
-        stepped = jax.tree.map(lambda w, g: (1.0 - lr * spec.decay) * w - (lr / n_pairs) * g, state["lm_fast"], acc)
+        stepped = jax.tree.map(
+            lambda w, g: (1.0 - lr * spec.inner_decay) * w - (lr / n_pairs) * g, state["lm_fast"], acc
+        )
         now = end_position % period == 0
         return {
             "lm_fast": jax.tree.map(lambda new, old: jnp.where(now, new, old), stepped, state["lm_fast"]),
@@ -175,7 +179,7 @@ def _reset_levels(inner: dict, spec: TTTSpec, chunk_bg: jax.Array, initial: list
     """Document resets entering a G-chunk: (the state whose lm levels carry 'lm_carried' = their chunk-start weights
     and, in sequences with a start in the chunk, a cleared accumulator; each level's weights for the gradient — its
     initial ones where the chunk has a start; the per-token weights of the chunk's predictions)."""
-    starts = chunk_bg == spec.reset_token
+    starts = chunk_bg == spec.reset_at_token
     restart = jnp.any(starts, axis=1)
     carried = get_fast(inner, spec)
     fast = [[where_batch(restart, w0, w) for w0, w in zip(i_row, c_row, strict=True)]
@@ -196,9 +200,9 @@ def chunk_forward_and_step(
     """One G-chunk from the model state `inner` at its start: (logits, the state after it with every lm level's
     accumulator and due step applied, float32[B] in-chunk NLL at the chunk-start weights, what the layers sowed).
     initial: every lm level's initial weights [layer][level] (LMTestTimeTraining.lm_initial_fast), needed with
-    document resets (spec.reset_token ≥ 0)."""
+    document resets (spec.reset_at_token ≥ 0)."""
     pair_weights, fast = None, get_fast(inner, spec)
-    if spec.reset_token >= 0:
+    if spec.reset_at_token >= 0:
         inner, fast, pair_weights = _reset_levels(inner, spec, chunk_bg, initial)
 
     def chunk_loss(fast):
@@ -208,9 +212,9 @@ def chunk_forward_and_step(
         return jnp.sum(nll_b), (logits, new_inner, nll_b, nnx.state(module, nnx.Intermediate))
 
     (_, (logits, new_inner, nll_b, sown)), grads = jax.value_and_grad(chunk_loss, has_aux=True)(fast)
-    if spec.reset_token >= 0:
+    if spec.reset_at_token >= 0:
         new_inner = _map_levels(new_inner, spec, lambda layer, k, s: {n: a for n, a in s.items() if n != "lm_carried"})
-    if not spec.second_order:
+    if not spec.lm_second_order:
         grads = lax.stop_gradient(grads)
     new_inner = inner_step(new_inner, spec, grads, inner["position"] + chunk_bg.shape[1])
     return logits, new_inner, nll_b, sown
@@ -230,7 +234,7 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
         carry = None
     else:
         carry = {"fast": state["inner"], "pending": state["pending"], "count": state["count"]}
-    initial = model.lm_initial_fast(batch) if spec.reset_token >= 0 else None
+    initial = model.lm_initial_fast(batch) if spec.reset_at_token >= 0 else None
     nnx.pop(model, nnx.Intermediate)  # re-sown below, averaged over the chunks
     graphdef, variables = nnx.split(model)
 
@@ -266,9 +270,9 @@ class LMTestTimeTraining:
     """Mixin for a BlockStackLM whose blocks hold a CMS (HOPE, HOPE-Attention): with any 'lm' level, `__call__` runs
     the chunked test-time training above; otherwise the model is unchanged. Put it before BlockStackLM in the bases."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        super().__init__(model_cfg, rngs=rngs)
-        self.ttt = ttt_spec(model_cfg)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.ttt = ttt_spec(cfg)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> Any:
         inner = super().init_state(batch_size, max_len)

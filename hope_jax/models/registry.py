@@ -1,10 +1,10 @@
 """Model registry: `config.model.name` → model class; parameter counts and training FLOPs per token.
 
-A model file registers its class with `@register('name')`. The class must provide
-`__init__(model_cfg, *, rngs)`, `init_state(batch_size, max_len=None)`, `__call__(tokens_bt, state=None)`
-returning (float32 logits[B, T, V], new_state), and a static `flops_per_token(model_cfg, seq_len)`
-returning dict(dense=, attention=, inner=, total=). Its tiny test configurations go in tests/model_variants.py;
-tests/test_models.py runs every property test on every variant of every registered model.
+A model file registers its class with `@register('name')`. The class must provide `__init__(cfg, *, rngs)` (cfg:
+the models/typed_config.ModelConfig built here, once, from the ConfigDict), `init_state(batch_size, max_len=None)`,
+`__call__(tokens_bt, state=None)` returning (float32 logits[B, T, V], new_state), and a static
+`flops_per_token(cfg, seq_len)` returning dict(dense=, attention=, inner=, total=). Its tiny test configurations go
+in tests/model_variants.py; tests/test_models.py runs every property test on every variant of every registered model.
 Import the model's module in hope_jax/models/__init__.py, so registration happens on import.
 """
 
@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from hope_jax.models.config import validate_model_config
+from hope_jax.models.typed_config import ModelConfig
 
 REQUIRED_METHODS = ("init_state", "__call__", "flops_per_token")
 FLOPS_KEYS = ("dense", "attention", "inner", "total")
@@ -51,28 +51,29 @@ def model_class(name: str) -> type:
     return _MODELS[name]
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
-    validate_model_config(model_cfg)
-    return model_class(model_cfg.name)(model_cfg, rngs=rngs)
+def build_model(model_cfg: ml_collections.ConfigDict | ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    cfg = ModelConfig.from_config(model_cfg)
+    return model_class(cfg.name)(cfg, rngs=rngs)
 
 
-def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
+def abstract_model(model_cfg: ml_collections.ConfigDict | ModelConfig) -> nnx.Module:
     """The model with ShapeDtypeStructs in place of arrays (nnx.eval_shape): nothing is allocated."""
-    return nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
+    cfg = ModelConfig.from_config(model_cfg)
+    return nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
 
 
-def count_params(model_cfg: ml_collections.ConfigDict) -> int:
+def count_params(model_cfg: ml_collections.ConfigDict | ModelConfig) -> int:
     """Number of trainable parameters (nnx.Param leaves), computed without allocating them."""
     params = nnx.state(abstract_model(model_cfg), nnx.Param)
     return sum(leaf.size for leaf in jax.tree.leaves(params))
 
 
-def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
+def flops_per_token(model_cfg: ml_collections.ConfigDict | ModelConfig, seq_len: int) -> dict[str, float]:
     """Training FLOPs per token (forward + backward): dense matmuls, attention scores, inner loops, total."""
-    validate_model_config(model_cfg)
-    flops = model_class(model_cfg.name).flops_per_token(model_cfg, seq_len)
+    cfg = ModelConfig.from_config(model_cfg)
+    flops = model_class(cfg.name).flops_per_token(cfg, seq_len)
     if set(flops) != set(FLOPS_KEYS):
-        raise ValueError(f"{model_cfg.name}.flops_per_token returned keys {sorted(flops)}, expected {FLOPS_KEYS}")
+        raise ValueError(f"{cfg.name}.flops_per_token returned keys {sorted(flops)}, expected {FLOPS_KEYS}")
     return flops
 
 

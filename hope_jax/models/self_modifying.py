@@ -19,7 +19,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from hope_jax.kernels import selfmod as selfmod_kernel
@@ -27,7 +26,6 @@ from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize_scale
 from hope_jax.memory.self_modifying import (
-    SelfModConfig,
     generator_names,
     join_fast,
     joint_sequence,
@@ -36,54 +34,27 @@ from hope_jax.memory.self_modifying import (
     static_stream_names,
 )
 from hope_jax.models import chunk_carry
-from hope_jax.models.config import compute_dtype, head_dim
+from hope_jax.models.typed_config import MemoryConfig, ModelConfig
 from hope_jax.sharding import constrain
-
-
-def selfmod_config(model_cfg: ml_collections.ConfigDict) -> SelfModConfig:
-    mem = model_cfg.memory
-    return SelfModConfig(
-        chunk_size_memory=mem.chunk_size,
-        aux_chunk_size=mem.aux_chunk_size,
-        memory_depth=mem.memory_depth,
-        memory_target=mem.memory_target,
-        adaptive_q=mem.adaptive_q,
-        adaptive_k=mem.adaptive_k,
-        adaptive_v=mem.adaptive_v,
-        use_dgd=mem.dgd,
-        dgd_layers=mem.dgd_layers,
-        use_momentum=mem.momentum,
-        momentum_decay=mem.momentum_decay,
-        use_weight_decay=mem.weight_decay,
-        gated_delta=mem.gated_delta,
-        eta_max=mem.eta_max,
-        normalize_values=mem.normalize_values,
-        normalize_step=mem.normalized_step,
-        step_bound=mem.step_bound,
-        activation=mem.activation,
-        remat_group=0,  # chunk_carry.run_chunked rematerialises whole periods instead
-        truncate_bptt=mem.truncate_bptt,
-    )
-
 
 # Generators whose outputs are the keys, values and queries every memory regresses on (E20).
 KQV_GENERATORS = frozenset({"k", "v", "q"})
 
 
-def generator_out_std(model_cfg: ml_collections.ConfigDict, name: str) -> float:
+def generator_out_std(cfg: ModelConfig, name: str) -> float:
     """Initial std of M_name's W_out. M_k, M_v (and M_q) get memory.kv_init_gain / √hidden, a residual branch as long
     as its input: with W_out ~ init_std every memory starts at ≈ the identity, so k = l2(M_k(x)) and v = l2(M_v(x))
     nearly coincide (mean cos ≈ 0.9999), every self-generated target equals its prediction and the inner gradients
     vanish until the outer loop separates them (BUILD_NOTES "In-context learning from step 0"). The others (M_η, M_α,
     M_memory) start at ≈ the identity."""
-    if name in KQV_GENERATORS and model_cfg.memory.kv_init_gain > 0:
-        return model_cfg.memory.kv_init_gain / math.sqrt(model_cfg.memory.hidden_factor * head_dim(model_cfg))
-    return model_cfg.init_std
+    if name in KQV_GENERATORS and cfg.memory.kv_init_gain > 0:
+        return cfg.memory.kv_init_gain / math.sqrt(cfg.memory.hidden_factor * cfg.head_dim)
+    return cfg.init_std
 
 
-def mixer_period(mem_cfg: ml_collections.ConfigDict) -> int:
+def mixer_period(memory: MemoryConfig) -> int:
     """Both memories sit on a chunk boundary every lcm of the two chunk sizes tokens."""
-    return math.lcm(mem_cfg.chunk_size, mem_cfg.aux_chunk_size)
+    return math.lcm(memory.chunk_size, memory.aux_chunk_size)
 
 
 class MemoryInit(nnx.Module):
@@ -116,48 +87,45 @@ class MatrixMemoryInit(nnx.Module):
 class SelfModifyingMixer(nnx.Module):
     """Returns (output [B, T, d_model], new state, keys [B, T, d_model], values [B, T, d_model]) for a piece."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, out_init_std: float, rngs: nnx.Rngs):
-        mem = model_cfg.memory
-        self.dtype = compute_dtype(model_cfg)
-        self.cfg = selfmod_config(model_cfg)
+    def __init__(self, cfg: ModelConfig, *, out_init_std: float, rngs: nnx.Rngs):
+        mem = cfg.memory
+        self.dtype = cfg.compute_dtype
+        self.cfg = mem  # the inner loop's options (a MemoryConfig is a SelfModConfig)
         self.gens = generator_names(self.cfg)
         self.streams = static_stream_names(self.cfg)
         self.period = mixer_period(mem)
         # Equal chunk sizes and one memory form: every memory updates on the same chunks as one stack (joint_sequence).
         self.joint = runs_jointly(self.cfg)
-        self.remat = mem.remat_chunks
-        self.resets = model_cfg.reset_at_token >= 0  # document resets: the carry's pending slots hold start flags
+        self.remat_chunks = mem.remat_chunks
+        self.resets = cfg.reset_at_token >= 0  # document resets: the carry's pending slots hold start flags
         # model.memory.kernel: 'xla' | 'pallas' (hope_jax/kernels); document resets run on xla ('auto' picks it).
         self.kernel = "xla" if self.resets else selfmod_kernel.resolve(mem.kernel)
         if self.kernel == "pallas":
-            selfmod_kernel.check_supported(mem, head_dim(model_cfg))
+            selfmod_kernel.check_supported(mem, cfg.head_dim)
         self.diagnostics_stride = mem.diagnostics_stride
-        d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
+        d, heads, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
         self.n_heads, self.head_dim = heads, hd
-        proj = dict(init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs)
+        proj = dict(init_std=cfg.init_std, dtype=self.dtype, rngs=rngs)
         self.w_in = Dense((d,), (len(self.streams), heads, hd), ("embed", None, "heads", "head_dim"), **proj)
         self.conv = CausalDepthwiseConv(
-            len(self.streams) * heads * hd, model_cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
+            len(self.streams) * heads * hd, cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
         )
         hidden = mem.hidden_factor * hd
         memories = {
-            name: MemoryInit(heads, hd, hidden, out_std=generator_out_std(model_cfg, name), rngs=rngs)
-            for name in self.gens
+            name: MemoryInit(heads, hd, hidden, out_std=generator_out_std(cfg, name), rngs=rngs) for name in self.gens
         }
         memories["memory"] = (
             MatrixMemoryInit(heads, hd, rngs=rngs)
             if mem.memory_depth == 1
-            else MemoryInit(heads, hd, hidden, out_std=generator_out_std(model_cfg, "memory"), rngs=rngs)
+            else MemoryInit(heads, hd, hidden, out_std=generator_out_std(cfg, "memory"), rngs=rngs)
         )
         self.memories = nnx.Dict(memories)
-        self.eta_w = nnx.Param(normal_init(rngs, (heads, hd), model_cfg.init_std), out_sharding=("heads", "head_dim"))
+        self.eta_w = nnx.Param(normal_init(rngs, (heads, hd), cfg.init_std), out_sharding=("heads", "head_dim"))
         self.eta_b = nnx.Param(jnp.full((heads,), mem.eta_bias_init, jnp.float32), out_sharding=("heads",))
         if mem.weight_decay:
-            self.alpha_w = nnx.Param(
-                normal_init(rngs, (heads, hd), model_cfg.init_std), out_sharding=("heads", "head_dim")
-            )
+            self.alpha_w = nnx.Param(normal_init(rngs, (heads, hd), cfg.init_std), out_sharding=("heads", "head_dim"))
             self.alpha_b = nnx.Param(jnp.full((heads,), mem.alpha_bias_init, jnp.float32), out_sharding=("heads",))
-        self.out_norm = RMSNorm(hd, eps=model_cfg.norm_eps, axis_name="head_dim", dtype=self.dtype)
+        self.out_norm = RMSNorm(hd, eps=cfg.norm_eps, axis_name="head_dim", dtype=self.dtype)
         self.w_gate = Dense((d,), (heads, hd), ("embed", "heads", "head_dim"), **proj)
         self.w_out = Dense((heads, hd), (d,), ("heads", "head_dim", "embed"), **{**proj, "init_std": out_init_std})
 
@@ -168,7 +136,7 @@ class SelfModifyingMixer(nnx.Module):
             lambda *leaves: jnp.stack(leaves, axis=1), *[self.memories[n].value() for n in names]
         )
         fast = {"gen": stack(self.gens), "memory": stack(("memory",))}
-        if self.cfg.use_momentum:
+        if self.cfg.momentum:
             fast.update(
                 gen_s=jax.tree.map(jnp.zeros_like, fast["gen"]), memory_s=jax.tree.map(jnp.zeros_like, fast["memory"])
             )
@@ -222,7 +190,7 @@ class SelfModifyingMixer(nnx.Module):
 
     def reduction(self) -> dict:
         out = {"eta_w": self.eta_w[...], "eta_b": self.eta_b[...]}
-        if self.cfg.use_weight_decay:
+        if self.cfg.weight_decay:
             out.update(alpha_w=self.alpha_w[...], alpha_b=self.alpha_b[...])
         return out
 
@@ -239,7 +207,9 @@ class SelfModifyingMixer(nnx.Module):
         per_head = jax.vmap(lambda s, f, r: sequence_fn(s, f, r, self.cfg), in_axes=(0, 0, 0))
         per_batch = jax.vmap(per_head, in_axes=(0, 0, None))
         if self.kernel == "pallas":  # the chunk scan as one Pallas program per (sequence, head), all periods at once
-            per_batch = selfmod_kernel.batch_fn(self.cfg, joint=self.joint, dot_dtype=self.dtype, remat=self.remat)
+            per_batch = selfmod_kernel.batch_fn(
+                self.cfg, joint=self.joint, dot_dtype=self.dtype, remat=self.remat_chunks
+            )
 
         def chunk_fn(fast, chunk, update_mask=None):  # chunk leaves [B, P, H, d] -> per (batch, head) [P, d]
             if update_mask is not None:  # [B, P] -> one copy per head
@@ -250,7 +220,7 @@ class SelfModifyingMixer(nnx.Module):
 
         (y, keys, values), carry = chunk_carry.run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.remat,
+            carry=None if state is None else state["chunks"], remat=self.remat_chunks,
             whole_periods_at_once=self.kernel == "pallas",
             # Joint: every memory reads its chunk-start weights; unequal chunk sizes update inside the period (lcm),
             # so a token's output depends on the period's earlier tokens.

@@ -12,12 +12,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from hope_jax.layers import Embedder, RMSNorm, maybe_remat
 from hope_jax.memory.chunking import inner_precision
-from hope_jax.models.config import compute_dtype
+from hope_jax.models.typed_config import ModelConfig
 
 LMState = dict[str, Any]
 
@@ -29,22 +28,21 @@ def _run_block(block, x_btd, position, state, starts_bt):
 
 
 class BlockStackLM(nnx.Module):
-    """Subclasses set `block_class` (constructed as block_class(model_cfg, rngs=rngs))."""
+    """Subclasses set `block_class` (constructed as block_class(cfg, rngs=rngs))."""
 
     block_class: type
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.dtype = compute_dtype(model_cfg)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.dtype = cfg.compute_dtype
         self.embed = Embedder(
-            model_cfg.vocab_size, model_cfg.d_model, tie=model_cfg.tie_embeddings,
-            init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs,
-        )  # fmt: skip
-        self.blocks = nnx.List([self.block_class(model_cfg, rngs=rngs) for _ in range(model_cfg.n_layers)])
-        self.final_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=self.dtype)
-        self.remat = model_cfg.remat
+            cfg.vocab_size, cfg.d_model, tie=cfg.tie_embeddings, init_std=cfg.init_std, dtype=self.dtype, rngs=rngs
+        )
+        self.blocks = nnx.List([self.block_class(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=self.dtype)
+        self.remat = cfg.remat
         maybe_remat(_run_block, self.remat)  # unknown policy names fail at construction
-        self.inner_precision = model_cfg.inner_precision
-        self.reset_at_token = model_cfg.reset_at_token  # −1: no document resets
+        self.inner_precision = cfg.inner_precision
+        self.reset_at_token = cfg.reset_at_token  # −1: no document resets
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> LMState:
         """Fresh per-sequence state: fast weights at their meta-learned initial values, empty caches. (Under the

@@ -18,11 +18,8 @@ n_persistent_tokens 0.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from hope_jax.layers import (
@@ -37,49 +34,22 @@ from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize
 from hope_jax.memory.titans import titans_memory
 from hope_jax.models import chunk_carry, flops
-from hope_jax.models.config import compute_dtype, head_dim
 from hope_jax.models.registry import register
 from hope_jax.models.stack import BlockStackLM
-from hope_jax.models.transformer import residual_out_std
+from hope_jax.models.typed_config import ModelConfig
 from hope_jax.sharding import constrain
 
 GATES = ("theta", "log_eta", "log_keep")  # θ, log η, log(1 − α): the gates in the form titans_memory takes them
 
 
-@dataclasses.dataclass(frozen=True)
-class TitansOptions:
-    """The static settings the mixers read (hashable, so a module holding it can be a static jit argument)."""
-
-    n_heads: int
-    head_dim: int
-    chunk_size: int
-    segment_size: int
-    memory_depth: int
-    momentum: bool
-    truncate_bptt: bool
-    remat: bool
-    rope_theta: float
-    normalize_step: bool
-
-    @classmethod
-    def from_config(cls, model_cfg: ml_collections.ConfigDict) -> TitansOptions:
-        t = model_cfg.titans
-        return cls(
-            n_heads=model_cfg.n_heads, head_dim=head_dim(model_cfg), chunk_size=t.chunk_size,
-            segment_size=t.segment_size, memory_depth=t.memory_depth, momentum=t.momentum,
-            truncate_bptt=model_cfg.memory.truncate_bptt, remat=model_cfg.memory.remat_chunks,
-            rope_theta=model_cfg.rope_theta, normalize_step=t.normalized_step,
-        )  # fmt: skip
-
-
 class MemoryWeights(nnx.Module):
     """Meta-learned M_0 per head: linear {'w'} or 2-layer residual {'w_in', 'w_out'} (T §3.1)."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        heads, hd, depth = model_cfg.n_heads, head_dim(model_cfg), model_cfg.titans.memory_depth
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        heads, hd, depth = cfg.n_heads, cfg.head_dim, cfg.titans.memory_depth
         if depth not in (1, 2):
             raise ValueError(f"model.titans.memory_depth must be 1 (linear) or 2, got {depth}")
-        hidden = model_cfg.titans.hidden_factor * hd
+        hidden = cfg.titans.hidden_factor * hd
         if depth == 1:
             self.weights = nnx.Dict(
                 w=nnx.Param(normal_init(rngs, (heads, hd, hd), hd**-0.5), out_sharding=("heads", "head_dim", "kv"))
@@ -91,7 +61,7 @@ class MemoryWeights(nnx.Module):
                     out_sharding=("heads", "head_dim", "memory_hidden"),
                 ),
                 w_out=nnx.Param(
-                    normal_init(rngs, (heads, hidden, hd), model_cfg.init_std),
+                    normal_init(rngs, (heads, hidden, hd), cfg.init_std),
                     out_sharding=("heads", "memory_hidden", "head_dim"),
                 ),
             )
@@ -110,15 +80,15 @@ class MemoryWeights(nnx.Module):
 class Gates(nnx.Module):
     """θ_t, η_t, α_t per head and token from a linear read of the input (HOPE_SPEC §2.3 recommended reading)."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        t = model_cfg.titans
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        t = cfg.titans
         self.theta_max, self.momentum, self.weight_decay = t.theta_max, t.momentum, t.weight_decay
         self.proj = Dense(
-            (model_cfg.d_model,), (3, model_cfg.n_heads), ("embed", None, "heads"),
-            init_std=model_cfg.init_std, dtype=jnp.float32, rngs=rngs,
+            (cfg.d_model,), (3, cfg.n_heads), ("embed", None, "heads"), init_std=cfg.init_std, dtype=jnp.float32,
+            rngs=rngs,
         )  # fmt: skip
         biases = jnp.array([t.theta_bias_init, t.momentum_bias_init, t.forget_bias_init], jnp.float32)
-        self.bias = nnx.Param(jnp.broadcast_to(biases[:, None], (3, model_cfg.n_heads)), out_sharding=(None, "heads"))
+        self.bias = nnx.Param(jnp.broadcast_to(biases[:, None], (3, cfg.n_heads)), out_sharding=(None, "heads"))
 
     def __call__(self, x_btd: jax.Array) -> dict:
         """{'theta': θ, 'log_eta': log η, 'log_keep': log(1 − α)}, each [B, T, H]; η and α stay in log space
@@ -133,14 +103,15 @@ class Gates(nnx.Module):
         return gates
 
 
-def memory_call(fast: dict, tokens: dict, t: TitansOptions) -> tuple[jax.Array, dict]:
+def memory_call(fast: dict, tokens: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]:
     """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', *GATES}; y [B, T, H, d]."""
+    t = cfg.titans
     heads_first = {name: jnp.swapaxes(a, 1, 2).astype(jnp.float32) for name, a in tokens.items()}
     y, w_end, s_end = titans_memory(
         fast["w"], heads_first["q"], heads_first["k"], heads_first["v"], heads_first["theta"], None, None,
         fast.get("s"), log_eta=heads_first["log_eta"], log_keep=heads_first["log_keep"],
-        chunk_size=t.chunk_size, use_momentum=t.momentum, residual=t.memory_depth == 2,
-        truncate_bptt=t.truncate_bptt, remat_group=0, normalize_step=t.normalize_step,
+        chunk_size=t.chunk_size, momentum=t.momentum, residual=t.memory_depth == 2,
+        truncate_bptt=cfg.memory.truncate_bptt, remat_group=0, normalized_step=t.normalized_step,
     )  # fmt: skip
     return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
 
@@ -157,19 +128,19 @@ def memory_fit_bt(w: dict, k_bthd: jax.Array, v_bthd: jax.Array, residual: bool)
 class QKVStream(nnx.Module):
     """n per-head streams of x: projection → (conv) → SiLU; the first `n_normalised` ℓ2-normalised."""
 
-    def __init__(self, model_cfg, n_streams: int, n_normalised: int, *, rngs: nnx.Rngs):
-        self.dtype = compute_dtype(model_cfg)
+    def __init__(self, cfg: ModelConfig, n_streams: int, n_normalised: int, *, rngs: nnx.Rngs):
+        self.dtype = cfg.compute_dtype
         self.n, self.n_normalised = n_streams, n_normalised
-        self.heads, self.hd = model_cfg.n_heads, head_dim(model_cfg)
+        self.heads, self.hd = cfg.n_heads, cfg.head_dim
         self.proj = Dense(
-            (model_cfg.d_model,), (n_streams, self.heads, self.hd), ("embed", None, "heads", "head_dim"),
-            init_std=model_cfg.init_std, dtype=self.dtype, rngs=rngs,
+            (cfg.d_model,), (n_streams, self.heads, self.hd), ("embed", None, "heads", "head_dim"),
+            init_std=cfg.init_std, dtype=self.dtype, rngs=rngs,
         )  # fmt: skip
         self.conv = (
             CausalDepthwiseConv(
-                n_streams * self.heads * self.hd, model_cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
+                n_streams * self.heads * self.hd, cfg.conv_window, channel_axis=None, dtype=self.dtype, rngs=rngs
             )
-            if model_cfg.titans.conv
+            if cfg.titans.conv
             else None
         )
 
@@ -192,22 +163,22 @@ class QKVStream(nnx.Module):
 class NeuralMemory(nnx.Module):
     """The LMM memory as a layer: returns raw per-head reads y [B, T, H, hd] and the new state."""
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.opts = TitansOptions.from_config(model_cfg)
-        self.dtype = compute_dtype(model_cfg)
-        self.qkv = QKVStream(model_cfg, 3, 2, rngs=rngs)
-        self.gates = Gates(model_cfg, rngs=rngs)
-        self.memory = MemoryWeights(model_cfg, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = cfg.compute_dtype
+        self.qkv = QKVStream(cfg, 3, 2, rngs=rngs)
+        self.gates = Gates(cfg, rngs=rngs)
+        self.memory = MemoryWeights(cfg, rngs=rngs)
 
     def init_state(self, batch_size: int) -> dict:
-        opts = self.opts
-        hd = jax.ShapeDtypeStruct((opts.n_heads, opts.head_dim), self.dtype)
-        gate = jax.ShapeDtypeStruct((opts.n_heads,), jnp.float32)
+        cfg = self.cfg
+        hd = jax.ShapeDtypeStruct((cfg.n_heads, cfg.head_dim), self.dtype)
+        gate = jax.ShapeDtypeStruct((cfg.n_heads,), jnp.float32)
         shapes = {"q": hd, "k": hd, "v": hd, **{g: gate for g in GATES}}
-        fast = self.memory.initial(batch_size, opts.momentum)
+        fast = self.memory.initial(batch_size, cfg.titans.momentum)
         return {
             "conv": self.qkv.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(fast, shapes, opts.chunk_size, batch_size),
+            "chunks": chunk_carry.init_carry(fast, shapes, cfg.titans.chunk_size, batch_size),
         }
 
     def __call__(self, x_btd, state, *, prefix_len: int = 0, diagnostics: bool = True):
@@ -216,14 +187,15 @@ class NeuralMemory(nnx.Module):
         forward pass)."""
         (q, k, v), conv_state = self.qkv(x_btd, None if state is None else state["conv"])
         tokens = {"q": q, "k": k, "v": v, **self.gates(x_btd)}
-        start = self.memory.initial(x_btd.shape[0], self.opts.momentum) if state is None else state["chunks"]["fast"]
+        cfg = self.cfg
+        start = self.memory.initial(x_btd.shape[0], cfg.titans.momentum) if state is None else state["chunks"]["fast"]
         y, carry = chunk_carry.run_chunked(
-            lambda fast, chunk: memory_call(fast, chunk, self.opts), tokens, self.opts.chunk_size,
+            lambda fast, chunk: memory_call(fast, chunk, cfg), tokens, cfg.titans.chunk_size,
             fast=start if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.opts.remat,
+            carry=None if state is None else state["chunks"], remat=cfg.memory.remat_chunks,
         )  # fmt: skip
         if diagnostics:  # the memory's loss on this piece's keys and values at the weights before and after it
-            residual, k, v = self.opts.memory_depth == 2, k[:, prefix_len:], v[:, prefix_len:]
+            residual, k, v = cfg.titans.memory_depth == 2, k[:, prefix_len:], v[:, prefix_len:]
             self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(memory_fit_bt(start["w"], k, v, residual)))
             after = memory_fit_bt(carry["fast"]["w"], k, v, residual)
             self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(after))
@@ -239,33 +211,32 @@ class GatedCombine(nnx.Module):
     branches through σ after a norm; read literally, W(σ(RMSNorm(y)) ⊙ σ(RMSNorm(m))), it reached 4.233 held-out
     against 3.837 for this gate (MAG, 100 steps at 3e-3), so σ stays on the memory branch only, a recorded deviation."""
 
-    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
-        dtype, d = compute_dtype(model_cfg), model_cfg.d_model
-        self.norm_gate = RMSNorm(d, eps=model_cfg.norm_eps, dtype=dtype)
-        self.out = Dense((d,), (d,), ("embed", "embed"), init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype, d = cfg.compute_dtype, cfg.d_model
+        self.norm_gate = RMSNorm(d, eps=cfg.norm_eps, dtype=dtype)
+        self.out = Dense((d,), (d,), ("embed", "embed"), init_std=cfg.residual_out_std, dtype=dtype, rngs=rngs)
 
     def __call__(self, attended_btd, memory_btd):
         return self.out(attended_btd * jax.nn.sigmoid(self.norm_gate(memory_btd)))
 
 
 class LMMMixer(nnx.Module):
-    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
-        dtype, heads, hd = compute_dtype(model_cfg), model_cfg.n_heads, head_dim(model_cfg)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype, heads, hd = cfg.compute_dtype, cfg.n_heads, cfg.head_dim
         self.dtype = dtype
-        proj = dict(init_std=model_cfg.init_std, dtype=dtype, rngs=rngs)
-        self.memory = NeuralMemory(model_cfg, rngs=rngs)
+        proj = dict(init_std=cfg.init_std, dtype=dtype, rngs=rngs)
+        self.memory = NeuralMemory(cfg, rngs=rngs)
         # Persistent tokens (T §3.3) live where the mixer's input does, after the block's RMSNorm: std 1 gives them
         # the scale of the normalised tokens they precede.
-        n_p = model_cfg.n_persistent_tokens
+        n_p = cfg.n_persistent_tokens
         self.persistent = (
-            nnx.Param(normal_init(rngs, (n_p, model_cfg.d_model), 1.0), out_sharding=(None, "embed")) if n_p else None
+            nnx.Param(normal_init(rngs, (n_p, cfg.d_model), 1.0), out_sharding=(None, "embed")) if n_p else None
         )
-        self.out_norm = RMSNorm(hd, eps=model_cfg.norm_eps, axis_name="head_dim", dtype=dtype)
-        self.w_gate = Dense((model_cfg.d_model,), (heads, hd), ("embed", "heads", "head_dim"), **proj)
+        self.out_norm = RMSNorm(hd, eps=cfg.norm_eps, axis_name="head_dim", dtype=dtype)
+        self.w_gate = Dense((cfg.d_model,), (heads, hd), ("embed", "heads", "head_dim"), **proj)
         self.w_out = Dense(
-            (heads, hd), (model_cfg.d_model,), ("heads", "head_dim", "embed"),
-            **{**proj, "init_std": residual_out_std(model_cfg)},
-        )  # fmt: skip
+            (heads, hd), (cfg.d_model,), ("heads", "head_dim", "embed"), **{**proj, "init_std": cfg.residual_out_std}
+        )
 
     def _prefix(self, batch_size: int) -> jax.Array:
         return jnp.broadcast_to(self.persistent[...].astype(self.dtype), (batch_size, *self.persistent.shape))
@@ -287,16 +258,15 @@ class LMMMixer(nnx.Module):
 
 
 class MAGMixer(nnx.Module):
-    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.attn = Attention(
-            model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg), window=model_cfg.attention_window,
-            n_persistent=model_cfg.n_persistent_tokens, max_len=model_cfg.max_seq_len,
-            rope_theta=model_cfg.rope_theta, init_std=model_cfg.init_std,
-            out_init_std=model_cfg.init_std, dtype=compute_dtype(model_cfg), rngs=rngs,
-            impl=model_cfg.attention_impl,
+            cfg.d_model, cfg.n_heads, cfg.head_dim, window=cfg.attention_window,
+            n_persistent=cfg.n_persistent_tokens, max_len=cfg.max_seq_len, rope_theta=cfg.rope_theta,
+            init_std=cfg.init_std, out_init_std=cfg.init_std, dtype=cfg.compute_dtype, rngs=rngs,
+            impl=cfg.attention_impl,
         )  # fmt: skip
-        self.memory = NeuralMemory(model_cfg, rngs=rngs)
-        self.combine = GatedCombine(model_cfg, rngs=rngs)
+        self.memory = NeuralMemory(cfg, rngs=rngs)
+        self.combine = GatedCombine(cfg, rngs=rngs)
 
     def init_state(self, batch_size, max_len=None):
         return {"attn": self.attn.init_cache(batch_size, max_len), "memory": self.memory.init_state(batch_size)}
@@ -311,14 +281,14 @@ class MAGMixer(nnx.Module):
 class TitansBlock(nnx.Module):
     mixer_class: type
 
-    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(model_cfg)
-        self.mixer_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
-        self.mixer = self.mixer_class(model_cfg, rngs=rngs)
-        self.mlp_norm = RMSNorm(model_cfg.d_model, eps=model_cfg.norm_eps, dtype=dtype)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = cfg.compute_dtype
+        self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.mixer = self.mixer_class(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
         self.mlp = SwiGLU(
-            model_cfg.d_model, model_cfg.mlp_hidden, init_std=model_cfg.init_std,
-            out_init_std=residual_out_std(model_cfg), dtype=dtype, rngs=rngs,
+            cfg.d_model, cfg.mlp_hidden, init_std=cfg.init_std, out_init_std=cfg.residual_out_std, dtype=dtype,
+            rngs=rngs,
         )  # fmt: skip
 
     def init_state(self, batch_size, max_len=None):
@@ -343,9 +313,9 @@ class TitansLMM(BlockStackLM):
     block_class = LMMBlock
 
     @staticmethod
-    def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
-        d = model_cfg.d_model
-        return flops.titans(model_cfg, mixer_matmul_params=5 * d * d + 3 * d * model_cfg.n_heads)
+    def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+        d = cfg.d_model
+        return flops.titans(cfg, mixer_matmul_params=5 * d * d + 3 * d * cfg.n_heads)
 
 
 @register("titans_mag")
@@ -353,9 +323,9 @@ class TitansMAG(BlockStackLM):
     block_class = MAGBlock
 
     @staticmethod
-    def flops_per_token(model_cfg, seq_len: int) -> dict[str, float]:
-        d = model_cfg.d_model
+    def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+        d = cfg.d_model
         return flops.titans(
-            model_cfg, mixer_matmul_params=8 * d * d + 3 * d * model_cfg.n_heads,
-            attention=flops.titans_attention(model_cfg, seq_len, model_cfg.attention_window),
+            cfg, mixer_matmul_params=8 * d * d + 3 * d * cfg.n_heads,
+            attention=flops.titans_attention(cfg, seq_len, cfg.attention_window),
         )  # fmt: skip

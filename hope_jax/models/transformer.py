@@ -8,44 +8,38 @@ when the caller drops it, so training pays only for ordinary attention.
 from __future__ import annotations
 
 import jax
-import ml_collections
 from flax import nnx
 
 from hope_jax.layers import Attention, RMSNorm, SwiGLU, attention_flops_per_token
-from hope_jax.models.config import compute_dtype, head_dim
 from hope_jax.models.registry import register
 from hope_jax.models.stack import BlockStackLM
-
-
-def residual_out_std(model_cfg: ml_collections.ConfigDict) -> float:
-    """GPT-2's scaled init for kernels writing into the residual stream: keeps its variance O(1) in depth."""
-    return model_cfg.init_std / (2 * model_cfg.n_layers) ** 0.5
+from hope_jax.models.typed_config import ModelConfig
 
 
 class TransformerBlock(nnx.Module):
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(model_cfg)
-        d_model, out_std = model_cfg.d_model, residual_out_std(model_cfg)
-        self.attn_norm = RMSNorm(d_model, eps=model_cfg.norm_eps, dtype=dtype)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = cfg.compute_dtype
+        d_model, out_std = cfg.d_model, cfg.residual_out_std
+        self.attn_norm = RMSNorm(d_model, eps=cfg.norm_eps, dtype=dtype)
         self.attn = Attention(
             d_model,
-            model_cfg.n_heads,
-            head_dim(model_cfg),
-            window=model_cfg.attention_window,
-            n_persistent=model_cfg.n_persistent_tokens,
-            max_len=model_cfg.max_seq_len,
-            rope_theta=model_cfg.rope_theta,
-            init_std=model_cfg.init_std,
+            cfg.n_heads,
+            cfg.head_dim,
+            window=cfg.attention_window,
+            n_persistent=cfg.n_persistent_tokens,
+            max_len=cfg.max_seq_len,
+            rope_theta=cfg.rope_theta,
+            init_std=cfg.init_std,
             out_init_std=out_std,
             dtype=dtype,
             rngs=rngs,
-            impl=model_cfg.attention_impl,
+            impl=cfg.attention_impl,
         )
-        self.mlp_norm = RMSNorm(d_model, eps=model_cfg.norm_eps, dtype=dtype)
+        self.mlp_norm = RMSNorm(d_model, eps=cfg.norm_eps, dtype=dtype)
         self.mlp = SwiGLU(
             d_model,
-            model_cfg.mlp_hidden,
-            init_std=model_cfg.init_std,
+            cfg.mlp_hidden,
+            init_std=cfg.init_std,
             out_init_std=out_std,
             dtype=dtype,
             rngs=rngs,
@@ -70,12 +64,12 @@ class TransformerLM(BlockStackLM):
     block_class = TransformerBlock
 
     @staticmethod
-    def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int) -> dict[str, float]:
+    def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
         """6 × matmul parameters (the head counts even when tied) + causal attention scores; no inner loop."""
-        d, heads, hd = model_cfg.d_model, model_cfg.n_heads, head_dim(model_cfg)
-        per_layer = 4 * d * heads * hd + 3 * d * model_cfg.mlp_hidden
-        dense = 6.0 * (model_cfg.n_layers * per_layer + d * model_cfg.vocab_size)
-        attention = model_cfg.n_layers * attention_flops_per_token(
-            seq_len, heads, hd, model_cfg.attention_window, model_cfg.n_persistent_tokens
+        d, heads, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+        per_layer = 4 * d * heads * hd + 3 * d * cfg.mlp_hidden
+        dense = 6.0 * (cfg.n_layers * per_layer + d * cfg.vocab_size)
+        attention = cfg.n_layers * attention_flops_per_token(
+            seq_len, heads, hd, cfg.attention_window, cfg.n_persistent_tokens
         )
         return {"dense": dense, "attention": attention, "inner": 0.0, "total": dense + attention}
