@@ -1,4 +1,4 @@
-"""The one-token (decoding) path of chunk_carry.run_chunked, layer by layer.
+"""The one-token (decoding) path of driver.run_chunked, layer by layer.
 
 Per layer: prefix fed fresh, then tokens one at a time (the fast path) == the rest fed as one piece with the carry
 (the general path) == the whole sequence fed at once, in outputs and carried state, across chunk boundaries (and

@@ -1,4 +1,4 @@
-"""Document resets (model.reset_at_token; models/document_resets.py): every in-context state of HOPE restarts at a
+"""Document resets (model.reset_at_token; memory/document_resets.py): every in-context state of HOPE restarts at a
 document start, so a document never reads its predecessor, and the model still streams in pieces."""
 
 import jax
@@ -9,8 +9,8 @@ from flax import nnx
 
 import hope_jax  # noqa: F401  (switches off eager sharding)
 from hope_jax.layers.conv import causal_depthwise_conv
+from hope_jax.memory.document_resets import seen_start, update_mask
 from hope_jax.models import apply_overrides, build_model, default_model_config, functional
-from hope_jax.models.document_resets import seen_start, update_mask
 
 RESET = 1
 BASE = dict(name="hope", vocab_size=64, d_model=16, n_layers=2, n_heads=2, mlp_hidden=32, max_seq_len=32,

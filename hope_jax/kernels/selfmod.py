@@ -1,6 +1,6 @@
 """model.memory.kernel: which implementation runs the self-modifying mixer's memories, and the 'pallas' dispatch.
 
-'xla' is the XLA path (memory/self_modifying.py under chunk_carry.run_chunked), unchanged. 'pallas' runs the memories
+'xla' is the XLA path (memory/self_modifying.py under driver.run_chunked), unchanged. 'pallas' runs the memories
 as Pallas kernels, one program per (sequence, head) over all chunks of the piece: with equal chunk sizes (the
 default) every memory, the generators (M_k, M_v, M_q, M_η, M_α) and M_memory, in one kernel (selfmod_joint.py);
 with unequal ones the generators as one XLA chunked scan over the piece (their half of self_modifying_sequence), then
@@ -8,7 +8,7 @@ M_memory's kernel (selfmod_memory.py; the memory's state never feeds the generat
 computation in another order). Equal to the XLA path to float32 rounding (tests/test_kernels_selfmod.py). 'auto' is
 'pallas' on a GPU and 'xla' elsewhere. Off a GPU the kernels run in Pallas interpret mode (slow; for tests).
 
-A fresh sequence (training, carry None) hands all its whole periods to ONE call (chunk_carry.run_chunked with
+A fresh sequence (training, carry None) hands all its whole periods to ONE call (driver.run_chunked with
 `whole_periods_at_once`), so the kernel loops over every chunk of the sequence; a piece with a carry (streaming,
 decoding) is run period by period as on the XLA path. Document resets (model.reset_at_token) run on the XLA path.
 """

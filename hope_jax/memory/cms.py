@@ -53,7 +53,7 @@ def cms_local(
       never see an update). dgd=False gives plain GD with decay. normalized_step: dgd.dgd_chunk_update's
       curvature-normalised gradient step over the period (False: η' per token), bounded by `step_bound`.
     update_mask: [B, T] per-token weights in {0, 1} of the updates (None: every token); a 0 takes no step and no
-      decay (document resets, models/document_resets.py).
+      decay (document resets, memory/document_resets.py).
     """
     if x.ndim != 3 or k.shape[:2] != x.shape[:2] or v.shape != k.shape:
         raise ValueError(

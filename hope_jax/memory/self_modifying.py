@@ -175,7 +175,7 @@ def _per_token(out, xs, reduction, index: dict, cfg: SelfModConfig):
         log_alpha = jax.nn.log_sigmoid(out[index["alpha"]] @ reduction["alpha_w"] + reduction["alpha_b"])
     else:
         log_alpha = jnp.zeros_like(eta)
-    if "update_mask" in xs:  # document resets (models/document_resets.py): a masked token takes no step, no decay
+    if "update_mask" in xs:  # document resets (memory/document_resets.py): a masked token takes no step, no decay
         eta, log_alpha = eta * xs["update_mask"], log_alpha * xs["update_mask"]
     return queries, keys, values, eta, log_alpha
 

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope_jax.layers import RMSNorm, normal_init, swiglu
+from hope_jax.memory import driver
 from hope_jax.memory.cms import cms_local, level_forward, nested_chunk_starts
-from hope_jax.models import chunk_carry
-from hope_jax.models.document_resets import seen_start, where_batch, where_tokens
+from hope_jax.memory.document_resets import seen_start, where_batch, where_tokens
 from hope_jax.models.typed_config import CMSConfig, ModelConfig
 from hope_jax.sharding import constrain
 
-IN_CONTEXT_OBJECTIVES = ("local",)  # updated inside the forward pass (chunk_carry)
+IN_CONTEXT_OBJECTIVES = ("local",)  # updated inside the forward pass (memory/driver.py)
 LM_OBJECTIVE = "lm"  # updated between chunks by models/lm_ttt.py
 OBJECTIVES = (*IN_CONTEXT_OBJECTIVES, LM_OBJECTIVE, "outer", "frozen")
 VARIANTS = ("sequential", "nested", "independent")
@@ -159,7 +159,7 @@ class CMS(nnx.Module):
         # weights by the driver (models/lm_ttt.py).
         local_chain = chain if chain and self.objectives[chain[0]] in IN_CONTEXT_OBJECTIVES else ()
         self.nested = local_chain if len(local_chain) > 1 else ()
-        self.resets = cfg.reset_at_token >= 0  # document resets (models/document_resets.py)
+        self.resets = cfg.reset_at_token >= 0  # document resets (memory/document_resets.py)
         if self.resets and self.nested:
             raise ValueError(
                 "model.reset_at_token ≥ 0 (document resets) is not implemented for a nested chain of 'local' levels "
@@ -181,12 +181,12 @@ class CMS(nnx.Module):
             if self.nested and i == self.nested[0]:  # the whole nested unit's carry
                 tokens = {"x": token, "k": token, "v": token}
                 initial = [self.initial_fast(j, batch_size) for j in self.nested]
-                return chunk_carry.init_carry(initial, tokens, self.periods[self.nested[-1]], batch_size)
+                return driver.init_carry(initial, tokens, self.periods[self.nested[-1]], batch_size)
             if i in self.nested:
                 return {}
             if self.in_context(i):
                 tokens = {"x": token, "k": token, "v": token}
-                return chunk_carry.init_carry(
+                return driver.init_carry(
                     self.initial_fast(i, batch_size), tokens, self.periods[i], batch_size, starts=self.resets
                 )
             if self.objectives[i] == LM_OBJECTIVE:
@@ -263,12 +263,14 @@ class CMS(nnx.Module):
 
         batch = x_btd.shape[0]
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
-        y, carry = chunk_carry.run_chunked(
+        y, carry = driver.run_chunked(
             chunk_fn, inputs, period, fast=self.initial_fast(i, batch) if state is None else None,
             carry=state, remat=self.remat_chunks, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
             starts=starts_bt, initial=None if starts_bt is None else self.initial_fast(i, batch),
         )  # fmt: skip
-        self._sow_local_fit(i, keys, values, self.initial_fast(i, batch) if state is None else state["fast"], carry["fast"])
+        self._sow_local_fit(
+            i, keys, values, self.initial_fast(i, batch) if state is None else state["fast"], carry["fast"]
+        )
         return y.astype(self.dtype), carry
 
     def _nested_unit(self, x_btd, keys, values, state):
@@ -302,7 +304,7 @@ class CMS(nnx.Module):
 
         batch = x_btd.shape[0]
         start_fast = [self.initial_fast(i, batch) for i in chain] if state is None else state["fast"]
-        x_btd, carry = chunk_carry.run_chunked(
+        x_btd, carry = driver.run_chunked(
             chunk_fn, {"x": x_btd, "k": keys, "v": values}, periods[-1], fast=start_fast if state is None else None,
             carry=state, remat=self.remat_chunks,
         )  # fmt: skip

@@ -59,7 +59,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     # window, its memories, every in-context CMS level), so that no document reads the previous one's memory; the
     # packer ends each document with <eos> = 1 (data_pipeline/packing.py), so 1 resets at the <eos> input, whose
     # prediction is the next document's first token. −1: the state runs through the whole window (documents read
-    # their predecessors). models/document_resets.py; BUILD_NOTES "Documents in packed windows" has the measured choice.
+    # their predecessors). memory/document_resets.py; BUILD_NOTES "Documents in packed windows" has the measured choice.
     cfg.reset_at_token = -1
 
     # Self-modifying Titans memories of HOPE (DESIGN D5, HOPE_SPEC §5); each A-Table 6 ablation is one switch.

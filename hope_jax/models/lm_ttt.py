@@ -27,15 +27,15 @@ Gradients through the inner step: first-order by default (the inner gradient is 
 gradient reaches the level's initial weights through the retention term and through every chunk's forward pass);
 `cms.lm_second_order = True` differentiates through the inner gradient (a Hessian-vector product per chunk).
 
-Pieces: the G-chunks are driven by chunk_carry.run_chunked, the whole model state being its fast state: the carried
+Pieces: the G-chunks are driven by driver.run_chunked, the whole model state being its fast state: the carried
 state is {'position', 'inner': the model state at the last G boundary, 'pending': the ≤ G − 1 tokens since it,
-'count'}, and a piece runs as [pending ; piece] from that boundary (chunk_carry.py's rule, one level up). Generation
+'count'}, and a piece runs as [pending ; piece] from that boundary (driver.py's rule, one level up). Generation
 re-runs up to G − 1 tokens through the model per step, and takes the inner gradient only when a token completes its
 G-chunk (a fresh sequence's trailing T % G tokens likewise run without it: their update is dropped).
 Cost in training: the inner gradient is one more backward pass through the model per chunk; every layer takes its
 carried-state path, which for a layer of chunk size C runs ⌈(C − 1 + G)/C⌉ chunks per G tokens.
 
-Document resets (`model.reset_at_token`, models/document_resets.py): in a G-chunk with a document start, every lm
+Document resets (`model.reset_at_token`, memory/document_resets.py): in a G-chunk with a document start, every lm
 level restarts from its initial weights, which the chunk's tokens after the first start read and the inner gradient
 is taken at; the tokens before it read the weights the chunk started with ('lm_carried' in the level state during
 the chunk's forward pass), only predictions made at or after the chunk's last start count, and the accumulated
@@ -57,9 +57,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from hope_jax.models import chunk_carry
+from hope_jax.memory import driver
+from hope_jax.memory.document_resets import update_mask, where_batch
 from hope_jax.models.cms import lm_levels, nested_chain
-from hope_jax.models.document_resets import update_mask, where_batch
 from hope_jax.models.typed_config import ModelConfig
 
 
@@ -225,7 +225,7 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
 
     forward(module, tokens_bt, inner_state) -> (logits, inner_state) is the model's plain stateful forward pass (lm
     weights constant); state None is a fresh sequence (model.init_state is used, so pieces == whole). The G-chunks
-    are driven by chunk_carry.run_chunked with the whole model state as its fast state.
+    are driven by driver.run_chunked with the whole model state as its fast state.
     """
     batch, length = tokens_bt.shape
     tokens_bt = tokens_bt.astype(jnp.int32)
@@ -244,7 +244,7 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
         )
         return logits, new_inner, (nll_b, sown)
 
-    logits, carry, (nll_cb, sown), complete_c = chunk_carry.run_chunked(
+    logits, carry, (nll_cb, sown), complete_c = driver.run_chunked(
         chunk_fn, tokens_bt, spec.granularity, fast=state["inner"], carry=carry, with_aux=True
     )
     # The lm loss of the finished chunks; the layers' diagnostics averaged over them (over every call when none

@@ -23,7 +23,7 @@ from flax import nnx
 
 from hope_jax.kernels import selfmod as selfmod_kernel
 from hope_jax.layers import CausalDepthwiseConv, Dense, RMSNorm, normal_init
-from hope_jax.memory import fast_mlp
+from hope_jax.memory import driver, fast_mlp
 from hope_jax.memory.chunking import l2_normalize_scale
 from hope_jax.memory.self_modifying import (
     generator_names,
@@ -33,7 +33,6 @@ from hope_jax.memory.self_modifying import (
     self_modifying_sequence,
     static_stream_names,
 )
-from hope_jax.models import chunk_carry
 from hope_jax.models.typed_config import MemoryConfig, ModelConfig
 from hope_jax.sharding import constrain
 
@@ -159,7 +158,7 @@ class SelfModifyingMixer(nnx.Module):
     def init_state(self, batch_size: int) -> dict:
         return {
             "conv": self.conv.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(
+            "chunks": driver.init_carry(
                 self.initial_fast(batch_size), self.token_shapes(), self.period, batch_size, starts=self.resets
             ),
         }
@@ -218,7 +217,7 @@ class SelfModifyingMixer(nnx.Module):
             (y, keys, values), new_fast = per_batch(chunk, fast, reduction)
             return jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2), (y, keys, values)), new_fast
 
-        (y, keys, values), carry = chunk_carry.run_chunked(
+        (y, keys, values), carry = driver.run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.remat_chunks,
             whole_periods_at_once=self.kernel == "pallas",

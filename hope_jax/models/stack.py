@@ -2,7 +2,7 @@
 
 A block is an nnx.Module with `init_state(batch_size, max_len)` and `__call__(x_btd, position, state)` returning
 (x_btd, new_state); `state=None` is a fresh sequence. With `model.reset_at_token` ≥ 0 a block is also handed
-`starts_bt` (bool [B, T], the tokens equal to it: document starts, models/document_resets.py). The LM state is
+`starts_bt` (bool [B, T], the tokens equal to it: document starts, memory/document_resets.py). The LM state is
 {'position': int32 scalar, 'layers': [...]}.
 """
 

@@ -30,10 +30,10 @@ from hope_jax.layers import (
     SwiGLU,
     normal_init,
 )
-from hope_jax.memory import fast_mlp
+from hope_jax.memory import driver, fast_mlp
 from hope_jax.memory.chunking import l2_normalize
 from hope_jax.memory.titans import titans_memory
-from hope_jax.models import chunk_carry, flops
+from hope_jax.models import flops
 from hope_jax.models.registry import register
 from hope_jax.models.stack import BlockStackLM
 from hope_jax.models.typed_config import ModelConfig
@@ -178,7 +178,7 @@ class NeuralMemory(nnx.Module):
         fast = self.memory.initial(batch_size, cfg.titans.momentum)
         return {
             "conv": self.qkv.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(fast, shapes, cfg.titans.chunk_size, batch_size),
+            "chunks": driver.init_carry(fast, shapes, cfg.titans.chunk_size, batch_size),
         }
 
     def __call__(self, x_btd, state, *, prefix_len: int = 0, diagnostics: bool = True):
@@ -189,7 +189,7 @@ class NeuralMemory(nnx.Module):
         tokens = {"q": q, "k": k, "v": v, **self.gates(x_btd)}
         cfg = self.cfg
         start = self.memory.initial(x_btd.shape[0], cfg.titans.momentum) if state is None else state["chunks"]["fast"]
-        y, carry = chunk_carry.run_chunked(
+        y, carry = driver.run_chunked(
             lambda fast, chunk: memory_call(fast, chunk, cfg), tokens, cfg.titans.chunk_size,
             fast=start if state is None else None,
             carry=None if state is None else state["chunks"], remat=cfg.memory.remat_chunks,

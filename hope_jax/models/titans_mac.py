@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope_jax.layers import Dense, apply_rotary, attend, normal_init
-from hope_jax.memory import fast_mlp
-from hope_jax.models import chunk_carry, flops
+from hope_jax.memory import driver, fast_mlp
+from hope_jax.models import flops
 from hope_jax.models.registry import register
 from hope_jax.models.stack import BlockStackLM
 from hope_jax.models.titans import (
@@ -68,9 +68,7 @@ class MACMixer(nnx.Module):
         }
         return {
             "conv": self.query.init_state(batch_size),
-            "chunks": chunk_carry.init_carry(
-                self.initial_fast(batch_size), shapes, cfg.titans.segment_size, batch_size
-            ),
+            "chunks": driver.init_carry(self.initial_fast(batch_size), shapes, cfg.titans.segment_size, batch_size),
         }
 
     def _segment(self, fast, chunk):
@@ -109,7 +107,7 @@ class MACMixer(nnx.Module):
 
     def __call__(self, x_btd, position, state):
         (q,), conv_state = self.query(x_btd, None if state is None else state["conv"])
-        (out, fit), carry = chunk_carry.run_chunked(
+        (out, fit), carry = driver.run_chunked(
             self._segment, {"x": x_btd, "q": q}, self.cfg.titans.segment_size,
             fast=self.initial_fast(x_btd.shape[0]) if state is None else None,
             carry=None if state is None else state["chunks"], remat=self.cfg.memory.remat_chunks,

@@ -26,7 +26,7 @@ from hope_jax.models.config import COMPUTE_DTYPES, validate_model_config
 class MemoryConfig(SelfModConfig):
     """`model.memory`: the self-modifying Titans options (inherited, the inner loop reads them) and the keys only the
     models read. remat_group and accum_dtype are not config keys: the models rematerialise whole chunk periods
-    (`remat_chunks`, models/chunk_carry.py) instead of the inner loop's groups, and accumulate in float32."""
+    (`remat_chunks`, memory/driver.py) instead of the inner loop's groups, and accumulate in float32."""
 
     hidden_factor: int
     kv_init_gain: float

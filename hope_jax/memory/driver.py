@@ -22,7 +22,7 @@ token's output depends only on those weights and its own inputs: CMS levels, the
 chunk sizes); otherwise (the Titans dual form and MAC segments read the chunk's earlier tokens) from one P-token
 chunk [pending ; token ; padding], O(P) per token, instead of the general path's two-chunk buffer.
 
-Document resets (models/document_resets.py): given per-token `starts` and the memory's initial state, `fn` is called
+Document resets (memory/document_resets.py): given per-token `starts` and the memory's initial state, `fn` is called
 as fn(fast, chunk, update_mask) and each chunk runs through document_resets.chunk_with_resets; the starts ride in
 the pending slots with the tokens, so pieces still equal the whole.
 
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hope_jax.models.document_resets import chunk_with_resets, where_batch
+from hope_jax.memory.document_resets import chunk_with_resets, where_batch
 
 PyTree = Any
 ChunkFn = Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]
