@@ -262,7 +262,7 @@ def test_outer_gradient_is_finite_when_the_gates_saturate():
     def loss_and_grads(params, fast, q, k, v, x):
         def loss(params, fast, q, k, v, x):
             tokens = {"q": q, "k": k, "v": v, **nnx.merge(graphdef, params)(x)}
-            y, end = titans_model.memory_call(fast, tokens, typed)
+            end, y = titans_model.memory_call(fast, tokens, typed)
             return jnp.sum(jnp.sin(y)) + sum(jnp.sum(a**2) for a in jax.tree.leaves(end))
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))(params, fast, q, k, v, x)
@@ -274,3 +274,40 @@ def test_outer_gradient_is_finite_when_the_gates_saturate():
         assert np.isfinite(value), logits
         for path, g in jax.tree_util.tree_leaves_with_path(grads):
             assert np.all(np.isfinite(g)), (logits, jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("memory_depth", [1, 2])
+def test_model_layer_runs_the_per_token_reference(inputs, memory_depth):
+    """What the Titans models run (models/titans.memory_call: memory/titans.titans_chunk under driver.run_chunked, fed
+    in pieces that end inside chunks, gates in log space) is the per-token reference on the whole sequence."""
+    from hope_jax.memory import driver
+    from hope_jax.models import titans as titans_model
+    from hope_jax.models.config import default_model_config
+    from hope_jax.models.typed_config import ModelConfig
+
+    cfg = default_model_config()
+    cfg.d_model, cfg.n_heads = H * D, H
+    cfg.titans.chunk_size, cfg.titans.memory_depth = 4, memory_depth
+    typed = ModelConfig.from_config(cfg)
+    weights = inputs["linear"] if memory_depth == 1 else inputs["mlp"]
+    y_ref, w_ref, s_ref = reference.titans_reference(weights, *gates(inputs), chunk_size=4, residual=memory_depth == 2)
+    time_major = lambda a: jnp.swapaxes(a, 1, 2)  # [B, H, T, ...] -> [B, T, H, ...]
+    tokens = {
+        "q": inputs["q"], "k": inputs["k"], "v": inputs["v"], "theta": inputs["theta"],
+        "log_eta": np.log(inputs["eta"]), "log_keep": np.log1p(-inputs["alpha"]),
+    }  # fmt: skip
+    tokens = {name: time_major(jnp.asarray(a)) for name, a in tokens.items()}
+    step = lambda fast, chunk: titans_model.memory_call(fast, chunk, typed)
+    fast = {"w": weights, "s": jax.tree.map(jnp.zeros_like, weights)}
+    carry = driver.init_carry(fast, driver.token_shapes_of(tokens), 4, B)
+    pieces = []
+    for start, stop in ((0, 7), (7, 8), (8, 18), (18, T)):
+        piece = {name: a[:, start:stop] for name, a in tokens.items()}
+        y, carry = driver.run_chunked(step, piece, 4, fast=None, carry=carry)
+        pieces.append(y)
+    np.testing.assert_allclose(time_major(jnp.concatenate(pieces, axis=1)), y_ref, **TOL)
+    # T = 20 ends on a chunk boundary: the carried state is the reference's end state
+    assert int(carry["count"]) == 0
+    for got, want in ((carry["fast"]["w"], w_ref), (carry["fast"]["s"], s_ref)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, **TOL)

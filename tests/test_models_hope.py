@@ -416,3 +416,30 @@ def test_inner_precision_reaches_every_inner_product_forward_and_backward(layers
 def test_bad_inner_precision_is_named():
     with pytest.raises(ValueError, match="model.inner_precision = 'tf32'; known: highest, high, default"):
         validate_model_config(make_cfg(HOPE, {"inner_precision": "tf32"}))
+
+
+@pytest.mark.parametrize("split", [None, 5], ids=["whole", "pieces"])
+def test_cms_levels_run_the_per_token_reference(split):
+    """What the model's sequential CMS runs (memory/cms.local_chunk under driver.run_chunked, fed whole or in pieces
+    that end inside a chunk) is the per-token reference (memory/reference.cms_local_reference) level after level."""
+    cfg = make_cfg(HOPE, {"cms": {"periods": (4, 8), "objectives": ("local", "local"), "hidden": (16, 16)}})
+    cfg.cms.inner_lr = 0.5
+    cms = CMS(ModelConfig.from_config(cfg), out_init_std=0.3, rngs=nnx.Rngs(5))
+    batch, length, d = 2, 13, cfg.d_model
+    x, keys, values = jax.random.normal(jax.random.key(6), (3, batch, length, d))
+    if split is None:
+        out, _ = cms(x, keys, values, None)
+    else:
+        first, state = cms(x[:, :split], keys[:, :split], values[:, :split], None)
+        rest, _ = cms(x[:, split:], keys[:, split:], values[:, split:], state)
+        out = jnp.concatenate([first, rest], axis=1)
+    h = x
+    for i, level in enumerate(cms.levels):
+        y, end = reference.cms_local_reference(
+            cms.initial_fast(i, batch), level.norm(h), keys, values, inner_lr=cms.inner_lr,
+            inner_decay=cms.inner_decay, period=cms.periods[i], dgd=cms.dgd, normalized_step=cms.normalized_step,
+        )  # fmt: skip
+        # the level learned something, so the agreement covers its updates
+        assert float(jnp.abs(end["w_down"] - cms.initial_fast(i, batch)["w_down"]).max()) > 1e-4
+        h = h + y
+    np.testing.assert_allclose(out, h, rtol=1e-5, atol=1e-5)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import scan_chunks
 from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.driver import scan_sequence
 from hope_jax.memory.self_modifying import (
     generator_names,
     join_fast,
@@ -78,7 +78,7 @@ def linear_inputs(seed=0):
 
 @functools.partial(jax.jit, static_argnames=("chunk", "momentum", "step_size", "gated_delta", "self_target"))
 def library_linear(m0, s0, keys, values, queries, eta, alpha, *, chunk, momentum, step_size, gated_delta, self_target):
-    """The library's linear DGD memory: dgd_chunk_update on {'w': W = Mᵀ} chunk after chunk (scan_chunks), reading
+    """The library's linear DGD memory: dgd_chunk_update on {'w': W = Mᵀ} chunk after chunk (driver.scan_sequence), reading
     q W_s and regressing onto v W_s (or v) at the chunk-start W_s, as self_modifying.py's matrix M_memory does."""
 
     def chunk_fn(carry, xs):
@@ -95,7 +95,7 @@ def library_linear(m0, s0, keys, values, queries, eta, alpha, *, chunk, momentum
 
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     start = (f32(m0).T, f32(s0).T)
-    (w, s), y = scan_chunks(chunk_fn, start, tuple(map(f32, (keys, values, queries, eta, alpha))), chunk)
+    (w, s), y = scan_sequence(chunk_fn, start, tuple(map(f32, (keys, values, queries, eta, alpha))), chunk)
     return y, w.T, s.T
 
 

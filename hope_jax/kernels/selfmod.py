@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from hope_jax.kernels.selfmod_joint import joint_batch
 from hope_jax.kernels.selfmod_memory import KernelSpec, memory_scan
-from hope_jax.memory.chunking import current_precision, scan_chunks
-from hope_jax.memory.self_modifying import SelfModConfig, _generate, _update_stack, generator_names
+from hope_jax.memory.chunking import current_precision
+from hope_jax.memory.self_modifying import SelfModConfig, generator_names, generator_sequence
 
 KERNELS = ("xla", "pallas", "auto")
 # Activations whose Pallas Triton lowering is checked (tests/test_kernels_selfmod.py exports the kernel for CUDA).
@@ -72,21 +72,6 @@ def check_supported(memory_cfg, head_dim: int) -> None:
             )
 
 
-def _generator_scan(streams: dict, gen: dict, gen_s: dict, reduction: dict, cfg: SelfModConfig):
-    """One sequence and head: the generators' chunked scan of self_modifying_sequence (XLA); returns the per-token
-    (q, k, v, η, log α) and the generators' end weights and momenta."""
-    gens = generator_names(cfg)
-    index = {name: i for i, name in enumerate(gens)}
-
-    def generator_chunk(carry, xs):
-        w, s = carry
-        per_token = _generate(w, xs, reduction, index, cfg)
-        return _update_stack(w, s, *per_token[1:], cfg, cfg.aux_chunk_size, (False,) * len(gens)), per_token
-
-    (w, s), per_token = scan_chunks(generator_chunk, (gen, gen_s), streams, cfg.aux_chunk_size, cfg.remat_group)
-    return per_token, w, s
-
-
 def batch_fn(
     cfg: SelfModConfig, *, joint: bool, dot_dtype, remat: bool, interpret: bool | None = None, fuse: bool = True
 ):
@@ -112,8 +97,8 @@ def batch_fn(
             fast = {"gen": part(fast_in["w"], slice(n_gens)), "memory": part(fast_in["w"], slice(n_gens, None))}
             if "s" in fast_in:
                 fast.update(gen_s=part(fast_in["s"], slice(n_gens)), memory_s=part(fast_in["s"], slice(n_gens, None)))
-        per_head = jax.vmap(lambda s, g, gs, r: _generator_scan(s, g, gs, r, cfg))
-        per_token, gen_w, gen_s = jax.vmap(per_head, in_axes=(0, 0, 0, None))(
+        per_head = jax.vmap(lambda s, g, gs, r: generator_sequence(s, g, gs, r, cfg))
+        (gen_w, gen_s), per_token = jax.vmap(per_head, in_axes=(0, 0, 0, None))(
             streams, fast["gen"], fast.get("gen_s", {}), reduction
         )
         batch, heads, length = per_token[0].shape[:3]

@@ -1,7 +1,7 @@
 """The memories' chunk scan as Pallas (Triton backend) kernels, one program per (sequence, head), state held on chip.
 
-What it computes is exactly the XLA path's M_memory scan (memory/self_modifying.py `memory_chunk` over
-chunking.scan_chunks: the read y = M(q) at the chunk-start weights, then the DGD update with decay and momentum) for
+What it computes is exactly the XLA path's M_memory scan (memory/self_modifying.py `memory_chunk` under
+driver.scan_sequence: the read y = M(q) at the chunk-start weights, then the DGD update with decay and momentum) for
 per-token queries, keys, values, η and log α made by the generators before it (the memory's state never feeds them).
 The per-chunk math is selfmod_chunk.chunk_update.
 
@@ -18,8 +18,8 @@ The same two kernels run the generators and M_memory together (spec.kind 'joint'
 are generic in what one chunk computes (`chunk fn(state, params, tokens) -> (new state, outputs)`, params being
 per-sequence constants such as the η / α reductions, whose cotangents the backward kernel accumulates).
 
-A trailing partial chunk (T % C tokens) is a chunk of its own, as in scan_chunks: its rows are zero-padded and the
-end state is read at its last real token.
+A trailing partial chunk (T % C tokens) is a chunk of its own, as in driver.scan_sequence: its rows are zero-padded and
+the end state is read at its last real token.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from hope_jax.kernels.selfmod_chunk import F32, chunk_update
-from hope_jax.memory.chunking import INNER_PRECISIONS, inner_precision, scan_chunks
-from hope_jax.memory.self_modifying import SelfModConfig, _read_memory, _update_stack
+from hope_jax.memory.chunking import INNER_PRECISIONS, inner_precision
+from hope_jax.memory.driver import scan_sequence
+from hope_jax.memory.self_modifying import SelfModConfig, memory_chunk
 
 BACKWARDS = ("pallas", "xla")
 KINDS = ("memory", "joint")
@@ -254,18 +255,12 @@ def _state_dicts(spec: KernelSpec, state) -> tuple[dict, dict]:
 def reference_scan(cfg: SelfModConfig, per_token: tuple, weights: dict, momentum: dict):
     """The XLA path's M_memory scan (self_modifying_sequence's memory_chunk) over a batch of sequences [N, ...]."""
 
-    def one(per_token, w, s):
-        def memory_chunk(carry, xs):
-            w_, s_ = carry
-            queries, keys, values, eta, log_alpha = xs
-            y = _read_memory(w_, queries, cfg)
-            onto_values = (cfg.memory_target == "value",)
-            new = _update_stack(w_, s_, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values)
-            return new, y
+    step = functools.partial(memory_chunk, cfg=cfg)
 
-        stack = lambda tree: jax.tree.map(lambda a: a[None], tree)  # a stack of one memory, as _update_stack takes
-        (w_end, s_end), y = scan_chunks(memory_chunk, (stack(w), stack(s)), per_token, cfg.chunk_size,
-                                        cfg.remat_group)  # fmt: skip
+    def one(per_token, w, s):
+        stack = lambda tree: jax.tree.map(lambda a: a[None], tree)  # a stack of one memory, as memory_chunk takes
+        start = (stack(w), stack(s))
+        (w_end, s_end), y = scan_sequence(step, start, per_token, cfg.chunk_size, remat_group=cfg.remat_group)
         unstack = lambda tree: jax.tree.map(lambda a: a[0], tree)
         return y, unstack(w_end), unstack(s_end)
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the chunk-parallel inner loops: chunked scans with remat groups, in-chunk decay products.
+"""Shared pieces of the chunk-parallel inner loops: the inner precision, step-size bounds, in-chunk decay products.
 
 Conventions used by every module of this package:
 - one sequence and one head at a time ([T, d] rows); batch and heads are added with `jax.vmap` by the public functions;
@@ -10,14 +10,11 @@ Conventions used by every module of this package:
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-PyTree = Any
 
 # The C×C products and solves of the inner loops stay exact even where the model runs reduced-precision matmuls
 # (HOPE_SPEC Appendix B.3): HIGHEST unless a model asks otherwise (model.inner_precision). On CPU this changes
@@ -125,62 +122,3 @@ def segment_products(log_a: jax.Array) -> jax.Array:
 def shift_rows_down(m: jax.Array) -> jax.Array:
     """Row t of the result is row t-1 of m; row 0 is zero (the 'state before token t' index shift)."""
     return jnp.concatenate([jnp.zeros_like(m[:1]), m[:-1]], axis=0)
-
-
-def _scan(fn, carry: PyTree, xs: PyTree) -> tuple[PyTree, PyTree]:
-    """lax.scan, except that a single step is a plain call: a length-1 loop inside the model's own chunk scan
-    would add a while loop (and its backward bookkeeping) per chunk for nothing."""
-    if jax.tree.leaves(xs)[0].shape[0] != 1:
-        return lax.scan(fn, carry, xs)
-    carry, ys = fn(carry, jax.tree.map(lambda a: a[0], xs))
-    return carry, jax.tree.map(lambda a: a[None], ys)
-
-
-def scan_chunks(
-    chunk_fn: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]],
-    carry: PyTree,
-    xs: PyTree,
-    chunk_size: int,
-    remat_group: int = 1,
-) -> tuple[PyTree, PyTree]:
-    """Runs `chunk_fn(carry, xs_chunk) -> (carry, ys_chunk)` over consecutive chunks of the time-leading pytree `xs`.
-
-    `lax.scan` over chunks; every `remat_group` consecutive chunks are wrapped in one `jax.checkpoint`, so backward
-    keeps only the carried state at group boundaries plus one group's intermediates (remat_group=0 switches
-    rematerialisation off). A trailing partial chunk (T % chunk_size tokens) is one more, shorter chunk.
-    Returns the final carry and the time-leading concatenation of the per-chunk outputs.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    if remat_group < 0:
-        raise ValueError(f"remat_group must be >= 0 (0 = no rematerialisation), got {remat_group}")
-    length = jax.tree.leaves(xs)[0].shape[0]
-    n_full = length // chunk_size
-    group = remat_group if remat_group > 0 else max(n_full, 1)
-    n_groups, n_loose = divmod(n_full, group)
-
-    def run_group(carry, xs_group):
-        return _scan(chunk_fn, carry, xs_group)
-
-    if remat_group > 0:
-        run_group = jax.checkpoint(run_group)
-    pieces = []
-    start = 0
-    if n_groups:
-        stop = n_groups * group * chunk_size
-        grouped = jax.tree.map(lambda a: a[start:stop].reshape(n_groups, group, chunk_size, *a.shape[1:]), xs)
-        carry, ys = _scan(run_group, carry, grouped)
-        pieces.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[3:]), ys))
-        start = stop
-    if n_loose:
-        stop = start + n_loose * chunk_size
-        loose = jax.tree.map(lambda a: a[start:stop].reshape(n_loose, chunk_size, *a.shape[1:]), xs)
-        carry, ys = run_group(carry, loose)
-        pieces.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), ys))
-        start = stop
-    if start < length:
-        tail_fn = jax.checkpoint(chunk_fn) if remat_group > 0 else chunk_fn
-        carry, ys = tail_fn(carry, jax.tree.map(lambda a: a[start:], xs))
-        pieces.append(ys)
-    ys = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *pieces)
-    return carry, ys

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import scan_chunks
 from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.driver import scan_sequence
 
 
 def level_forward(weights: dict, x: jax.Array, activation: str = "silu") -> jax.Array:
@@ -65,26 +65,29 @@ def cms_local(
     cast = functools.partial(_cast, dtype=accum_dtype)
     inner_lr, inner_decay = cast(inner_lr), cast(inner_decay)
 
-    update = functools.partial(
-        _local_chunk_update, inner_lr=inner_lr, inner_decay=inner_decay, period=period, activation=activation, dgd=dgd,
+    step = functools.partial(
+        local_chunk, inner_lr=inner_lr, inner_decay=inner_decay, period=period, activation=activation, dgd=dgd,
         normalized_step=normalized_step, step_bound=step_bound, truncate_bptt=truncate_bptt,
     )  # fmt: skip
-
-    def one_sequence(w, x, k, v, mask):
-        def chunk_fn(w, xs):
-            x_c, k_c, v_c, mask_c = xs
-            # The output, the target and the inner gradient's forward pass all read the chunk-start weights.
-            key_parts, target_parts, out_parts = fast_mlp.forward_parts_of_blocks(
-                w, (k_c, v_c, x_c), residual=False, activation=activation
-            )
-            return update(w, k_c, target_parts["out"], key_parts, mask=mask_c), out_parts["out"]
-
-        w_end, y = scan_chunks(chunk_fn, w, (x, k, v, mask), period, remat_group)
-        return y, w_end
-
+    one_sequence = lambda w, *xs: scan_sequence(step, w, xs, period, remat_group=remat_group)
     mask = jnp.ones(x.shape[:2], accum_dtype) if update_mask is None else update_mask
-    y, w_end = jax.vmap(one_sequence)(*cast((weights, x, k, v, mask)))
+    w_end, y = jax.vmap(one_sequence)(*cast((weights, x, k, v, mask)))
     return y.astype(x.dtype), w_end
+
+
+def local_chunk(w: dict, chunk: tuple, *, activation: str, **update_options) -> tuple[dict, jax.Array]:
+    """The step of one sequence over one chunk (driver.py): w the level's weights at the chunk start, chunk (x, k, v,
+    update mask) [C, ...]; returns (the weights at the chunk end, y [C, d_out]). The output, the target and the inner
+    gradient's forward pass all read the chunk-start weights. update_options: _local_chunk_update's.
+    memory/reference.cms_local_reference is the same level token by token."""
+    x_c, k_c, v_c, mask_c = chunk
+    key_parts, target_parts, out_parts = fast_mlp.forward_parts_of_blocks(
+        w, (k_c, v_c, x_c), residual=False, activation=activation
+    )
+    new_w = _local_chunk_update(
+        w, k_c, target_parts["out"], key_parts, activation=activation, mask=mask_c, **update_options
+    )
+    return new_w, out_parts["out"]
 
 
 def _cast(tree, dtype):

@@ -50,15 +50,15 @@ def where_tokens(flag_bt: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTre
     return jax.tree.map(pick, on_true, on_false)
 
 
-def chunk_with_resets(fn, chunk_starts_bt: jax.Array, initial: PyTree, fast: PyTree, chunk: PyTree):
-    """`fn(fast, chunk, update_mask) -> (outputs, new_fast, aux)` over one chunk with document starts (module
+def chunk_with_resets(step, chunk_starts_bt: jax.Array, initial: PyTree, state: PyTree, chunk: PyTree):
+    """`step(state, chunk, update_mask) -> (new_state, outputs, aux)` over one chunk with document starts (module
     docstring); returns the same triple, aux from the call that updates.
 
     `initial`: the memory's initial state S₀ (leaves [B, ...]). The outputs of tokens before the chunk's first start
     come from a second, output-only call at the carried state (its update is unused and, under jit, not computed).
     """
     seen = seen_start(chunk_starts_bt)
-    start_state = where_batch(seen[:, -1], initial, fast)
-    outputs, new_fast, aux = fn(start_state, chunk, update_mask(chunk_starts_bt))
-    carried_outputs = fn(fast, chunk, None)[0]
-    return where_tokens(seen, outputs, carried_outputs), new_fast, aux
+    start_state = where_batch(seen[:, -1], initial, state)
+    new_state, outputs, aux = step(start_state, chunk, update_mask(chunk_starts_bt))
+    carried_outputs = step(state, chunk, None)[1]
+    return new_state, where_tokens(seen, outputs, carried_outputs), aux

@@ -23,13 +23,15 @@ one scan over one stack of every memory (`joint_sequence`) when M_memory has the
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import l2_normalize, scan_chunks
+from hope_jax.memory.chunking import l2_normalize
 from hope_jax.memory.dgd import DGD_LAYER_CHOICES, dgd_chunk_update
+from hope_jax.memory.driver import scan_sequence
 
 MEMORY_TARGETS = ("self", "value")
 
@@ -190,6 +192,54 @@ def _read_memory(w, queries, cfg: SelfModConfig):
     return fast_mlp.forward(jax.tree.map(lambda a: a[0], w), queries, residual=True, activation=cfg.activation)
 
 
+def _generator_index(cfg: SelfModConfig) -> dict:
+    return {name: i for i, name in enumerate(generator_names(cfg))}
+
+
+# ---- the steps of one sequence and head over one chunk (driver.py); memory/reference.py runs them token by token ----
+
+
+def joint_chunk(state: tuple, chunk: dict, reduction: dict, cfg: SelfModConfig):
+    """Equal chunk sizes: state (w, s) = every memory stacked (join_fast layout, generators then M_memory), chunk the
+    streams {'x', static ones, optional 'update_mask'} [C, ...]; returns (the state at the chunk end, (y, keys,
+    values) [C, d]). With static queries every memory's chunk-start read is one stacked forward pass (the generators
+    read x, M_memory the queries); with adaptive_q the queries come from M_q first."""
+    w, s = state
+    index = _generator_index(cfg)
+    n_gens = len(index)
+    if "q" in index:
+        generators = jax.tree.map(lambda a: a[:n_gens], w)
+        queries, keys, values, eta, log_alpha = _generate(generators, chunk, reduction, index, cfg)
+        y = _read_memory(jax.tree.map(lambda a: a[n_gens:], w), queries, cfg)
+    else:
+        inputs = jnp.stack([chunk["x"]] * n_gens + [l2_normalize(chunk["q"])])
+        out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
+        queries, keys, values, eta, log_alpha = _per_token(out, chunk, reduction, index, cfg)
+        y = out[n_gens]
+    onto_values = (False,) * n_gens + (cfg.memory_target == "value",)
+    new = _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values)
+    return new, (y, keys, values)
+
+
+def generator_chunk(state: tuple, chunk: dict, reduction: dict, cfg: SelfModConfig):
+    """Unequal chunk sizes, first pass: state (w, s) = the generators stacked, chunk the streams [aux_chunk_size, ...];
+    returns (the state at the chunk end, the per-token (q, k, v, η, log α))."""
+    w, s = state
+    per_token = _generate(w, chunk, reduction, _generator_index(cfg), cfg)
+    onto_values = (False,) * len(generator_names(cfg))
+    return _update_stack(w, s, *per_token[1:], cfg, cfg.aux_chunk_size, onto_values), per_token
+
+
+def memory_chunk(state: tuple, per_token: tuple, cfg: SelfModConfig):
+    """Unequal chunk sizes, second pass: state (w, s) = M_memory (a stack of one), per_token (q, k, v, η, log α)
+    [chunk_size, ...] from generator_chunk; returns (the state at the chunk end, y [C, d])."""
+    w, s = state
+    queries, keys, values, eta, log_alpha = per_token
+    y = _read_memory(w, queries, cfg)
+    onto_values = (cfg.memory_target == "value",)
+    return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values), y
+
+
 # ---- one sequence, one head ----------------------------------------------------------------------------------------
 
 
@@ -214,31 +264,11 @@ def split_fast(joined: dict, n_gens: int) -> dict:
 
 def joint_sequence(streams, joined, reduction, cfg: SelfModConfig):
     """Equal chunk sizes: the generators and M_memory update on the same chunks from the same (k, v, η, α), so one
-    scan carries all of them as one stack (join_fast layout) and they take their DGD step together. With static
-    queries every memory's chunk-start read is one stacked forward pass (the generators read x, M_memory the
-    queries); with adaptive_q the queries come from M_q first. Returns ((y, keys, values) [T, d], new joined)."""
-    gens = generator_names(cfg)
-    index = {name: i for i, name in enumerate(gens)}
-    n_gens = len(gens)
-
-    def joint_chunk(carry, xs):
-        w, s = carry
-        if "q" in index:
-            queries, keys, values, eta, log_alpha = _generate(
-                jax.tree.map(lambda a: a[:n_gens], w), xs, reduction, index, cfg
-            )
-            y = _read_memory(jax.tree.map(lambda a: a[n_gens:], w), queries, cfg)
-        else:
-            inputs = jnp.stack([xs["x"]] * n_gens + [l2_normalize(xs["q"])])
-            out = jax.vmap(lambda w_, x_: fast_mlp.forward(w_, x_, residual=True, activation=cfg.activation))(w, inputs)
-            queries, keys, values, eta, log_alpha = _per_token(out, xs, reduction, index, cfg)
-            y = out[n_gens]
-        onto_values = (False,) * n_gens + (cfg.memory_target == "value",)
-        new = _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values)
-        return new, (y, keys, values)
-
+    scan of joint_chunk carries all of them as one stack (join_fast layout) and they take their DGD step together.
+    Returns ((y, keys, values) [T, d], new joined)."""
+    step = functools.partial(joint_chunk, reduction=reduction, cfg=cfg)
     start = (joined["w"], joined.get("s", {}))
-    (w, s), outputs = scan_chunks(joint_chunk, start, streams, cfg.chunk_size, cfg.remat_group)
+    (w, s), outputs = scan_sequence(step, start, streams, cfg.chunk_size, remat_group=cfg.remat_group)
     return outputs, ({"w": w, "s": s} if cfg.momentum else {"w": w})
 
 
@@ -248,34 +278,27 @@ def self_modifying_sequence(streams, fast, reduction, cfg: SelfModConfig):
     [T, d], new fast).
 
     When runs_jointly(cfg) this is joint_sequence on the joined stack (the mixer keeps its state in that layout);
-    otherwise the generators scan over their chunks first, then M_memory over its own.
+    otherwise the generators scan over their chunks first (generator_chunk), then M_memory over its own
+    (memory_chunk).
     """
-    gens = generator_names(cfg)
     if runs_jointly(cfg):
         outputs, joined = joint_sequence(streams, join_fast(fast), reduction, cfg)
-        return outputs, split_fast(joined, len(gens))
-    index = {name: i for i, name in enumerate(gens)}
-
-    def generator_chunk(carry, xs):
-        w, s = carry
-        per_token = _generate(w, xs, reduction, index, cfg)
-        return _update_stack(w, s, *per_token[1:], cfg, cfg.aux_chunk_size, (False,) * len(gens)), per_token
-
-    def memory_chunk(carry, xs):
-        w, s = carry
-        queries, keys, values, eta, log_alpha = xs
-        y = _read_memory(w, queries, cfg)
-        onto_values = (cfg.memory_target == "value",)
-        return _update_stack(w, s, keys, values, eta, log_alpha, cfg, cfg.chunk_size, onto_values), y
-
-    start_gen = (fast["gen"], fast.get("gen_s", {}))
-    (gen_w, gen_s), per_token = scan_chunks(generator_chunk, start_gen, streams, cfg.aux_chunk_size, cfg.remat_group)
+        return outputs, split_fast(joined, len(generator_names(cfg)))
+    (gen_w, gen_s), per_token = generator_sequence(streams, fast["gen"], fast.get("gen_s", {}), reduction, cfg)
+    memory_step = functools.partial(memory_chunk, cfg=cfg)
     start_memory = (fast["memory"], fast.get("memory_s", {}))
-    (mem_w, mem_s), y = scan_chunks(memory_chunk, start_memory, per_token, cfg.chunk_size, cfg.remat_group)
+    (mem_w, mem_s), y = scan_sequence(memory_step, start_memory, per_token, cfg.chunk_size, remat_group=cfg.remat_group)
     new_fast = {"gen": gen_w, "memory": mem_w}
     if cfg.momentum:
         new_fast.update(gen_s=gen_s, memory_s=mem_s)
     return (y, per_token[1], per_token[2]), new_fast
+
+
+def generator_sequence(streams, gen: dict, gen_s: dict, reduction, cfg: SelfModConfig):
+    """The generators over one sequence and head (generator_chunk scanned over aux_chunk_size chunks): returns
+    ((end weights, end momenta), per-token (q, k, v, η, log α))."""
+    step = functools.partial(generator_chunk, reduction=reduction, cfg=cfg)
+    return scan_sequence(step, (gen, gen_s), streams, cfg.aux_chunk_size, remat_group=cfg.remat_group)
 
 
 # ---- a batch of heads, state by memory name --------------------------------------------------------------------------

@@ -9,11 +9,14 @@ matrices (E12–E13), and the outputs inside a chunk read M_t through the dual f
 weights): every layer of the memory is read as γ_t·(u W_{t'}) + σ_t·(u S_{t'}) + Σ_{i≤t} c_{t,i} (u·x_i) ĝ_i.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.chunking import chunk_step_size, mm, scan_chunks
+from hope_jax.memory.chunking import chunk_step_size, mm
+from hope_jax.memory.driver import scan_sequence
 from hope_jax.memory.recurrence import ChunkCoefficients, chunk_coefficients, chunk_end_state
 
 
@@ -48,37 +51,29 @@ def _read_memory(weights, surprise, queries, factors, steps, coeffs, *, residual
     return queries + out if residual else out
 
 
-def _titans_one_sequence(weights, surprise, q, k, v, theta, log_eta, log_keep, *, options):
-    chunk_size, momentum, residual, activation, truncate_bptt, remat_group, normalized_step = options
-
-    def chunk_fn(carry, xs):
-        w, s = carry
-        q_c, k_c, v_c, theta_c, log_eta_c, log_keep_c = xs
-        coeffs = chunk_coefficients(log_keep_c, log_eta_c if momentum else None)
-        parts = fast_mlp.forward_parts(w, k_c, residual=residual, activation=activation)
-        factors = fast_mlp.grad_factors_and_products(
-            w, k_c, v_c, residual=residual, activation=activation, key_parts=parts
-        )
-        if normalized_step:
-            curvature = fast_mlp.curvature_bounds(w, k_c, parts)
-            lrs = {name: chunk_step_size(theta_c, curvature[name], chunk_size) for name in factors}
-        else:
-            lrs = dict.fromkeys(factors, theta_c)
-        steps = {name: -lrs[name][:, None] * g for name, (_, g, _) in factors.items()}
-        y = _read_memory(w, s, q_c, factors, steps, coeffs, residual=residual, activation=activation)
-        new_w, new_s = {}, {}
-        for name, (x, _, _) in factors.items():
-            new_w[name], s_end = chunk_end_state(
-                w[name], s.get(name), x, steps[name], coeffs, truncate_bptt=truncate_bptt
-            )
-            if momentum:
-                new_s[name] = s_end
-        return (new_w, new_s), y
-
-    (w_end, s_end), y = scan_chunks(
-        chunk_fn, (weights, surprise), (q, k, v, theta, log_eta, log_keep), chunk_size, remat_group
-    )
-    return y, w_end, s_end
+def titans_chunk(state: tuple, chunk: tuple, *, chunk_size, momentum, residual, activation, truncate_bptt,
+                 normalized_step) -> tuple[tuple, jax.Array]:  # fmt: skip
+    """The step of one sequence and head over one chunk (driver.py): state (weights, surprise) at the chunk start,
+    chunk (q, k, v, θ, log η, log(1 − α)) [C, ...]; returns (the state at the chunk end, y [C, dv]). Module docstring
+    for the maths; memory/reference.titans_reference is the same recurrence token by token."""
+    w, s = state
+    q_c, k_c, v_c, theta_c, log_eta_c, log_keep_c = chunk
+    coeffs = chunk_coefficients(log_keep_c, log_eta_c if momentum else None)
+    parts = fast_mlp.forward_parts(w, k_c, residual=residual, activation=activation)
+    factors = fast_mlp.grad_factors_and_products(w, k_c, v_c, residual=residual, activation=activation, key_parts=parts)
+    if normalized_step:
+        curvature = fast_mlp.curvature_bounds(w, k_c, parts)
+        lrs = {name: chunk_step_size(theta_c, curvature[name], chunk_size) for name in factors}
+    else:
+        lrs = dict.fromkeys(factors, theta_c)
+    steps = {name: -lrs[name][:, None] * g for name, (_, g, _) in factors.items()}
+    y = _read_memory(w, s, q_c, factors, steps, coeffs, residual=residual, activation=activation)
+    new_w, new_s = {}, {}
+    for name, (x, _, _) in factors.items():
+        new_w[name], s_end = chunk_end_state(w[name], s.get(name), x, steps[name], coeffs, truncate_bptt=truncate_bptt)
+        if momentum:
+            new_s[name] = s_end
+    return (new_w, new_s), y
 
 
 def titans_memory(
@@ -140,8 +135,11 @@ def titans_memory(
         surprise = cast(surprise) if surprise is not None else jax.tree.map(jnp.zeros_like, weights)
     else:
         surprise = {}
-    options = (chunk_size, momentum, residual, activation, truncate_bptt, remat_group, normalized_step)
-    per_sequence = lambda w, s, *xs: _titans_one_sequence(w, s, *xs, options=options)
+    step = functools.partial(
+        titans_chunk, chunk_size=chunk_size, momentum=momentum, residual=residual, activation=activation,
+        truncate_bptt=truncate_bptt, normalized_step=normalized_step,
+    )  # fmt: skip
+    per_sequence = lambda w, s, *xs: scan_sequence(step, (w, s), xs, chunk_size, remat_group=remat_group)
     batched = jax.vmap(jax.vmap(per_sequence))
     out_dtype = q.dtype
     q, k, v, theta = cast((q, k, v, theta))
@@ -152,5 +150,5 @@ def titans_memory(
         log_eta = jnp.log(eta.astype(accum_dtype))
     else:
         log_eta = log_eta.astype(accum_dtype)
-    y, w_end, s_end = batched(weights, surprise, q, k, v, theta, log_eta, log_keep)
+    (w_end, s_end), y = batched(weights, surprise, q, k, v, theta, log_eta, log_keep)
     return y.astype(out_dtype), w_end, (s_end if momentum else None)

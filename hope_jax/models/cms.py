@@ -259,13 +259,13 @@ class CMS(nnx.Module):
                 period=period, dgd=self.dgd, truncate_bptt=self.truncate_bptt, remat_group=0,
                 normalized_step=self.normalized_step, step_bound=self.step_bound, update_mask=update_mask,
             )  # fmt: skip
-            return y, new_fast
+            return new_fast, y
 
         batch = x_btd.shape[0]
         inputs = {"x": level.norm(x_btd), "k": keys, "v": values}
         y, carry = driver.run_chunked(
             chunk_fn, inputs, period, fast=self.initial_fast(i, batch) if state is None else None,
-            carry=state, remat=self.remat_chunks, outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
+            carry=state, remat_group=int(self.remat_chunks), outputs_from_chunk_start=True,  # y_t = f_{θ_s(t)}(x_t)
             starts=starts_bt, initial=None if starts_bt is None else self.initial_fast(i, batch),
         )  # fmt: skip
         self._sow_local_fit(
@@ -300,13 +300,13 @@ class CMS(nnx.Module):
                 rows = level_in.reshape(x.shape[0], -1, self.periods[i], x.shape[-1]).astype(jnp.float32)
                 read = jax.vmap(jax.vmap(level_forward))(starts[chain.index(i)], rows)
                 x = x + read.reshape(x.shape).astype(level_in.dtype).astype(self.dtype)
-            return x[:, :length], [end] * len(chain)
+            return [end] * len(chain), x[:, :length]
 
         batch = x_btd.shape[0]
         start_fast = [self.initial_fast(i, batch) for i in chain] if state is None else state["fast"]
         x_btd, carry = driver.run_chunked(
             chunk_fn, {"x": x_btd, "k": keys, "v": values}, periods[-1], fast=start_fast if state is None else None,
-            carry=state, remat=self.remat_chunks,
+            carry=state, remat_group=int(self.remat_chunks),
         )  # fmt: skip
         for i, before, after in zip(chain, start_fast, carry["fast"], strict=True):
             self._sow_local_fit(i, keys, values, before, after)

@@ -242,7 +242,7 @@ def run(model: nnx.Module, forward, tokens_bt: jax.Array, state: dict | None, sp
         logits, new_inner, nll_b, sown = chunk_forward_and_step(
             graphdef, variables, forward, inner, chunk_bg, spec, initial
         )
-        return logits, new_inner, (nll_b, sown)
+        return new_inner, logits, (nll_b, sown)
 
     logits, carry, (nll_cb, sown), complete_c = driver.run_chunked(
         chunk_fn, tokens_bt, spec.granularity, fast=state["inner"], carry=carry, with_aux=True

@@ -215,11 +215,11 @@ class SelfModifyingMixer(nnx.Module):
                 chunk = {**chunk, "update_mask": jnp.broadcast_to(update_mask[..., None], (*update_mask.shape, heads))}
             chunk = jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2).astype(jnp.float32), chunk)
             (y, keys, values), new_fast = per_batch(chunk, fast, reduction)
-            return jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2), (y, keys, values)), new_fast
+            return new_fast, jax.tree.map(lambda a: jnp.swapaxes(a, 1, 2), (y, keys, values))
 
         (y, keys, values), carry = driver.run_chunked(
             chunk_fn, streams, self.period, fast=self.initial_fast(batch) if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.remat_chunks,
+            carry=None if state is None else state["chunks"], remat_group=int(self.remat_chunks),
             whole_periods_at_once=self.kernel == "pallas",
             # Joint: every memory reads its chunk-start weights; unequal chunk sizes update inside the period (lcm),
             # so a token's output depends on the period's earlier tokens.

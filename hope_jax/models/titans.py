@@ -103,8 +103,8 @@ class Gates(nnx.Module):
         return gates
 
 
-def memory_call(fast: dict, tokens: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]:
-    """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', *GATES}; y [B, T, H, d]."""
+def memory_call(fast: dict, tokens: dict, cfg: ModelConfig) -> tuple[dict, jax.Array]:
+    """titans_memory on [B, T, H, ...] token streams {'q', 'k', 'v', *GATES}: (new fast, y [B, T, H, d])."""
     t = cfg.titans
     heads_first = {name: jnp.swapaxes(a, 1, 2).astype(jnp.float32) for name, a in tokens.items()}
     y, w_end, s_end = titans_memory(
@@ -113,7 +113,7 @@ def memory_call(fast: dict, tokens: dict, cfg: ModelConfig) -> tuple[jax.Array, 
         chunk_size=t.chunk_size, momentum=t.momentum, residual=t.memory_depth == 2,
         truncate_bptt=cfg.memory.truncate_bptt, remat_group=0, normalized_step=t.normalized_step,
     )  # fmt: skip
-    return jnp.swapaxes(y, 1, 2), ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end})
+    return ({"w": w_end, "s": s_end} if t.momentum else {"w": w_end}), jnp.swapaxes(y, 1, 2)
 
 
 def memory_fit_bt(w: dict, k_bthd: jax.Array, v_bthd: jax.Array, residual: bool) -> jax.Array:
@@ -192,7 +192,7 @@ class NeuralMemory(nnx.Module):
         y, carry = driver.run_chunked(
             lambda fast, chunk: memory_call(fast, chunk, cfg), tokens, cfg.titans.chunk_size,
             fast=start if state is None else None,
-            carry=None if state is None else state["chunks"], remat=cfg.memory.remat_chunks,
+            carry=None if state is None else state["chunks"], remat_group=int(cfg.memory.remat_chunks),
         )  # fmt: skip
         if diagnostics:  # the memory's loss on this piece's keys and values at the weights before and after it
             residual, k, v = cfg.titans.memory_depth == 2, k[:, prefix_len:], v[:, prefix_len:]

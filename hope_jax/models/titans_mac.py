@@ -95,7 +95,7 @@ class MACMixer(nnx.Module):
         y = self.attn_out(attend(rope(qx), keys, values, impl=self.cfg.attention_impl, mask_ts=mask))
         (wq, wk, wv), write_conv = self.write(y, fast["write_conv"])
         tokens = {"q": wq, "k": wk, "v": wv, **self.gates(y)}
-        read, new_fast = memory_call(fast, tokens, self.cfg)
+        new_fast, read = memory_call(fast, tokens, self.cfg)
         # Diagnostics per token: the memory's loss on the segment's writes before and after the segment.
         residual = self.cfg.titans.memory_depth == 2
         fit = {
@@ -103,14 +103,14 @@ class MACMixer(nnx.Module):
             "after": memory_fit_bt(new_fast["w"], tokens["k"], tokens["v"], residual),
         }
         new_fast["write_conv"] = write_conv
-        return (self.combine(y, read.reshape(y.shape).astype(self.dtype)), fit), new_fast
+        return new_fast, (self.combine(y, read.reshape(y.shape).astype(self.dtype)), fit)
 
     def __call__(self, x_btd, position, state):
         (q,), conv_state = self.query(x_btd, None if state is None else state["conv"])
         (out, fit), carry = driver.run_chunked(
             self._segment, {"x": x_btd, "q": q}, self.cfg.titans.segment_size,
             fast=self.initial_fast(x_btd.shape[0]) if state is None else None,
-            carry=None if state is None else state["chunks"], remat=self.cfg.memory.remat_chunks,
+            carry=None if state is None else state["chunks"], remat_group=int(self.cfg.memory.remat_chunks),
         )  # fmt: skip
         self.sow(nnx.Intermediate, "memory_loss_before", jnp.mean(fit["before"]))
         self.sow(nnx.Intermediate, "memory_loss_after", jnp.mean(fit["after"]))
