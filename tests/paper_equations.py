@@ -1,7 +1,7 @@
 """Per-token float64 numpy references written from HOPE_SPEC's equations, for tests/test_paper_equations.py.
 
 Nothing here imports hope_jax: the point is a second reading of the papers that shares no code (and no convention)
-with the library or with hope_jax/memory/reference.py. Matrices are in the papers' column convention, M(k) = M k with
+with the library or with its per-token references. Matrices are in the papers' column convention, M(k) = M k with
 M [d_out, d_in] (the library stores W = Mᵀ and reads x @ W); the tests transpose at the boundary.
 
 The rules, one token t at a time, s(t) the last token of the previous chunk (E27/E28, A1: the chunk-start state):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from hope_jax.memory import fast_mlp, reference
+from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import PREFIX_SUM_MIN, segment_products
-from hope_jax.memory.cms import cms_local
+from hope_jax.memory.cms import cms_local, cms_local_reference
 from hope_jax.memory.recurrence import (
     SOLVE_BLOCK,
     _levelwise_inverse,
@@ -71,7 +71,7 @@ def test_cms_level_with_a_period_above_the_solve_block_matches_the_per_token_ref
                "w_down": normal(1, hidden, d, scale=0.3)}  # fmt: skip
     x, k, v = normal(1, length, d), unit(normal(1, length, d)), normal(1, length, d)
     y, w_end = jax.jit(lambda *a: cms_local(*a, inner_lr=0.5, inner_decay=0.2, period=period))(weights, x, k, v)
-    y_ref, w_ref = jax.jit(lambda *a: reference.cms_local_reference(*a, inner_lr=0.5, inner_decay=0.2, period=period))(
+    y_ref, w_ref = jax.jit(lambda *a: cms_local_reference(*a, inner_lr=0.5, inner_decay=0.2, period=period))(
         weights, x, k, v
     )
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hope_jax.memory import reference
-from hope_jax.memory.cms import cms_local, level_forward
+from hope_jax.memory.cms import cms_local, cms_local_reference, level_forward
 from tests.gradcheck import assert_gradient_matches_finite_differences
 
 B, T, D, HIDDEN = 2, 20, 8, 16
@@ -45,9 +44,7 @@ def chunked_both(inp, lr, period):
 def reference_both(inp, lr, period):
     # period is traced: the reference only uses it in `t % period`, so one compilation serves every period
     return {
-        kind: reference.cms_local_reference(
-            inp[kind], inp["x"], inp["k"], inp["v"], inner_lr=lr, inner_decay=0.2, period=period
-        )
+        kind: cms_local_reference(inp[kind], inp["x"], inp["k"], inp["v"], inner_lr=lr, inner_decay=0.2, period=period)
         for kind in KINDS
     }
 

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hope_jax.memory import reference
 from hope_jax.memory.dgd import dgd_chunk_update
 from hope_jax.memory.self_modifying import (
     SelfModConfig,
     init_self_modifying_state,
+    self_modifying_reference,
     self_modifying_titans,
     updated_names,
 )
@@ -80,7 +80,7 @@ def static_kv(cfg, seed=0, length=T):
 
 
 chunked = jax.jit(self_modifying_titans, static_argnums=4)
-per_token = jax.jit(reference.self_modifying_reference, static_argnums=4)
+per_token = jax.jit(self_modifying_reference, static_argnums=4)
 
 
 @functools.cache

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hope_jax.memory import fast_mlp, reference
+from hope_jax.memory import fast_mlp
 from hope_jax.memory.recurrence import chunk_coefficients, chunk_end_state
-from hope_jax.memory.titans import titans_memory
+from hope_jax.memory.titans import titans_memory, titans_reference
 from tests.gradcheck import assert_gradient_matches_finite_differences
 
 B, H, T, D, HIDDEN = 2, 2, 20, 8, 12
@@ -51,9 +51,7 @@ def chunked_both(inp, chunk_size, remat_group=1, normalized_step=True):
 @jax.jit
 def reference_both(inp, chunk_size):
     # chunk_size is traced here: the reference only uses it in `t % chunk_size`, so one compilation serves all.
-    return {
-        kind: reference.titans_reference(inp[kind], *gates(inp), chunk_size=chunk_size) for kind in ("linear", "mlp")
-    }
+    return {kind: titans_reference(inp[kind], *gates(inp), chunk_size=chunk_size) for kind in ("linear", "mlp")}
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +288,7 @@ def test_model_layer_runs_the_per_token_reference(inputs, memory_depth):
     cfg.titans.chunk_size, cfg.titans.memory_depth = 4, memory_depth
     typed = ModelConfig.from_config(cfg)
     weights = inputs["linear"] if memory_depth == 1 else inputs["mlp"]
-    y_ref, w_ref, s_ref = reference.titans_reference(weights, *gates(inputs), chunk_size=4, residual=memory_depth == 2)
+    y_ref, w_ref, s_ref = titans_reference(weights, *gates(inputs), chunk_size=4, residual=memory_depth == 2)
     time_major = lambda a: jnp.swapaxes(a, 1, 2)  # [B, H, T, ...] -> [B, T, H, ...]
     tokens = {
         "q": inputs["q"], "k": inputs["k"], "v": inputs["v"], "theta": inputs["theta"],

@@ -14,8 +14,9 @@ from flax import nnx
 
 import hope_jax  # noqa: F401
 from hope_jax.layers import swiglu
-from hope_jax.memory import cms_local, fast_mlp, reference
-from hope_jax.memory.self_modifying import init_self_modifying_state
+from hope_jax.memory import cms_local, fast_mlp
+from hope_jax.memory.cms import cms_local_reference
+from hope_jax.memory.self_modifying import init_self_modifying_state, self_modifying_reference
 from hope_jax.models import apply_overrides, build_model, count_params, default_model_config, flops_per_token
 from hope_jax.models.cms import CMS, level_param_regex, outer_level_periods, validate_cms_config
 from hope_jax.models.config import validate_model_config
@@ -292,8 +293,9 @@ MIXER_SWITCHES = {
 
 @pytest.mark.parametrize("memory", list(MIXER_SWITCHES.values()), ids=list(MIXER_SWITCHES))
 def test_mixer_runs_the_per_token_reference(memory):
-    """What the HOPE mixer runs is the per-token reference (memory/reference.py) on the mixer's own streams and
-    meta-learned initial memories: outputs, keys and values, for every A-Table 6 switch and both chunk layouts."""
+    """What the HOPE mixer runs is the per-token reference (memory/self_modifying.self_modifying_reference) on the
+    mixer's own streams and meta-learned initial memories: outputs, keys and values, for every A-Table 6 switch and
+    both chunk layouts."""
     cfg = make_cfg(HOPE, {"memory": {**memory, "eta_max": 0.5}})
     mixer = SelfModifyingMixer(ModelConfig.from_config(cfg), out_init_std=0.3, rngs=nnx.Rngs(3))
     batch, length = 2, 12
@@ -306,7 +308,7 @@ def test_mixer_runs_the_per_token_reference(memory):
     streams = {name: jnp.swapaxes(streams[:, :, i], 1, 2) for i, name in enumerate(mixer.streams)}
     initial = {name: memory_init.value() for name, memory_init in mixer.memories.items()}
     state = init_self_modifying_state(initial, batch, mixer.cfg)
-    y_ref, end_state, keys_ref, values_ref = reference.self_modifying_reference(
+    y_ref, end_state, keys_ref, values_ref = self_modifying_reference(
         streams["x"], streams.get("q"), state, mixer.reduction(), mixer.cfg, k=streams.get("k"), v=streams.get("v")
     )
     to_btd = lambda a: jnp.swapaxes(a, 1, 2).reshape(batch, length, -1)
@@ -421,7 +423,7 @@ def test_bad_inner_precision_is_named():
 @pytest.mark.parametrize("split", [None, 5], ids=["whole", "pieces"])
 def test_cms_levels_run_the_per_token_reference(split):
     """What the model's sequential CMS runs (memory/cms.local_chunk under driver.run_chunked, fed whole or in pieces
-    that end inside a chunk) is the per-token reference (memory/reference.cms_local_reference) level after level."""
+    that end inside a chunk) is the per-token reference (memory/cms_local_reference) level after level."""
     cfg = make_cfg(HOPE, {"cms": {"periods": (4, 8), "objectives": ("local", "local"), "hidden": (16, 16)}})
     cfg.cms.inner_lr = 0.5
     cms = CMS(ModelConfig.from_config(cfg), out_init_std=0.3, rngs=nnx.Rngs(5))
@@ -435,7 +437,7 @@ def test_cms_levels_run_the_per_token_reference(split):
         out = jnp.concatenate([first, rest], axis=1)
     h = x
     for i, level in enumerate(cms.levels):
-        y, end = reference.cms_local_reference(
+        y, end = cms_local_reference(
             cms.initial_fast(i, batch), level.norm(h), keys, values, inner_lr=cms.inner_lr,
             inner_decay=cms.inner_decay, period=cms.periods[i], dgd=cms.dgd, normalized_step=cms.normalized_step,
         )  # fmt: skip

@@ -1,5 +1,5 @@
 """The library's DGD memories against per-token float64 numpy written from the paper's equations (tests/paper_equations.py),
-not from hope_jax/memory/reference.py: the linear DGD memory (E19, E23/E26, A15, E27/E28) and the HOPE mixer's inner
+not from the library's per-token references: the linear DGD memory (E19, E23/E26, A15, E27/E28) and the HOPE mixer's inner
 loop as its presets run it (equal chunk sizes: one stacked scan, `joint_sequence`), plus the matrix M_memory path.
 
 float64 references against the float32 library at rtol = atol = 1e-5 (the chunk solves are exact float32 at the

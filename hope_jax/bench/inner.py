@@ -14,15 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hope_jax.memory import reference
-from hope_jax.memory.cms import cms_local
+from hope_jax.memory.cms import cms_local, cms_local_reference
 from hope_jax.memory.self_modifying import (
     SelfModConfig,
     init_self_modifying_state,
+    self_modifying_reference,
     self_modifying_titans,
     updated_names,
 )
-from hope_jax.memory.titans import titans_memory
+from hope_jax.memory.titans import titans_memory, titans_reference
 
 MEMORIES = ("titans", "self_modifying", "cms")
 
@@ -85,13 +85,13 @@ def _inputs(memory, batch, heads, d_head, hidden, length, seed=0):
 def _forward(memory, chunk, slow):
     """inputs dict -> outputs y, for the chunked path or the per-token reference."""
     if memory == "titans":
-        fn = reference.titans_reference if slow else titans_memory
+        fn = titans_reference if slow else titans_memory
         return lambda a: fn(a["weights"], a["q"], a["k"], a["v"], a["theta"], a["eta"], a["alpha"], chunk_size=chunk)[0]
     if memory == "self_modifying":
         cfg = SelfModConfig(chunk_size=chunk, aux_chunk_size=chunk, eta_max=0.5)
-        fn = reference.self_modifying_reference if slow else self_modifying_titans
+        fn = self_modifying_reference if slow else self_modifying_titans
         return lambda a: fn(a["x"], a["q"], a["state"], a["reduction"], cfg)[0]
-    fn = reference.cms_local_reference if slow else cms_local
+    fn = cms_local_reference if slow else cms_local
     return lambda a: fn(a["weights"], a["x"], a["k"], a["v"], inner_lr=0.1, inner_decay=0.1, period=chunk)[0]
 
 

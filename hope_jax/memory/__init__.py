@@ -38,7 +38,12 @@ Fast-weight dicts (hope_jax.memory.fast_mlp): {'w': [dk, dv]} linear; {'w_in': [
              truncate_bptt=False, remat_group=1, accum_dtype=jnp.float32) -> (y [B,T,d], end_weights)
    retention = 1 − inner_lr·inner_decay, so inner_lr = 0 is the plain MLP (weights bit-identical).
 
-Per-token references (tests and `python -m hope_jax.bench inner` only): hope_jax.memory.reference.
+Each memory's module ends with its per-token reference (titans_reference, self_modifying_reference,
+cms_local_reference; tests and `python -m hope_jax.bench inner` only), with dgd.py's token-level DGD step: the token
+recurrence written as directly as the equations, a `lax.scan` over tokens, explicit weight matrices updated one token
+at a time, inner gradients from `jax.grad` of the inner loss at the chunk-start snapshot (refreshed at every multiple
+of the chunk size), explicit (a I − β x̂ᵀx̂) transition matrices. They share nothing with the chunked steps beside them
+except the memory forward pass (fast_mlp.forward / inner_loss). One driver (driver.py) runs every chunked step.
 """
 
 from hope_jax.memory.cms import cms_local, level_forward

@@ -14,9 +14,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.dgd import chunk_start_snapshot, dgd_chunk_update, dgd_token_step
 from hope_jax.memory.driver import scan_sequence
 
 
@@ -79,7 +80,7 @@ def local_chunk(w: dict, chunk: tuple, *, activation: str, **update_options) -> 
     """The step of one sequence over one chunk (driver.py): w the level's weights at the chunk start, chunk (x, k, v,
     update mask) [C, ...]; returns (the weights at the chunk end, y [C, d_out]). The output, the target and the inner
     gradient's forward pass all read the chunk-start weights. update_options: _local_chunk_update's.
-    memory/reference.cms_local_reference is the same level token by token."""
+    cms_local_reference (below) is the same level token by token."""
     x_c, k_c, v_c, mask_c = chunk
     key_parts, target_parts, out_parts = fast_mlp.forward_parts_of_blocks(
         w, (k_c, v_c, x_c), residual=False, activation=activation
@@ -173,3 +174,43 @@ def nested_chunk_starts(
         level_starts = per_slower_chunk(restart, k_slower, v_slower)  # leaves [B, n_slower, P_slower / P_i, ...]
         starts[i] = jax.tree.map(lambda a: a.reshape(a.shape[0], -1, *a.shape[3:]), level_starts)
     return starts, slowest
+
+
+# ---- per-token reference (a lax.scan over tokens; tests and `python -m hope_jax.bench inner`) ------------------------
+
+
+def cms_local_reference(
+    weights, x, k, v, *, inner_lr, inner_decay, period, activation="silu", dgd=True, normalized_step=True
+):
+    """Per-token CMS `local` level; same API as cms_local."""
+
+    def one_sequence(w, x, k, v):
+        def step(carry, inputs):
+            w, snapshot = carry
+            t, x_t, k_t, v_t = inputs
+            snapshot = chunk_start_snapshot(t, period, w, snapshot)
+            y_t = level_forward(snapshot, x_t[None], activation)[0]
+            target = level_forward(snapshot, v_t[None], activation)[0]
+            w, _ = dgd_token_step(
+                w,
+                None,
+                snapshot,
+                k_t,
+                target,
+                inner_lr,
+                1.0 - inner_lr * inner_decay,
+                residual=False,
+                activation=activation,
+                dgd=dgd,
+                dgd_layers="all",
+                gated_delta=False,
+                momentum_decay=0.0,
+                chunk_size=period,
+                normalized_step=normalized_step,
+            )
+            return (w, snapshot), y_t
+
+        (w, _), y = lax.scan(step, (w, w), (jnp.arange(x.shape[0]), x, k, v))
+        return y, w
+
+    return jax.vmap(one_sequence)(weights, x, k, v)

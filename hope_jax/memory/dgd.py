@@ -144,3 +144,86 @@ def _shared_input_groups(factors: dict) -> list[tuple[str, ...]]:
     for name, (x, _, _) in factors.items():
         groups.setdefault((id(x), name in FIRST_LAYERS), []).append(name)
     return [tuple(names) for names in groups.values()]
+
+
+# ---- per-token reference (token by token, explicit matrices and jax.grad; tests and `python -m hope_jax.bench inner`)
+
+
+def chunk_start_snapshot(t, chunk_size, current, snapshot):
+    """The chunk-start snapshot: replaced by the current state when token t opens a chunk."""
+    opens = (t % chunk_size) == 0
+    return jax.tree.map(lambda c, s: jnp.where(opens, c, s), current, snapshot)
+
+
+def token_layer_inputs(snapshot: dict, key: jax.Array, *, residual: bool, activation: str) -> dict:
+    """Each weight matrix's input for one token at the chunk-start weights (the vectors the DGD transition uses)."""
+    kind = fast_mlp.memory_kind(snapshot)
+    if kind == "linear":
+        return {"w": key}
+    if kind == "swiglu":
+        hidden = jax.nn.silu(key @ snapshot["w_gate"]) * (key @ snapshot["w_up"])
+        return {"w_gate": key, "w_up": key, "w_down": hidden}
+    return {"w_in": key, "w_out": fast_mlp.activation_fn(activation)(key @ snapshot["w_in"])}
+
+
+def token_curvature_bounds(snapshot: dict, key: jax.Array, *, residual: bool, activation: str) -> dict:
+    """‖x‖²·‖J‖²_F per weight matrix at the snapshot, J the Jacobian (by autodiff) from the matrix's output to the
+    memory's output; a last layer's J is the identity, whose spectral norm 1 is taken exactly."""
+    kind = fast_mlp.memory_kind(snapshot)
+    inputs = token_layer_inputs(snapshot, key, residual=residual, activation=activation)
+    bounds = {name: jnp.sum(inputs[name] ** 2) for name in snapshot}
+    gain = lambda read, at: jnp.sum(jnp.square(jax.jacobian(read)(at)))
+    if kind == "mlp":
+        act = fast_mlp.activation_fn(activation)
+        read = lambda z: act(z) @ snapshot["w_out"] + (key if residual else 0.0)
+        bounds["w_in"] = bounds["w_in"] * gain(read, key @ snapshot["w_in"])
+    elif kind == "swiglu":
+        gate_pre, up = key @ snapshot["w_gate"], key @ snapshot["w_up"]
+        bounds["w_gate"] = bounds["w_gate"] * gain(lambda z: (jax.nn.silu(z) * up) @ snapshot["w_down"], gate_pre)
+        bounds["w_up"] = bounds["w_up"] * gain(lambda u: (jax.nn.silu(gate_pre) * u) @ snapshot["w_down"], up)
+    return bounds
+
+
+def dgd_token_step(
+    w,
+    s,
+    snapshot,
+    key,
+    target,
+    lr,
+    retention,
+    *,
+    residual,
+    activation,
+    dgd,
+    dgd_layers,
+    gated_delta,
+    momentum_decay,
+    chunk_size,
+    normalized_step=True,
+):
+    """One token of DGD on every weight matrix of a memory (E19, E28 with A4/A5/A15 options), explicitly.
+    normalized_step: the gradient term steps by lr / (1 + C·lr·h), h = token_curvature_bounds (not with gated_delta)."""
+    grad = jax.grad(fast_mlp.inner_loss)(snapshot, key, target, residual=residual, activation=activation)
+    inputs = token_layer_inputs(snapshot, key, residual=residual, activation=activation)
+    curvature = token_curvature_bounds(snapshot, key, residual=residual, activation=activation)
+    first_layers = {"w", "w_in", "w_gate", "w_up"}
+    new_w, new_s = {}, {}
+    for name in w:
+        x_hat = inputs[name] / jnp.sqrt(jnp.sum(inputs[name] ** 2) + 1e-6)
+        g = grad[name]
+        if gated_delta:
+            g = g - jnp.outer(x_hat, x_hat @ snapshot[name])
+        transition = retention * jnp.eye(x_hat.shape[0])
+        beta = lr / (1.0 + lr * jnp.sum(x_hat**2))
+        step_size = beta  # η' with or without DGD: 'w/o DGD' removes the transition term only
+        if dgd and (dgd_layers == "all" or name in first_layers):
+            transition = transition - beta * jnp.outer(x_hat, x_hat)
+        if normalized_step and not gated_delta:
+            step_size = lr / (1.0 + chunk_size * lr * curvature[name])
+        if s is None:
+            new_w[name] = transition @ w[name] - step_size * g
+        else:
+            new_s[name] = momentum_decay * s[name] - step_size * g
+            new_w[name] = transition @ w[name] + new_s[name]
+    return new_w, (new_s if s is not None else None)

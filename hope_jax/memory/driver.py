@@ -2,7 +2,7 @@
 
 A step is a pure function `step(state, chunk) -> (state, outputs)`: the memory's state at a chunk boundary and the
 chunk's per-token inputs in, the state at the next boundary and the chunk's per-token outputs out (memory/titans.py,
-memory/cms.py, memory/self_modifying.py each define theirs beside a per-token reference, memory/reference.py). Every
+memory/cms.py, memory/self_modifying.py each define theirs beside the memory's per-token reference). Every
 in-context memory here updates its fast weights only at chunk boundaries (multiples of its period P from the sequence
 start); a token inside a chunk reads the chunk-start state (or, for the Titans dual form, a state built from it and
 the chunk's own earlier tokens).

@@ -1,7 +1,7 @@
 """Self-modifying Titans: every projection is a memory trained in context by DGD (HOPE_SPEC §5, E20–E28; DESIGN D5).
 
 This is the inner loop the HOPE mixer runs (models/self_modifying.py calls `joint_sequence` or
-`self_modifying_sequence` per sequence and head); memory/reference.py is its per-token reference.
+`self_modifying_sequence` per sequence and head); self_modifying_reference (at the end) is its per-token reference.
 
 Per head, memories □ ∈ {k, v, q (adaptive_q only), eta, alpha (weight decay only), memory}, each a 2-layer residual MLP
 M(u) = u + σ(u W_in) W_out (E24); with memory_depth 1, M_memory is a matrix, M(u) = u W (§5.3, E25/E26). For token t
@@ -27,10 +27,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize
-from hope_jax.memory.dgd import DGD_LAYER_CHOICES, dgd_chunk_update
+from hope_jax.memory.dgd import DGD_LAYER_CHOICES, chunk_start_snapshot, dgd_chunk_update, dgd_token_step
 from hope_jax.memory.driver import scan_sequence
 
 MEMORY_TARGETS = ("self", "value")
@@ -196,7 +197,7 @@ def _generator_index(cfg: SelfModConfig) -> dict:
     return {name: i for i, name in enumerate(generator_names(cfg))}
 
 
-# ---- the steps of one sequence and head over one chunk (driver.py); memory/reference.py runs them token by token ----
+# ---- the steps of one sequence and head over one chunk (driver.py) -------------------------------------------------
 
 
 def joint_chunk(state: tuple, chunk: dict, reduction: dict, cfg: SelfModConfig):
@@ -348,3 +349,78 @@ def self_modifying_titans(
     if cfg.momentum:
         new_state["momentum"] = {**unstack(end["gen_s"], gens), **unstack(end["memory_s"], ("memory",))}
     return y.astype(x.dtype), new_state, keys.astype(x.dtype), values.astype(x.dtype)
+
+
+# ---- per-token reference (a lax.scan over tokens; tests and `python -m hope_jax.bench inner`) ------------------------
+
+
+def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, *, k=None, v=None):
+    """Per-token self-modifying Titans; same API as self_modifying_titans (k, v: the static streams of the
+    'w/o adaptive k/v' switches)."""
+    gens = generator_names(cfg)
+    names = updated_names(cfg)
+    dgd_kw = dict(
+        residual=True,
+        activation=cfg.activation,
+        dgd=cfg.dgd,
+        dgd_layers=cfg.dgd_layers,
+        gated_delta=cfg.gated_delta,
+        momentum_decay=cfg.momentum_decay,
+        normalized_step=cfg.normalized_step,
+    )
+    fwd = lambda w, u: fast_mlp.forward(w, u[None], residual=True, activation=cfg.activation)[0]
+    unit = lambda u: u / jnp.sqrt(jnp.sum(u**2) + 1e-6)
+
+    def one_sequence(x, q_static, k_static, v_static, weights, momentum, reduction):
+        def step(carry, inputs):
+            w, s, snapshot = carry
+            t, x_t, q_t, k_static_t, v_static_t = inputs
+            snapshot = {
+                name: chunk_start_snapshot(
+                    t,
+                    cfg.chunk_size if name == "memory" else cfg.aux_chunk_size,
+                    w[name],
+                    snapshot[name],
+                )
+                for name in names
+            }
+            out = {name: fwd(snapshot[name], x_t) for name in gens}
+            k_t = unit(out["k"] if cfg.adaptive_k else k_static_t)
+            v_t = out["v"] if cfg.adaptive_v else v_static_t
+            v_t = unit(v_t) if cfg.normalize_values else v_t
+            q_t = unit(out["q"] if cfg.adaptive_q else q_t)
+            eta_t = cfg.eta_max * jax.nn.sigmoid(out["eta"] @ reduction["eta_w"] + reduction["eta_b"])
+            alpha_t = (
+                jax.nn.sigmoid(out["alpha"] @ reduction["alpha_w"] + reduction["alpha_b"])
+                if cfg.weight_decay
+                else jnp.ones(())
+            )
+            y_t = fwd(snapshot["memory"], q_t)
+            new_w, new_s = {}, {}
+            for name in names:
+                onto_values = name == "memory" and cfg.memory_target == "value"
+                target = v_t if onto_values else fwd(snapshot[name], v_t)
+                new_w[name], new_s[name] = dgd_token_step(
+                    w[name],
+                    s[name] if s is not None else None,
+                    snapshot[name],
+                    k_t,
+                    target,
+                    eta_t,
+                    alpha_t,
+                    chunk_size=cfg.chunk_size if name == "memory" else cfg.aux_chunk_size,
+                    **dgd_kw,
+                )
+            return (new_w, new_s if s is not None else None, snapshot), (y_t, k_t, v_t)
+
+        steps = jnp.arange(x.shape[0])
+        (w, s, _), (y, k, v) = lax.scan(step, (weights, momentum, weights), (steps, x, q_static, k_static, v_static))
+        return y, w, s, k, v
+
+    momentum = state.get("momentum") if cfg.momentum else None
+    static = [jnp.zeros_like(x) if stream is None else stream for stream in (q_static, k, v)]
+    per_head = jax.vmap(one_sequence, in_axes=(0, 0, 0, 0, 0, 0, 0))
+    batched = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, 0, None))
+    y, w, s, keys, values = batched(x, *static, state["weights"], momentum, reduction)
+    new_state = {"weights": w, "momentum": s} if cfg.momentum else {"weights": w}
+    return y, new_state, keys, values

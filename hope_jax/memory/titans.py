@@ -13,9 +13,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import chunk_step_size, mm
+from hope_jax.memory.dgd import chunk_start_snapshot, token_curvature_bounds
 from hope_jax.memory.driver import scan_sequence
 from hope_jax.memory.recurrence import ChunkCoefficients, chunk_coefficients, chunk_end_state
 
@@ -55,7 +57,7 @@ def titans_chunk(state: tuple, chunk: tuple, *, chunk_size, momentum, residual, 
                  normalized_step) -> tuple[tuple, jax.Array]:  # fmt: skip
     """The step of one sequence and head over one chunk (driver.py): state (weights, surprise) at the chunk start,
     chunk (q, k, v, θ, log η, log(1 − α)) [C, ...]; returns (the state at the chunk end, y [C, dv]). Module docstring
-    for the maths; memory/reference.titans_reference is the same recurrence token by token."""
+    for the maths; titans_reference (below) is the same recurrence token by token."""
     w, s = state
     q_c, k_c, v_c, theta_c, log_eta_c, log_keep_c = chunk
     coeffs = chunk_coefficients(log_keep_c, log_eta_c if momentum else None)
@@ -152,3 +154,55 @@ def titans_memory(
         log_eta = log_eta.astype(accum_dtype)
     (w_end, s_end), y = batched(weights, surprise, q, k, v, theta, log_eta, log_keep)
     return y.astype(out_dtype), w_end, (s_end if momentum else None)
+
+
+# ---- per-token reference (a lax.scan over tokens; tests and `python -m hope_jax.bench inner`) ------------------------
+
+
+def titans_reference(
+    weights,
+    q,
+    k,
+    v,
+    theta,
+    eta,
+    alpha,
+    surprise=None,
+    *,
+    chunk_size,
+    momentum=True,
+    residual=True,
+    activation="silu",
+    normalized_step=True,
+):
+    """Per-token Titans (E5–E6 with gradients at the chunk-start state, y_t = M_t(q_t)); same API as titans_memory.
+    normalized_step: each weight matrix's step is θ_t / (1 + C·θ_t·h_t), h_t = ‖∂M(k_t)/∂W‖²_F at the chunk start."""
+    loss = lambda w, key, val: fast_mlp.inner_loss(w, key, val, residual=residual, activation=activation)
+    if surprise is None:
+        surprise = jax.tree.map(jnp.zeros_like, weights)
+
+    def one_sequence(w, s, q, k, v, theta, eta, alpha):
+        def step(carry, inputs):
+            w, s, snapshot = carry
+            t, q_t, k_t, v_t, theta_t, eta_t, alpha_t = inputs
+            snapshot = chunk_start_snapshot(t, chunk_size, w, snapshot)
+            grad = jax.grad(loss)(snapshot, k_t, v_t)
+            curvature = token_curvature_bounds(snapshot, k_t, residual=residual, activation=activation)
+            step = {
+                name: theta_t / (1.0 + chunk_size * theta_t * curvature[name]) if normalized_step else theta_t
+                for name in grad
+            }
+            if momentum:
+                s = {name: eta_t * s[name] - step[name] * grad[name] for name in grad}
+                w = {name: (1.0 - alpha_t) * w[name] + s[name] for name in grad}
+            else:
+                w = {name: (1.0 - alpha_t) * w[name] - step[name] * grad[name] for name in grad}
+            y_t = fast_mlp.forward(w, q_t[None], residual=residual, activation=activation)[0]
+            return (w, s, snapshot), y_t
+
+        steps = jnp.arange(q.shape[0])
+        (w, s, _), y = lax.scan(step, (w, s, w), (steps, q, k, v, theta, eta, alpha))
+        return y, w, s
+
+    y, w, s = jax.vmap(jax.vmap(one_sequence))(weights, surprise, q, k, v, theta, eta, alpha)
+    return y, w, (s if momentum else None)
