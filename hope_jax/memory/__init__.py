@@ -7,6 +7,11 @@ Chunk boundaries sit at multiples of the chunk size; a trailing partial chunk is
 start state and the returned end state includes its update), so streaming pieces reproduce the whole sequence when the
 piece lengths are multiples of the chunk sizes. `remat_group` = chunks per `jax.checkpoint` group (0 = off).
 
+Each memory is one pure per-chunk step `step(state, chunk) -> (state, outputs)` on one sequence (and head):
+titans.titans_chunk, cms.local_chunk, self_modifying.joint_chunk (equal chunk sizes) or generator_chunk then
+memory_chunk. driver.py runs any step: `scan_sequence` over a whole sequence (the functions below), `run_chunked` over
+a model's pieces with a carried state (pending tokens for streaming and decoding, document resets).
+
 Fast-weight dicts (hope_jax.memory.fast_mlp): {'w': [dk, dv]} linear; {'w_in': [d, h], 'w_out': [h, d']} 2-layer
 (`y = x + σ(x W_in) W_out` with residual); {'w_gate', 'w_up': [d, h], 'w_down': [h, d']} SwiGLU.
 

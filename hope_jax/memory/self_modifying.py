@@ -359,15 +359,9 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
     'w/o adaptive k/v' switches)."""
     gens = generator_names(cfg)
     names = updated_names(cfg)
-    dgd_kw = dict(
-        residual=True,
-        activation=cfg.activation,
-        dgd=cfg.dgd,
-        dgd_layers=cfg.dgd_layers,
-        gated_delta=cfg.gated_delta,
-        momentum_decay=cfg.momentum_decay,
-        normalized_step=cfg.normalized_step,
-    )
+    dgd_kw = dict(residual=True, activation=cfg.activation, dgd=cfg.dgd, dgd_layers=cfg.dgd_layers,
+                  gated_delta=cfg.gated_delta, momentum_decay=cfg.momentum_decay,
+                  normalized_step=cfg.normalized_step)  # fmt: skip
     fwd = lambda w, u: fast_mlp.forward(w, u[None], residual=True, activation=cfg.activation)[0]
     unit = lambda u: u / jnp.sqrt(jnp.sum(u**2) + 1e-6)
 
