@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.dgd import DGDRule, dgd_chunk_update
 from hope_jax.memory.self_modifying import (
     SelfModConfig,
     init_self_modifying_state,
@@ -188,8 +188,8 @@ def test_without_dgd_only_the_transition_term_goes(normalized_step):
     lr = jnp.full((1,), 0.5, jnp.float32)
 
     def update(dgd):
-        kwargs = dict(residual=False, activation="silu", dgd=dgd, normalized_step=normalized_step)
-        return dgd_chunk_update(w0, None, key, target, lr, jnp.ones((1,)), **kwargs)[0]["w"]
+        rule = DGDRule(residual=False, dgd=dgd, normalized_step=normalized_step)
+        return dgd_chunk_update(w0, None, key, target, lr, jnp.ones((1,)), rule)[0]["w"]
 
     x_hat = key / jnp.linalg.norm(key)
     eta_prime = 0.5 / (1 + 0.5)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.dgd import DGDRule, dgd_chunk_update
 from hope_jax.memory.driver import scan_sequence
 from hope_jax.memory.self_modifying import (
     generator_names,
@@ -86,10 +86,11 @@ def library_linear(m0, s0, keys, values, queries, eta, alpha, *, chunk, momentum
         k, v, q, lr, a = xs
         read = lambda u: fast_mlp.forward({"w": w}, u, residual=False)
         targets = read(v) if self_target else v
+        rule = DGDRule(residual=False, gated_delta=gated_delta, momentum_decay=momentum or 0.0,
+                       normalized_step=step_size == "normalized")  # fmt: skip
         new_w, new_s = dgd_chunk_update(
-            {"w": w}, None if momentum is None else {"w": s}, k, targets, lr, None, log_retention=jnp.log(a),
-            residual=False, activation="silu", gated_delta=gated_delta, momentum_decay=momentum or 0.0,
-            normalized_step=step_size == "normalized", chunk_size=chunk,
+            {"w": w}, None if momentum is None else {"w": s}, k, targets, lr, None, rule, log_retention=jnp.log(a),
+            chunk_size=chunk,
         )  # fmt: skip
         return (new_w["w"], s if new_s is None else new_s["w"]), read(q)
 

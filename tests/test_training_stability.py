@@ -17,7 +17,7 @@ from flax import nnx
 from configs import smoke_transformer
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import chunk_step_size, gram_step_size, l2_normalize
-from hope_jax.memory.dgd import dgd_chunk_update
+from hope_jax.memory.dgd import DGDRule, dgd_chunk_update
 from hope_jax.memory.titans import titans_memory
 from hope_jax.models.registry import build_model
 from hope_jax.train.state import init_params, model_spec
@@ -123,8 +123,9 @@ def test_dgd_memory_stays_bounded_with_the_weights_hope_had_when_it_diverged(nor
     s = jax.tree.map(jnp.zeros_like, w)
     update = jax.jit(
         lambda w, s, k, v: dgd_chunk_update(
-            w, s, k, fast_mlp.forward(w, v), jnp.ones(CHUNK), None, log_retention=jnp.full(CHUNK, -0.007),
-            residual=True, activation="silu", normalized_step=normalized_step, step_bound=step_bound,
+            w, s, k, fast_mlp.forward(w, v), jnp.ones(CHUNK), None,
+            DGDRule(residual=True, normalized_step=normalized_step, step_bound=step_bound),
+            log_retention=jnp.full(CHUNK, -0.007),
         )  # fmt: skip
     )
     for c in range(T // CHUNK):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from hope_jax.memory import fast_mlp
-from hope_jax.memory.dgd import chunk_start_snapshot, dgd_chunk_update, dgd_token_step
+from hope_jax.memory.dgd import DGDRule, chunk_start_snapshot, dgd_chunk_update, dgd_token_step
 from hope_jax.memory.driver import scan_sequence
 
 
@@ -100,11 +100,11 @@ def _local_chunk_update(w, k_c, target, key_parts, *, inner_lr, inner_decay, per
     """One sequence's end-of-chunk weights: one chunk of DGD regressing f(k_c) onto `target` (module docstring);
     mask [C] in {0, 1}: a 0 takes no step and no decay (None: every token)."""
     mask = jnp.ones(k_c.shape[:1], k_c.dtype) if mask is None else mask
+    rule = DGDRule(residual=False, activation=activation, dgd=dgd, truncate_bptt=truncate_bptt,
+                   normalized_step=normalized_step, step_bound=step_bound)  # fmt: skip
     w, _ = dgd_chunk_update(
-        w, None, k_c, target, inner_lr * mask, 1.0 - inner_lr * inner_decay * mask, residual=False,
-        activation=activation, dgd=dgd, truncate_bptt=truncate_bptt, key_parts=key_parts,
-        normalized_step=normalized_step,
-        chunk_size=period, step_bound=step_bound,
+        w, None, k_c, target, inner_lr * mask, 1.0 - inner_lr * inner_decay * mask, rule, key_parts=key_parts,
+        chunk_size=period,
     )  # fmt: skip
     return w
 
@@ -191,22 +191,9 @@ def cms_local_reference(
             snapshot = chunk_start_snapshot(t, period, w, snapshot)
             y_t = level_forward(snapshot, x_t[None], activation)[0]
             target = level_forward(snapshot, v_t[None], activation)[0]
+            rule = DGDRule(residual=False, activation=activation, dgd=dgd, normalized_step=normalized_step)
             w, _ = dgd_token_step(
-                w,
-                None,
-                snapshot,
-                k_t,
-                target,
-                inner_lr,
-                1.0 - inner_lr * inner_decay,
-                residual=False,
-                activation=activation,
-                dgd=dgd,
-                dgd_layers="all",
-                gated_delta=False,
-                momentum_decay=0.0,
-                chunk_size=period,
-                normalized_step=normalized_step,
+                w, None, snapshot, k_t, target, inner_lr, 1.0 - inner_lr * inner_decay, rule, chunk_size=period
             )
             return (w, snapshot), y_t
 

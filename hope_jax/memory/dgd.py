@@ -18,6 +18,7 @@ Solved per chunk by recurrence.chunk_end_state (Appendix B), never token by toke
 (a CMS mid level, C = 512) as consecutive sub-chunks (recurrence.chunk_end_state_in_blocks), which is exact.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -32,6 +33,37 @@ FIRST_LAYERS = frozenset({"w", "w_in", "w_gate", "w_up"})
 DGD_LAYER_CHOICES = ("all", "first")
 
 
+@dataclasses.dataclass(frozen=True)
+class DGDRule:
+    """How a memory's weight matrices learn inside a chunk (module docstring); static and hashable.
+
+    residual / activation: the memory's form (fast_mlp.forward). dgd False: plain GD with decay ('w/o DGD').
+    dgd_layers (A4): 'all' or 'first'. gated_delta: the A15 form. momentum_decay: ε of the momentum buffer (used when
+    a momentum is given). truncate_bptt: recurrence.chunk_end_state's speed switch (DESIGN D4).
+    normalized_step: the gradient term of each matrix steps by η_t / (1 + C·η_t·h_t), h_t its curvature bound
+    (chunking.chunk_step_size); the DGD transition keeps η'_t. False: η'_t for both (E19 per token, which a chunk of
+    C gradients at one state overshoots once C·η' exceeds ~2).
+    step_bound: how the normalised step bounds the chunk: 'chunk' (C·h_t, the worst case of C aligned inputs) or
+    'gram' (chunking.gram_step_size: the chunk's own Gram matrix; the reads here use the chunk-start weights).
+    """
+
+    residual: bool
+    activation: str = "silu"
+    dgd: bool = True
+    dgd_layers: str = "all"
+    gated_delta: bool = False
+    momentum_decay: float = 0.9
+    truncate_bptt: bool = False
+    normalized_step: bool = True
+    step_bound: str = "chunk"
+
+    def __post_init__(self):
+        if self.step_bound not in STEP_BOUNDS:
+            raise ValueError(f"step_bound must be one of {STEP_BOUNDS}, got {self.step_bound!r}")
+        if self.dgd_layers not in DGD_LAYER_CHOICES:
+            raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {self.dgd_layers!r}")
+
+
 def dgd_chunk_update(
     weights: dict,
     momentum: dict | None,
@@ -39,19 +71,11 @@ def dgd_chunk_update(
     targets: jax.Array,
     lr: jax.Array,
     retention: jax.Array | None,
+    rule: DGDRule,
     *,
     log_retention: jax.Array | None = None,
-    residual: bool,
-    activation: str,
-    dgd: bool = True,
-    dgd_layers: str = "all",
-    gated_delta: bool = False,
-    momentum_decay: float = 0.9,
-    truncate_bptt: bool = False,
     key_parts: dict | None = None,
-    normalized_step: bool = True,
     chunk_size: int | None = None,
-    step_bound: str = "chunk",
 ) -> tuple[dict, dict | None]:
     """End-of-chunk (weights, momentum) after the chunk's tokens; keys [C, d_in], targets [C, d_out], lr/retention [C].
 
@@ -60,16 +84,9 @@ def dgd_chunk_update(
     its log computed in log space (e.g. jax.nn.log_sigmoid of the logit), because log(sigmoid(z)) underflows to
     log(0) = −inf for z ≲ −104 in float32 and its gradient 1/α is then inf × 0 = NaN in the decay products.
     key_parts: fast_mlp.forward_parts(weights, keys) when the caller computed it with other reads of the same weights.
-    normalized_step: the gradient term of each matrix steps by η_t / (1 + C·η_t·h_t), h_t its curvature bound
-    (chunking.chunk_step_size, C = chunk_size, default the chunk's length); the DGD transition keeps η'_t. False: η'_t
-    for both (E19 per token, which a chunk of C gradients at one state overshoots once C·η' exceeds ~2).
-    step_bound: how the normalised step bounds the chunk: 'chunk' (C·h_t, the worst case of C aligned inputs) or
-    'gram' (chunking.gram_step_size: the chunk's own Gram matrix; the reads here use the chunk-start weights).
+    chunk_size: C of the normalised step (default the chunk's length: a partial chunk passes its memory's C).
     """
-    if step_bound not in STEP_BOUNDS:
-        raise ValueError(f"step_bound must be one of {STEP_BOUNDS}, got {step_bound!r}")
-    if dgd_layers not in DGD_LAYER_CHOICES:
-        raise ValueError(f"dgd_layers must be one of {DGD_LAYER_CHOICES}, got {dgd_layers!r}")
+    residual, activation = rule.residual, rule.activation
     if (retention is None) == (log_retention is None):
         raise ValueError("give exactly one of retention and log_retention")
     if log_retention is None:
@@ -79,11 +96,12 @@ def dgd_chunk_update(
     factors = fast_mlp.grad_factors_and_products(
         weights, keys, targets, residual=residual, activation=activation, key_parts=key_parts
     )
+    normalized_step, gated_delta = rule.normalized_step, rule.gated_delta
     curvature = fast_mlp.curvature_bounds(weights, keys, key_parts) if normalized_step and not gated_delta else None
     chunk_size = keys.shape[0] if chunk_size is None else chunk_size
     log_momentum = None
     if momentum is not None:
-        log_momentum = jnp.full_like(lr, math.log(momentum_decay) if momentum_decay > 0 else -jnp.inf)
+        log_momentum = jnp.full_like(lr, math.log(rule.momentum_decay) if rule.momentum_decay > 0 else -jnp.inf)
     # One solve per chunk up to SOLVE_BLOCK tokens (coefficients shared by every weight matrix); longer chunks run
     # the same recurrence in sub-chunks (each group computes its sub-chunks' coefficients).
     coeffs = chunk_coefficients(log_retention, log_momentum) if keys.shape[0] <= SOLVE_BLOCK else None
@@ -101,7 +119,7 @@ def dgd_chunk_update(
         # DGD's transition and η' see the unit-norm input x̂; the gradient term x̂ᵀ(‖x‖ g) = xᵀ g is unchanged.
         # Without DGD the step stays η' (only the transition term goes), so the ablation changes DGD alone.
         transition_lr = lr / (1.0 + lr * jnp.sum(x_hat * x_hat, axis=-1))
-        beta = transition_lr if dgd and (dgd_layers == "all" or names[0] in FIRST_LAYERS) else None
+        beta = transition_lr if rule.dgd and (rule.dgd_layers == "all" or names[0] in FIRST_LAYERS) else None
 
         steps = []
         for name in names:
@@ -111,7 +129,7 @@ def dgd_chunk_update(
                 steps.append(-transition_lr[:, None] * (g - mm(x_hat, weights[name])))
             else:
                 step_lr = transition_lr
-                if normalized_step and step_bound == "gram":
+                if normalized_step and rule.step_bound == "gram":
                     step_lr = gram_step_size(lr, curvature[name], x)
                 elif normalized_step:
                     step_lr = chunk_step_size(lr, curvature[name], chunk_size)
@@ -120,11 +138,11 @@ def dgd_chunk_update(
         s0 = None if momentum is None else join([momentum[name] for name in names])
         if coeffs is None:
             w_end, s_end = chunk_end_state_in_blocks(
-                w0, s0, x_hat, step, log_retention, log_momentum, beta=beta, truncate_bptt=truncate_bptt
+                w0, s0, x_hat, step, log_retention, log_momentum, beta=beta, truncate_bptt=rule.truncate_bptt
             )
         else:
             w_end, s_end = chunk_end_state(
-                w0, s0, x_hat, step, coeffs, beta=beta, truncate_bptt=truncate_bptt,
+                w0, s0, x_hat, step, coeffs, beta=beta, truncate_bptt=rule.truncate_bptt,
                 x_w0=x_w * inv_norm,  # x̂ W_s = (x W_s)/‖x‖, already computed by the forward pass
             )  # fmt: skip
         offsets = np.cumsum([weights[name].shape[-1] for name in names])[:-1].tolist()
@@ -184,26 +202,11 @@ def token_curvature_bounds(snapshot: dict, key: jax.Array, *, residual: bool, ac
     return bounds
 
 
-def dgd_token_step(
-    w,
-    s,
-    snapshot,
-    key,
-    target,
-    lr,
-    retention,
-    *,
-    residual,
-    activation,
-    dgd,
-    dgd_layers,
-    gated_delta,
-    momentum_decay,
-    chunk_size,
-    normalized_step=True,
-):
-    """One token of DGD on every weight matrix of a memory (E19, E28 with A4/A5/A15 options), explicitly.
-    normalized_step: the gradient term steps by lr / (1 + C·lr·h), h = token_curvature_bounds (not with gated_delta)."""
+def dgd_token_step(w, s, snapshot, key, target, lr, retention, rule: DGDRule, *, chunk_size: int):
+    """One token of DGD on every weight matrix of a memory (E19, E28 with the rule's A4/A5/A15 options), explicitly;
+    the normalised step is lr / (1 + C·lr·h), h = token_curvature_bounds (not with gated_delta). step_bound 'gram' has
+    no per-token form (it reads the whole chunk): the reference takes 'chunk'."""
+    residual, activation, gated_delta = rule.residual, rule.activation, rule.gated_delta
     grad = jax.grad(fast_mlp.inner_loss)(snapshot, key, target, residual=residual, activation=activation)
     inputs = token_layer_inputs(snapshot, key, residual=residual, activation=activation)
     curvature = token_curvature_bounds(snapshot, key, residual=residual, activation=activation)
@@ -217,13 +220,13 @@ def dgd_token_step(
         transition = retention * jnp.eye(x_hat.shape[0])
         beta = lr / (1.0 + lr * jnp.sum(x_hat**2))
         step_size = beta  # η' with or without DGD: 'w/o DGD' removes the transition term only
-        if dgd and (dgd_layers == "all" or name in first_layers):
+        if rule.dgd and (rule.dgd_layers == "all" or name in first_layers):
             transition = transition - beta * jnp.outer(x_hat, x_hat)
-        if normalized_step and not gated_delta:
+        if rule.normalized_step and not gated_delta:
             step_size = lr / (1.0 + chunk_size * lr * curvature[name])
         if s is None:
             new_w[name] = transition @ w[name] - step_size * g
         else:
-            new_s[name] = momentum_decay * s[name] - step_size * g
+            new_s[name] = rule.momentum_decay * s[name] - step_size * g
             new_w[name] = transition @ w[name] + new_s[name]
     return new_w, (new_s if s is not None else None)

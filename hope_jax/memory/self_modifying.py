@@ -31,7 +31,7 @@ from jax import lax
 
 from hope_jax.memory import fast_mlp
 from hope_jax.memory.chunking import l2_normalize
-from hope_jax.memory.dgd import DGD_LAYER_CHOICES, chunk_start_snapshot, dgd_chunk_update, dgd_token_step
+from hope_jax.memory.dgd import DGD_LAYER_CHOICES, DGDRule, chunk_start_snapshot, dgd_chunk_update, dgd_token_step
 from hope_jax.memory.driver import scan_sequence
 
 MEMORY_TARGETS = ("self", "value")
@@ -80,6 +80,14 @@ class SelfModConfig:
         if self.memory_depth not in (1, 2):
             raise ValueError(f"memory_depth must be 1 (matrix) or 2 (residual MLP), got {self.memory_depth}")
         fast_mlp.activation_fn(self.activation)
+
+    def dgd_rule(self) -> DGDRule:
+        """The DGD options every memory here learns by (residual MLPs or a matrix, dgd.py)."""
+        return DGDRule(
+            residual=True, activation=self.activation, dgd=self.dgd, dgd_layers=self.dgd_layers,
+            gated_delta=self.gated_delta, momentum_decay=self.momentum_decay, truncate_bptt=self.truncate_bptt,
+            normalized_step=self.normalized_step, step_bound=self.step_bound,
+        )  # fmt: skip
 
 
 def runs_jointly(cfg: SelfModConfig) -> bool:
@@ -154,10 +162,8 @@ def _update_stack(weights, momentum, keys, values, eta, log_alpha, cfg: SelfModC
         )
         targets = jnp.where(onto_v, values, target_parts["out"]) if any(onto_values) else target_parts["out"]
         return dgd_chunk_update(
-            w, s if cfg.momentum else None, keys, targets, eta, None, log_retention=log_alpha,
-            residual=True, activation=cfg.activation, dgd=cfg.dgd, dgd_layers=cfg.dgd_layers,
-            gated_delta=cfg.gated_delta, momentum_decay=cfg.momentum_decay, truncate_bptt=cfg.truncate_bptt,
-            key_parts=key_parts, normalized_step=cfg.normalized_step, chunk_size=chunk_size, step_bound=cfg.step_bound,
+            w, s if cfg.momentum else None, keys, targets, eta, None, cfg.dgd_rule(), log_retention=log_alpha,
+            key_parts=key_parts, chunk_size=chunk_size,
         )  # fmt: skip
 
     new_w, new_s = jax.vmap(one_memory)(weights, momentum if cfg.momentum else weights, jnp.asarray(onto_values))
@@ -359,9 +365,6 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
     'w/o adaptive k/v' switches)."""
     gens = generator_names(cfg)
     names = updated_names(cfg)
-    dgd_kw = dict(residual=True, activation=cfg.activation, dgd=cfg.dgd, dgd_layers=cfg.dgd_layers,
-                  gated_delta=cfg.gated_delta, momentum_decay=cfg.momentum_decay,
-                  normalized_step=cfg.normalized_step)  # fmt: skip
     fwd = lambda w, u: fast_mlp.forward(w, u[None], residual=True, activation=cfg.activation)[0]
     unit = lambda u: u / jnp.sqrt(jnp.sum(u**2) + 1e-6)
 
@@ -395,16 +398,9 @@ def self_modifying_reference(x, q_static, state, reduction, cfg: SelfModConfig, 
                 onto_values = name == "memory" and cfg.memory_target == "value"
                 target = v_t if onto_values else fwd(snapshot[name], v_t)
                 new_w[name], new_s[name] = dgd_token_step(
-                    w[name],
-                    s[name] if s is not None else None,
-                    snapshot[name],
-                    k_t,
-                    target,
-                    eta_t,
-                    alpha_t,
-                    chunk_size=cfg.chunk_size if name == "memory" else cfg.aux_chunk_size,
-                    **dgd_kw,
-                )
+                    w[name], s[name] if s is not None else None, snapshot[name], k_t, target, eta_t, alpha_t,
+                    cfg.dgd_rule(), chunk_size=cfg.chunk_size if name == "memory" else cfg.aux_chunk_size,
+                )  # fmt: skip
             return (new_w, new_s if s is not None else None, snapshot), (y_t, k_t, v_t)
 
         steps = jnp.arange(x.shape[0])
